@@ -1,0 +1,1 @@
+"""Reading datasets, masks and images; joint (image, mask) augmentation."""

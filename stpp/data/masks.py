@@ -1,0 +1,62 @@
+"""Mask and image files: class-index PNGs in, palette PNGs out, always written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An RGB image, upright according to its EXIF orientation."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A class-index mask (H, W) uint8 from an 8-bit grayscale or palette PNG.
+
+    Palette PNGs are read as their indices, not their colours.
+
+    Raises:
+        ValueError: the file is not a single-channel 8-bit image.
+    """
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P"):
+            raise ValueError(f"{path}: mask must be an 8-bit grayscale or palette PNG, not mode {image.mode}")
+        return np.array(image, dtype=np.uint8)
+
+
+def palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
+    """A 768-entry flat PIL palette: the class colours, then black, with 255 (ignore) white."""
+    flat = [0] * 768
+    for index, colour in enumerate(palette[:255]):
+        flat[3 * index : 3 * index + 3] = [int(c) for c in colour]
+    flat[765:768] = [255, 255, 255]
+    return flat
+
+
+def write_mask(path: str | Path, mask: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """Write a class-index mask as a palette PNG, atomically (temp file, then ``os.replace``)."""
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    image.putpalette(palette_bytes(palette))
+    atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def atomic_save(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
