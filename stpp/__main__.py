@@ -1,0 +1,8 @@
+"""``python -m stpp``: see :mod:`stpp.cli`."""
+
+import sys
+
+from stpp.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

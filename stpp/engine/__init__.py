@@ -1,0 +1,1 @@
+"""Training, evaluation, checkpoints, devices and progress events: the parts every phase shares."""

@@ -1,0 +1,87 @@
+"""Segmentation models: registries of heads and backbones, and :func:`build_model`.
+
+Backbones keep torchvision's parameter names, so torchvision ImageNet files load with a strict
+key check; see :mod:`stpp.models.weights`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from stpp.config import ModelConfig
+from stpp.models.heads import DeepLabV2Head, DeepLabV3PlusHead, PSPHead
+from stpp.models.mobilenet import MobileNetV2Backbone
+from stpp.models.model import SegmentationModel
+from stpp.models.resnet import ResNetBackbone
+from stpp.models.weights import WeightsError, init_backbone
+
+__all__ = ["ARCHS", "BACKBONES", "SegmentationModel", "WeightsError", "build_model", "list_models"]
+
+
+def _mobilenet_v2(output_stride: int, deep_stem: bool) -> MobileNetV2Backbone:
+    if deep_stem:
+        raise ValueError("model.deep_stem applies to ResNet backbones only, not mobilenet_v2")
+    return MobileNetV2Backbone(output_stride)
+
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "deeplabv3plus": DeepLabV3PlusHead,
+    "pspnet": PSPHead,
+    "deeplabv2": DeepLabV2Head,
+}
+"""Head classes by name; each takes ``(low_channels, high_channels, num_classes, output_stride)``."""
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": partial(ResNetBackbone, "resnet18"),
+    "resnet34": partial(ResNetBackbone, "resnet34"),
+    "resnet50": partial(ResNetBackbone, "resnet50"),
+    "resnet101": partial(ResNetBackbone, "resnet101"),
+    "mobilenet_v2": _mobilenet_v2,
+}
+"""Backbone factories by name; each takes ``(output_stride, deep_stem)``."""
+
+
+def list_models() -> dict[str, list[str]]:
+    """The registered names: ``{"archs": [...], "backbones": [...]}``."""
+    return {"archs": list(ARCHS), "backbones": list(BACKBONES)}
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
+    """Build a segmentation model and initialise its backbone as ``cfg.pretrained`` asks.
+
+    Args:
+        cfg: architecture, backbone, output stride, deep stem and weights source.
+        num_classes: channels of the logits.
+
+    Returns:
+        The model, in training mode, on the CPU; ``weights_note`` and ``pretrained_loaded`` say
+        what initialised the backbone.
+
+    Raises:
+        ValueError: an unknown arch or backbone (the message lists the valid ones), an output
+            stride other than 8 or 16, a deep stem on MobileNetV2, or ``num_classes < 1``.
+        WeightsError: a weights file that is missing, corrupt or does not fit the backbone.
+    """
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {cfg.arch!r}; available: {', '.join(ARCHS)}")
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown model.backbone {cfg.backbone!r}; available: {', '.join(BACKBONES)}")
+    if cfg.output_stride not in (8, 16):
+        raise ValueError(f"model.output_stride must be 8 or 16, got {cfg.output_stride}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    backbone = BACKBONES[cfg.backbone](cfg.output_stride, cfg.deep_stem)
+    loaded, note = init_backbone(backbone, cfg.backbone, cfg.pretrained)
+    head = ARCHS[cfg.arch](backbone.low_channels, backbone.high_channels, num_classes, cfg.output_stride)
+    return SegmentationModel(
+        backbone,
+        head,
+        num_classes=num_classes,
+        arch=cfg.arch,
+        backbone_name=cfg.backbone,
+        weights_note=note,
+        pretrained_loaded=loaded,
+    )

@@ -1,0 +1,233 @@
+"""Headless runs: a folder dataset and split lists in, a complete run folder out.
+
+The CLI's ``run``, ``eval`` and ``predict`` are thin wrappers over these functions; the app's
+worker builds :class:`~stpp.selftrain.pipeline.RunData` from the store instead and calls the same
+:class:`~stpp.selftrain.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from stpp.config import METHODS, ConfigError, DataConfig, StppConfig, apply_overrides, get_preset
+from stpp.data.datasets import ClassInfo, DataError, EvalDataset, FolderDataset, check_run_inputs, read_split
+from stpp.data.masks import atomic_save, read_image, write_mask
+from stpp.engine.checkpoint import load_model
+from stpp.engine.events import Event, EventSink, JsonlSink, MultiSink
+from stpp.engine.inference import predict_probs
+from stpp.engine.train import evaluate
+from stpp.models import build_model
+from stpp.selftrain.layout import RunLayout
+from stpp.selftrain.pipeline import Pipeline, RunData, Sample, stage_names
+from stpp.data.transforms import to_eval_tensor
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class RunError(ValueError):
+    """A run that cannot start or continue as asked (the message says why and what to do)."""
+
+
+def resolve_config(preset: str, method: str, overrides: Sequence[str] = (), device: str | None = None,
+                   classes: ClassInfo | None = None) -> StppConfig:
+    """Preset, then method, device and ``key=value`` overrides, then the dataset's classes."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    cfg = replace(get_preset(preset), method=method)
+    cfg = apply_overrides(cfg, list(overrides))
+    if device is not None:
+        cfg = replace(cfg, device=device)
+    if classes is not None:
+        cfg = replace(cfg, data=DataConfig(
+            num_classes=classes.num_classes, class_names=tuple(classes.names),
+            palette=tuple(tuple(c) for c in classes.palette), ignore_index=classes.ignore_index))
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: StppConfig) -> None:
+    """Refuse, before anything is written, values that would only fail later in the run.
+
+    Builds the model once, so unknown names and weights files that do not fit fail here.
+    """
+    stage_names(cfg)
+    if cfg.selftrain.split not in ("stability", "random"):
+        raise ConfigError(f"selftrain.split must be 'stability' or 'random', not {cfg.selftrain.split!r}")
+    if not 0 <= cfg.selftrain.reliable_ratio <= 1:
+        raise ConfigError(f"selftrain.reliable_ratio must be within [0, 1], not {cfg.selftrain.reliable_ratio}")
+    if cfg.optim.amp not in ("auto", "off", "bf16", "fp16"):
+        raise ConfigError(f"optim.amp must be auto, off, bf16 or fp16, not {cfg.optim.amp!r}")
+    for key, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
+                       ("pseudo.num_checkpoints", cfg.pseudo.num_checkpoints)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, not {value}")
+    if cfg.pseudo.num_checkpoints < 2 and cfg.method == "st++":
+        raise ConfigError("st++ needs pseudo.num_checkpoints >= 2 to measure stability")
+    try:
+        build_model(cfg.model, max(1, cfg.data.num_classes))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def load_folder_run_data(root: Path, labeled_file: Path, unlabeled_file: Path | None,
+                         val_file: Path | None = None) -> RunData:
+    """Read and validate a folder dataset and its split lists (raises :class:`DataError`)."""
+    dataset = FolderDataset.open(root)
+    classes = dataset.classes
+    ids = check_run_inputs(dataset, labeled_file, unlabeled_file or [], val_file, classes.num_classes,
+                           classes.ignore_index)
+    return RunData(
+        classes=classes,
+        labeled=tuple(Sample(i, dataset.image_path(i), dataset.mask_path(i)) for i in ids.labeled),
+        unlabeled=tuple(Sample(i, dataset.image_path(i)) for i in ids.unlabeled),
+        val=tuple(Sample(i, dataset.image_path(i), dataset.mask_path(i)) for i in ids.val),
+    )
+
+
+def describe_inputs(data_root: Path, data: RunData) -> dict:
+    """What a run was started on, saved as ``inputs.json`` and compared on ``--resume``."""
+    return {
+        "data": str(Path(data_root).resolve()),
+        "labeled": [s.id for s in data.labeled],
+        "unlabeled": [s.id for s in data.unlabeled],
+        "val": [s.id for s in data.val],
+    }
+
+
+def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> RunLayout:
+    """Create the run folder, or check that the one there is this run, continued with ``resume``.
+
+    Raises:
+        RunError: ``out`` holds another run's config (or a different config/inputs under
+            ``resume``), or is a non-empty folder that is not a run.
+    """
+    layout = RunLayout(out)
+    if layout.config_path.exists():
+        if not resume:
+            raise RunError(f"{out} already holds a run (config.json); pass --resume to continue it, "
+                           "or choose another --out")
+        saved = json.loads(layout.config_path.read_text())
+        differences = _differences(saved, cfg.to_dict(), ignore={"device"})
+        if differences:
+            raise RunError(f"--resume: the config differs from {layout.config_path}: " + "; ".join(differences))
+        if layout.inputs_path.exists() and json.loads(layout.inputs_path.read_text()) != inputs:
+            raise RunError(f"--resume: the data or split lists differ from those in {layout.inputs_path}")
+        return layout
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"{out} exists and is not an stpp run folder; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save(layout.inputs_path, lambda tmp: Path(tmp).write_text(json.dumps(inputs, indent=2)))
+    atomic_save(layout.config_path, lambda tmp: Path(tmp).write_text(cfg.to_json()))
+    return layout
+
+
+def _differences(saved: dict, current: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, set(), prefix=f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: saved {a!r}, now {b!r}")
+    return found
+
+
+def run_headless(cfg: StppConfig, data: RunData, layout: RunLayout, device: torch.device,
+                 sink: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run the pipeline into ``layout``, recording events in ``events.jsonl`` (plus ``sink``)."""
+    sinks = [JsonlSink(layout.events_path)] + ([sink] if sink is not None else [])
+    return Pipeline(cfg, data, layout, device, MultiSink(sinks), should_stop).run()
+
+
+def last_stage(layout: RunLayout) -> str:
+    """The last stage of the run's method whose model exists."""
+    cfg = read_run_config(layout)
+    done = [s for s in stage_names(cfg) if layout.model_path(s, cfg.pseudo.num_checkpoints).exists()]
+    if not done:
+        raise RunError(f"{layout.root} has no trained model yet")
+    return done[-1]
+
+
+def read_run_config(layout: RunLayout) -> StppConfig:
+    """The resolved config of a run folder."""
+    if not layout.config_path.exists():
+        raise RunError(f"{layout.root} is not an stpp run folder (no config.json)")
+    return StppConfig.from_dict(json.loads(layout.config_path.read_text()))
+
+
+def stage_model_path(layout: RunLayout, stage: str | None) -> tuple[str, Path]:
+    """(stage, model path) for ``stage`` or, when None, the run's last finished stage."""
+    cfg = read_run_config(layout)
+    stage = stage or last_stage(layout)
+    valid = stage_names(cfg)
+    if stage not in valid:
+        raise RunError(f"unknown stage {stage!r} for a {cfg.method} run; choose one of: {', '.join(valid)}")
+    path = layout.model_path(stage, cfg.pseudo.num_checkpoints)
+    if not path.exists():
+        raise RunError(f"stage {stage} has no model yet ({path} is missing)")
+    return stage, path
+
+
+def evaluate_run(layout: RunLayout, data_root: Path, split_file: Path, stage: str | None,
+                 device: torch.device, sink: EventSink | None = None) -> dict:
+    """Evaluate a run's stage model on a split; writes ``eval/<stage>-<split>.json`` and returns it."""
+    cfg = read_run_config(layout)
+    stage, model_path = stage_model_path(layout, stage)
+    dataset = FolderDataset.open(data_root)
+    ids = read_split(split_file)
+    if dataset.classes.num_classes != cfg.data.num_classes:
+        raise DataError(f"{data_root}: {dataset.classes.num_classes} classes, but the run was trained on "
+                        f"{cfg.data.num_classes}")
+    check_run_inputs(dataset, [], [], ids, cfg.data.num_classes, cfg.data.ignore_index, require_labeled=False)
+    model = load_model(model_path, device)
+    eval_set = EvalDataset(ids, [dataset.image_path(i) for i in ids], [dataset.mask_path(i) for i in ids])
+    matrix = evaluate(model, eval_set, cfg.data.num_classes, device, cfg, sink, stage)
+    result = {"stage": stage, "split": str(split_file), "images": len(ids), **matrix.summary(cfg.data.class_names)}
+    target = layout.root / "eval" / f"{stage}-{Path(split_file).stem}.json"
+    atomic_save(target, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    return result
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursive, sorted)."""
+    if not folder.is_dir():
+        raise RunError(f"{folder} is not a folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@torch.inference_mode()
+def predict_folder(layout: RunLayout, images_dir: Path, out_dir: Path, stage: str | None, tta: bool | None,
+                   device: torch.device, sink: EventSink | None = None) -> list[Path]:
+    """Write a palette-PNG mask for every image under ``images_dir``, named like the image (``.png``).
+
+    The output keeps the input's sub-folders, so equal stems in different folders do not collide.
+    """
+    cfg = read_run_config(layout)
+    stage, model_path = stage_model_path(layout, stage)
+    images = list_images(images_dir)
+    if not images:
+        raise RunError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images_dir}")
+    model = load_model(model_path, device)
+    use_tta = cfg.pseudo.tta if tta is None else tta
+    scales = tuple(cfg.pseudo.tta_scales) if use_tta else (1.0,)
+    written = []
+    for index, path in enumerate(images, start=1):
+        try:
+            image = to_eval_tensor(read_image(path)).unsqueeze(0).to(device)
+        except OSError as error:
+            raise DataError(f"{path}: cannot read image ({error})") from error
+        probs = predict_probs(model, image, scales=scales, flip=use_tta and cfg.pseudo.tta_flip, eval_cfg=cfg.eval)
+        mask = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        target = out_dir / path.relative_to(images_dir).with_suffix(".png")
+        write_mask(target, mask, cfg.data.palette)
+        written.append(target)
+        if sink is not None:
+            sink.emit(Event("labels", stage, step=index, total=len(images), message=f"predicted {path.name}"))
+    return written

@@ -1,0 +1,1 @@
+"""Self-training: pseudo-labelling, the stability ranking and the ST / ST++ phase sequence."""

@@ -1,0 +1,347 @@
+"""The SupOnly / ST / ST++ phase sequence as small stages that skip what is already on disk.
+
+Each stage reads its inputs from the run folder (or the data) and writes its outputs there; a
+killed run re-run with the same inputs continues where it stopped (``fit`` resumes mid-stage from
+``last.pt``). Nothing is handed between stages in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from stpp.config import StppConfig
+from stpp.data.datasets import ClassInfo, EvalDataset, TrainDataset, TrainItem
+from stpp.data.masks import atomic_save, read_mask
+from stpp.data.transforms import StrongAugment, WeakAugment
+from stpp.engine.checkpoint import fingerprint, load_model
+from stpp.engine.device import seed_everything
+from stpp.engine.events import Event, EventSink
+from stpp.engine.train import FitPlan, evaluate, fit, snapshot_epochs
+from stpp.models import build_model
+from stpp.selftrain.layout import RunLayout
+from stpp.selftrain.pseudo import label_images
+from stpp.selftrain.stability import ImageScore, rank_images
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and, where it has one, the mask a stage may train or evaluate on."""
+
+    id: str
+    image_path: Path
+    mask_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a run reads, as explicit lists.
+
+    Attributes:
+        classes: names, palette, ignore index.
+        labeled: images with ground-truth masks.
+        unlabeled: images without (their masks are never read, even where the data has one).
+        val: validation images with masks; empty when no validation set is given.
+        reviewed: unlabelled images a person accepted or corrected, with the reviewed mask: they
+            train as labelled images from the next stage on and are never re-labelled.
+        rejected: unlabelled images a person rejected: they leave every later stage.
+    """
+
+    classes: ClassInfo
+    labeled: tuple[Sample, ...]
+    unlabeled: tuple[Sample, ...]
+    val: tuple[Sample, ...] = ()
+    reviewed: tuple[Sample, ...] = ()
+    rejected: frozenset[str] = field(default_factory=frozenset)
+
+    def pseudo_pool(self) -> tuple[Sample, ...]:
+        """The unlabelled images that get pseudo masks: not reviewed, not rejected."""
+        taken = {s.id for s in self.reviewed} | set(self.rejected)
+        return tuple(s for s in self.unlabeled if s.id not in taken)
+
+
+@dataclass(frozen=True)
+class TrainSource:
+    """One image of a stage's training set and where its mask comes from."""
+
+    sample: Sample
+    source: str  # ground_truth, reviewed, pseudo:<stage>
+    mask_path: Path
+
+    @property
+    def is_pseudo(self) -> bool:
+        return self.source.startswith("pseudo:")
+
+
+def stage_names(cfg: StppConfig) -> list[str]:
+    """The stages a method runs, in order."""
+    if cfg.method == "supervised":
+        return ["teacher"]
+    if cfg.method == "st":
+        return ["teacher", "st"]
+    if cfg.method == "st++":
+        return ["teacher", "stage1", "stage2"] + (["stage3"] if cfg.selftrain.stage3 else [])
+    raise ValueError(f"unknown method {cfg.method!r}; choose supervised, st or st++")
+
+
+class Pipeline:
+    """Runs the stages of ``cfg.method`` for one run folder.
+
+    Args:
+        cfg: the resolved config (``data`` filled in).
+        data: the run's images.
+        layout: the run folder.
+        device: where to train and label.
+        sink: receives every event.
+        should_stop: polled during training; see :func:`stpp.engine.train.fit`.
+    """
+
+    def __init__(self, cfg: StppConfig, data: RunData, layout: RunLayout, device: torch.device,
+                 sink: EventSink, should_stop: Callable[[], bool] | None = None):
+        self.cfg = cfg
+        self.data = data
+        self.layout = layout
+        self.device = device
+        self.sink = sink
+        self.should_stop = should_stop
+
+    # The sequence --------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Run (or finish) every stage; returns the metrics per stage."""
+        cfg = self.cfg
+        self.sink.emit(Event("run_start", message=f"{cfg.method} with preset {cfg.preset} on {self.device}",
+                             data={"stages": stage_names(cfg)}))
+        self.train_teacher()
+        if cfg.method != "supervised":
+            pool = self.data.pseudo_pool()
+            if cfg.method == "st++":
+                self.write_stability_masks(pool)
+                scores = self.rank_stability(pool)
+            self.pseudo_label_with_teacher(pool)
+            teacher_labels = self._pseudo_sources(pool, "teacher")
+            if cfg.method == "st":
+                self.train_student("st", teacher_labels)
+            else:
+                reliable_ids = {s.image_id for s in scores if s.reliable}
+                reliable = [t for t in teacher_labels if t.sample.id in reliable_ids]
+                unreliable = [s for s in pool if s.id not in reliable_ids]
+                self.train_student("stage1", reliable)
+                self.relabel("stage1", unreliable)
+                self.train_student("stage2", reliable + self._pseudo_sources(unreliable, "stage1"))
+                if cfg.selftrain.stage3:
+                    self.relabel("stage2", pool)
+                    self.train_student("stage3", self._pseudo_sources(pool, "stage2"))
+        metrics = self.read_metrics()
+        self.sink.emit(Event("run_end", message="run complete", data={"metrics": _brief(metrics)}))
+        return metrics
+
+    # Stages --------------------------------------------------------------------------------
+
+    def train_teacher(self) -> list[Path]:
+        """Train T on the labelled set; K checkpoints at E//K·j. Skipped when all K exist."""
+        k = self.cfg.pseudo.num_checkpoints
+        epochs = self.cfg.optim.epochs
+        paths = [self.layout.teacher_checkpoint(j) for j in range(1, k + 1)]
+        sources = [TrainSource(s, "ground_truth", s.mask_path) for s in self.data.labeled]
+        if not all(p.exists() for p in paths):
+            plan = FitPlan("teacher", epochs, dict(zip(snapshot_epochs(epochs, k), paths)), self.layout.last_path)
+            self._train("teacher", sources, plan)
+        else:
+            self._skip("teacher", "its K checkpoints exist")
+        self.evaluate_stage("teacher")
+        return paths
+
+    def write_stability_masks(self, pool: Sequence[Sample]) -> None:
+        """Single-scale masks of every pool image from each teacher checkpoint, one model in memory at a time."""
+        k = self.cfg.pseudo.num_checkpoints
+        for j in range(1, k + 1):
+            model = self._load_model(self.layout.teacher_checkpoint(j))
+            label_images(model, [s.id for s in pool], [s.image_path for s in pool], self.layout.stability_dir(j),
+                         self.cfg, self.data.classes.palette, self.device, self.sink, f"stability{j}", tta=False)
+            del model
+
+    def rank_stability(self, pool: Sequence[Sample]) -> list[ImageScore]:
+        """Score and rank the pool from the stability masks; writes ``scores.csv`` (kept on resume)."""
+        if self.layout.scores_path.exists():
+            self._skip("ranking", "scores.csv exists")
+            return read_scores(self.layout.scores_path)
+        k = self.cfg.pseudo.num_checkpoints
+        scores = rank_images(
+            [s.id for s in pool],
+            lambda image_id: [read_mask(self.layout.stability_dir(j) / f"{image_id}.png") for j in range(1, k + 1)],
+            self.data.classes.num_classes,
+            self.cfg.selftrain.reliable_ratio,
+            split=self.cfg.selftrain.split,
+            seed=self.cfg.seed,
+        )
+        write_scores(self.layout.scores_path, scores)
+        reliable = sum(s.reliable for s in scores)
+        self.sink.emit(Event("ranking", "ranking", step=len(scores), total=len(scores),
+                             message=f"{reliable} of {len(scores)} images reliable",
+                             data={"reliable": reliable, "unreliable": len(scores) - reliable}))
+        return scores
+
+    def pseudo_label_with_teacher(self, pool: Sequence[Sample]) -> None:
+        """The final teacher labels the pool (TTA per config) into ``pseudo/teacher``.
+
+        Without TTA or pixel selection, the K-th checkpoint's single-scale stability masks are the
+        same labels, so they are reused instead of predicted again.
+        """
+        out_dir = self.layout.pseudo_dir("teacher")
+        k = self.cfg.pseudo.num_checkpoints
+        reusable = self.layout.stability_dir(k)
+        if not self.cfg.pseudo.tta and self.cfg.selftrain.pixel_threshold <= 0 and reusable.is_dir():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for sample in pool:
+                target = out_dir / f"{sample.id}.png"
+                source = reusable / f"{sample.id}.png"
+                if not target.exists() and source.exists():
+                    atomic_save(target, lambda tmp, src=source: Path(tmp).write_bytes(src.read_bytes()))
+        self.relabel("teacher", pool)
+
+    def relabel(self, stage: str, samples: Sequence[Sample]) -> None:
+        """Label ``samples`` with the final model of ``stage`` into ``pseudo/<stage>`` (existing masks kept)."""
+        model_path = self.layout.model_path(stage, self.cfg.pseudo.num_checkpoints)
+        out_dir = self.layout.pseudo_dir(stage)
+        if all((out_dir / f"{s.id}.png").exists() for s in samples):
+            return
+        model = self._load_model(model_path)
+        label_images(model, [s.id for s in samples], [s.image_path for s in samples], out_dir, self.cfg,
+                     self.data.classes.palette, self.device, self.sink, f"label:{stage}", tta=self.cfg.pseudo.tta,
+                     pixel_threshold=self.cfg.selftrain.pixel_threshold)
+
+    def train_student(self, stage: str, pseudo: Sequence[TrainSource]) -> Path:
+        """A freshly initialised student on labelled (+ reviewed) ∪ ``pseudo``; skipped when its model exists."""
+        path = self.layout.model_path(stage, self.cfg.pseudo.num_checkpoints)
+        labeled = [TrainSource(s, "ground_truth", s.mask_path) for s in self.data.labeled]
+        labeled += [TrainSource(s, "reviewed", s.mask_path) for s in self.data.reviewed]
+        if path.exists():
+            self._skip(stage, f"{path.name} exists")
+        else:
+            plan = FitPlan(stage, self.cfg.student_epochs, {self.cfg.student_epochs: path}, self.layout.last_path)
+            self._train(stage, labeled + list(pseudo), plan)
+        self.evaluate_stage(stage)
+        return path
+
+    def evaluate_stage(self, stage: str) -> None:
+        """Validation mIoU of a stage's final model into ``metrics.json`` (once)."""
+        metrics = self.read_metrics()
+        if stage in metrics["stages"]:
+            return
+        if not self.data.val:
+            metrics["stages"][stage] = None
+        else:
+            model = self._load_model(self.layout.model_path(stage, self.cfg.pseudo.num_checkpoints))
+            dataset = EvalDataset([s.id for s in self.data.val], [s.image_path for s in self.data.val],
+                                  [s.mask_path for s in self.data.val])
+            matrix = evaluate(model, dataset, self.data.classes.num_classes, self.device, self.cfg, self.sink, stage)
+            metrics["stages"][stage] = matrix.summary(self.data.classes.names)
+            self.sink.emit(Event("eval", stage, miou=metrics["stages"][stage]["miou"],
+                                 message=f"{stage}: val mIoU {metrics['stages'][stage]['miou']:.2f}"))
+        atomic_save(self.layout.metrics_path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+
+    def read_metrics(self) -> dict:
+        """``metrics.json`` as a dict (a fresh one before the first evaluation)."""
+        if self.layout.metrics_path.exists():
+            return json.loads(self.layout.metrics_path.read_text())
+        note = None if self.data.val else "no validation set was given: stages are not evaluated"
+        return {"validation": bool(self.data.val), "note": note, "stages": {}}
+
+    # Helpers -------------------------------------------------------------------------------
+
+    def _train(self, stage: str, sources: Sequence[TrainSource], plan: FitPlan) -> None:
+        cfg = self.cfg
+        write_train_set(self.layout.train_set_path(stage), sources, _labeled_copies(sources))
+        items = _train_items(sources, cfg)
+        # Every stage starts from the same initial weights (seeded): a student is re-initialised,
+        # never the teacher's continuation; the events record both fingerprints to prove it.
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, self.data.classes.num_classes)
+        if not model.pretrained_loaded:
+            self.sink.emit(Event("warning", stage, message=f"WARNING: {model.weights_note}"))
+        self.sink.emit(Event("stage_start", stage, total=plan.epochs, message=f"training {stage} on {len(items)} items",
+                             data={"init_fingerprint": fingerprint(model), "weights": model.weights_note,
+                                   "items": len(items), "epochs": plan.epochs}))
+        dataset = TrainDataset(items, WeakAugment(cfg.augment, cfg.data.ignore_index),
+                               StrongAugment(cfg.augment, cfg.data.ignore_index))
+        seed = cfg.seed + 1000 * (["teacher", "st", "stage1", "stage2", "stage3"].index(stage) + 1)
+        seed_everything(seed)
+        fit(model, dataset, cfg, plan, self.device, self.sink, seed, self.should_stop)
+        self.sink.emit(Event("stage_end", stage, message=f"{stage} trained",
+                             data={"final_fingerprint": fingerprint(model)}))
+
+    def _pseudo_sources(self, samples: Sequence[Sample], stage: str) -> list[TrainSource]:
+        out_dir = self.layout.pseudo_dir(stage)
+        return [TrainSource(s, f"pseudo:{stage}", out_dir / f"{s.id}.png") for s in samples]
+
+    def _load_model(self, path: Path) -> torch.nn.Module:
+        return load_model(path, self.device)
+
+    def _skip(self, stage: str, why: str) -> None:
+        self.sink.emit(Event("stage_skipped", stage, message=f"{stage} skipped: {why}"))
+
+
+def _labeled_copies(sources: Sequence[TrainSource]) -> int:
+    """How many times each labelled image repeats: ceil(|pseudo| / |labelled|), at least once."""
+    num_pseudo = sum(s.is_pseudo for s in sources)
+    num_labeled = len(sources) - num_pseudo
+    if num_pseudo == 0 or num_labeled == 0:
+        return 1
+    return max(1, math.ceil(num_pseudo / num_labeled))
+
+
+def _train_items(sources: Sequence[TrainSource], cfg: StppConfig) -> list[TrainItem]:
+    copies = _labeled_copies(sources)
+    items = []
+    for src in sources:
+        if src.is_pseudo:
+            items.append(TrainItem(src.sample.id, src.sample.image_path, src.mask_path, cfg.augment.strong_unlabeled))
+        else:
+            items += [TrainItem(src.sample.id, src.sample.image_path, src.mask_path, cfg.augment.strong_labeled)] * copies
+    return items
+
+
+def write_train_set(path: Path, sources: Sequence[TrainSource], labeled_copies: int) -> None:
+    """``stages/<stage>/train_set.csv``: ``id,source,copies,mask`` for every distinct image."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "source", "copies", "mask"])
+    for src in sources:
+        writer.writerow([src.sample.id, src.source, 1 if src.is_pseudo else labeled_copies, str(src.mask_path)])
+    atomic_save(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def write_scores(path: Path, scores: Sequence[ImageScore]) -> None:
+    """``scores.csv``: ``id,stability,reliable,rank`` then one agreement column per earlier checkpoint."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    k_minus_1 = len(scores[0].per_checkpoint) if scores else 0
+    writer.writerow(["id", "stability", "reliable", "rank"] + [f"ckpt{j}_miou" for j in range(1, k_minus_1 + 1)])
+    for s in scores:
+        writer.writerow([s.image_id, f"{s.stability:.6f}", int(s.reliable), s.rank]
+                        + ["" if np.isnan(v) else f"{v:.6f}" for v in s.per_checkpoint])
+    atomic_save(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def read_scores(path: Path) -> list[ImageScore]:
+    """Read a ``scores.csv`` written by :func:`write_scores`, in rank order."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    scores = []
+    for row in rows:
+        per_ckpt = tuple(float(row[k]) if row[k] else float("nan") for k in row if k.endswith("_miou"))
+        scores.append(ImageScore(row["id"], float(row["stability"]), per_ckpt, int(row["rank"]), row["reliable"] == "1"))
+    return sorted(scores, key=lambda s: s.rank)
+
+
+def _brief(metrics: dict) -> dict:
+    return {stage: (m or {}).get("miou") for stage, m in metrics.get("stages", {}).items()}

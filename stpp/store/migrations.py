@@ -1,0 +1,138 @@
+"""The store's schema, as a list of forward migrations.
+
+``MIGRATIONS[n - 1]`` takes a database from schema version ``n - 1`` to ``n``; the version lives in
+SQLite's ``PRAGMA user_version``. Never edit a released migration: append a new one. Times are ISO
+8601 UTC strings; JSON columns hold text; paths of stored files are relative to the workspace.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlite_utils
+
+ROLES = ("labelled", "unlabelled", "validation")
+MASK_KINDS = ("ground_truth", "reference", "pseudo", "reviewed")
+RUN_METHODS = ("supervised", "st", "st++")
+RUN_STATUSES = ("queued", "running", "awaiting_review", "done", "failed", "cancelled")
+DECISIONS = ("accepted", "rejected", "corrected")
+
+
+def _check(column: str, values: tuple[str, ...]) -> str:
+    return f"CHECK ({column} IN ({', '.join(repr(v) for v in values)}))"
+
+
+V1 = f"""
+CREATE TABLE projects (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    classes TEXT NOT NULL,                 -- JSON list of class names, index = class value
+    palette TEXT NOT NULL,                 -- JSON list of [r, g, b], one per class
+    ignore_index INTEGER NOT NULL DEFAULT 255,
+    created TEXT NOT NULL
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,                    -- original file stem, unique per project
+    hash TEXT NOT NULL,                    -- sha1 of the original file's bytes
+    path TEXT NOT NULL,                    -- relative to the workspace, or absolute when in_place
+    in_place INTEGER NOT NULL DEFAULT 0,   -- 1: registered in place, the file is not ours
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    role TEXT NOT NULL {_check("role", ROLES)},
+    created TEXT NOT NULL,
+    UNIQUE (project_id, name)
+);
+CREATE INDEX images_project_role ON images(project_id, role);
+CREATE INDEX images_project_hash ON images(project_id, hash);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    method TEXT NOT NULL {_check("method", RUN_METHODS)},
+    preset TEXT,
+    config TEXT NOT NULL,                  -- the full resolved config, JSON
+    config_hash TEXT,
+    status TEXT NOT NULL DEFAULT 'queued' {_check("status", RUN_STATUSES)},
+    resumable INTEGER NOT NULL DEFAULT 0,
+    stage TEXT,
+    progress REAL NOT NULL DEFAULT 0,      -- 0..1 over the whole run
+    pid INTEGER,
+    heartbeat TEXT,
+    error TEXT,
+    run_dir TEXT,                          -- relative to the workspace
+    created TEXT NOT NULL,
+    started TEXT,
+    finished TEXT
+);
+CREATE INDEX runs_project ON runs(project_id);
+CREATE TABLE masks (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL {_check("kind", MASK_KINDS)},
+    run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+    stage TEXT,
+    path TEXT NOT NULL,                    -- relative to the workspace
+    hash TEXT,                             -- sha1 of the PNG file
+    created TEXT NOT NULL
+);
+CREATE INDEX masks_image_kind ON masks(image_id, kind);
+CREATE INDEX masks_run ON masks(run_id);
+CREATE UNIQUE INDEX masks_one_given ON masks(image_id, kind) WHERE kind IN ('ground_truth', 'reference');
+CREATE UNIQUE INDEX masks_one_pseudo ON masks(image_id, run_id, stage) WHERE kind = 'pseudo';
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    stage TEXT NOT NULL,
+    epoch INTEGER,
+    path TEXT NOT NULL,                    -- relative to the workspace
+    metrics TEXT,                          -- JSON
+    created TEXT NOT NULL
+);
+CREATE INDEX checkpoints_run ON checkpoints(run_id);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    time TEXT NOT NULL,
+    stage TEXT,
+    step INTEGER,
+    total INTEGER,
+    loss REAL,
+    miou REAL,
+    message TEXT
+);
+CREATE INDEX events_run ON events(run_id, id);
+CREATE TABLE scores (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    stability REAL NOT NULL,
+    reliable INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    checkpoint_miou TEXT,                  -- JSON list: meanIoU of each checkpoint's mask vs the last
+    UNIQUE (run_id, image_id)
+);
+CREATE INDEX scores_image ON scores(image_id);
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+    decision TEXT NOT NULL {_check("decision", DECISIONS)},
+    mask_id INTEGER REFERENCES masks(id) ON DELETE SET NULL,
+    time TEXT NOT NULL,
+    user TEXT
+);
+CREATE INDEX reviews_image ON reviews(image_id, id);
+CREATE INDEX reviews_project ON reviews(project_id, id);
+"""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    # executescript inside the caller's open transaction runs statement by statement (no commit).
+    db.executescript(V1)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes and understands."""

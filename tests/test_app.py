@@ -1,0 +1,210 @@
+"""``python app.py`` as a real subprocess: it serves the demo project, and refuses bad workspaces."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+START_TIMEOUT_S = 120
+ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop("STPP_HOME", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_app(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "app.py", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode("utf-8", "replace")
+
+
+class Server:
+    """A running ``python app.py``; output goes to files so a full pipe never blocks it."""
+
+    def __init__(self, workspace: Path, logs: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.workspace = workspace
+        self.stdout_path, self.stderr_path = logs / "stdout.txt", logs / "stderr.txt"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py", "--port", str(self.port), "--workspace", str(workspace)],
+                cwd=REPO, env=ENV, stdout=out, stderr=err)
+
+    def output(self) -> str:
+        return self.stdout_path.read_text() + self.stderr_path.read_text()
+
+    def wait_until_up(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"app.py exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if http_get(self.url)[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)  # poll interval, not a fixed wait
+        pytest.fail(f"app.py did not answer on {self.url} within {START_TIMEOUT_S} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("app")
+    srv = Server(root / "workspace", root)
+    try:
+        srv.wait_until_up()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_page_is_served_and_url_printed(server: Server):
+    status, html = http_get(server.url)
+    assert status == 200
+    assert "<title>stpp</title>" in html or "stpp" in html
+    deadline = time.monotonic() + 10
+    while server.url not in server.stdout_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.url in server.stdout_path.read_text()
+    assert (server.workspace / "stpp.db").is_file()
+
+
+def test_project_list_shows_the_demo_with_counts(server: Server):
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False, download_files=False)
+    table = client.predict(api_name="/list_projects")
+    rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
+    demo = rows["camvid-demo"]
+    assert (demo["labelled"], demo["unlabelled"], demo["validation"]) == (12, 60, 12)
+    assert (demo["ground-truth masks"], demo["reference masks"]) == (24, 60)
+
+
+def test_ui_does_not_import_torch():
+    code = "import sys, ui; bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; sys.exit(str(bad) if bad else 0)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bad_workspace_file_exits_2(tmp_path: Path):
+    path = tmp_path / "a-file"
+    path.write_text("keep me")
+    result = run_app("--workspace", str(path))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "is a file")
+    assert path.read_text() == "keep me"
+
+
+def test_bad_workspace_uncreatable_exits_2(tmp_path: Path):
+    (tmp_path / "a-file").write_text("x")
+    result = run_app("--workspace", str(tmp_path / "a-file" / "workspace"))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "cannot create")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+def test_bad_workspace_unwritable_exits_2(tmp_path: Path):
+    path = tmp_path / "readonly"
+    path.mkdir()
+    path.chmod(0o555)
+    try:
+        result = run_app("--workspace", str(path))
+        assert result.returncode == 2
+        assert_one_line_error(result.stderr, "not writable")
+        assert list(path.iterdir()) == []
+    finally:
+        path.chmod(0o755)
+
+
+def test_store_from_a_newer_schema_exits_2_untouched(tmp_path: Path):
+    from stpp.store import SCHEMA_VERSION, open_store
+
+    workspace = tmp_path / "workspace"
+    open_store(workspace).close()
+    conn = sqlite3.connect(workspace / "stpp.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    before = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in workspace.rglob("*") if p.is_file()}
+    result = run_app("--workspace", str(workspace))
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "newer")
+    after = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in workspace.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def assert_one_line_error(stderr: str, fragment: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("stpp: error:") and fragment in lines[0], stderr
+
+
+@pytest.mark.browser
+def test_browser_shows_the_demo_project(server: Server, tmp_path: Path):
+    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(binary).exists():
+            pytest.skip(f"{binary} is not installed")
+    from stpp.store import create_project, find_project, open_store
+
+    # Written by another process after the app started: the page must re-read the store on load.
+    with open_store(server.workspace) as store:
+        if find_project(store, "added-later") is None:
+            create_project(store, "added-later", {"classes": ["a", "b"]})
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--window-size=1280,900",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(server.url)
+        wait = WebDriverWait(driver, 60,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+        wait.until(lambda d: {"camvid-demo", "added-later"}
+                   <= set(d.find_element(By.ID, "projects-table").text.split()))
+        assert "camvid-demo" in driver.find_element(By.TAG_NAME, "body").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "app-projects.png"))
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)

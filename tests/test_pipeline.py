@@ -1,0 +1,146 @@
+"""The headless ST++ run end to end: every artefact of the contract, cross-checked against the method."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_args, run_stpp
+from stpp.config import StppConfig, get_preset
+from stpp.data.datasets import EvalDataset, FolderDataset, read_split
+from stpp.data.masks import read_mask
+from stpp.engine.events import read_events
+from stpp.engine.train import evaluate
+from stpp.models import build_model
+from stpp.selftrain.stability import rank_images
+
+
+@pytest.fixture(scope="module")
+def stpp_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "stpp"
+    run_stpp(*run_args(synthetic_dataset, out, "st++", "test"))
+    return out
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_writes_every_artefact_of_the_contract(stpp_run: Path, synthetic_dataset: Path):
+    unlabeled = read_split(synthetic_dataset / "unlabeled.txt")
+    config = json.loads((stpp_run / "config.json").read_text())
+    assert config["method"] == "st++" and config["preset"] == "test"
+    assert config["data"]["num_classes"] == 4
+    for j in (1, 2, 3):
+        checkpoint = torch.load(stpp_run / "checkpoints" / f"teacher_ckpt{j}.pt", weights_only=True)
+        assert StppConfig.from_dict(checkpoint["config"]) == StppConfig.from_dict(config)
+        assert {p.stem for p in (stpp_run / "stability" / f"ckpt{j}").glob("*.png")} == set(unlabeled)
+    assert [c["epoch"] for c in (torch.load(stpp_run / "checkpoints" / f"teacher_ckpt{j}.pt", weights_only=True)
+                                 for j in (1, 2, 3))] == [6, 13, 20]
+    assert (stpp_run / "checkpoints" / "stage1.pt").exists() and (stpp_run / "checkpoints" / "stage2.pt").exists()
+    assert not (stpp_run / "checkpoints" / "last.pt").exists()
+    assert {p.stem for p in (stpp_run / "pseudo" / "teacher").glob("*.png")} == set(unlabeled)
+
+    scores = _csv(stpp_run / "scores.csv")
+    assert sorted(r["id"] for r in scores) == sorted(unlabeled)
+    assert sum(r["reliable"] == "1" for r in scores) == math.floor(len(unlabeled) * 0.5)
+    assert [int(r["rank"]) for r in scores] == list(range(1, len(unlabeled) + 1))
+
+    metrics = json.loads((stpp_run / "metrics.json").read_text())
+    assert metrics["validation"] is True
+    assert set(metrics["stages"]) == {"teacher", "stage1", "stage2"}
+    for stage in metrics["stages"].values():
+        assert 0 <= stage["miou"] <= 100 and set(stage["per_class"]) == {"background", "red", "green", "blue"}
+    kinds = [e["kind"] for e in read_events(stpp_run / "events.jsonl")]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+
+
+def test_scores_recomputed_from_the_saved_stability_masks_match(stpp_run: Path):
+    rows = _csv(stpp_run / "scores.csv")
+    ids = [r["id"] for r in rows]
+    recomputed = rank_images(
+        ids, lambda i: [read_mask(stpp_run / "stability" / f"ckpt{j}" / f"{i}.png") for j in (1, 2, 3)],
+        num_classes=4, reliable_ratio=0.5)
+    assert [s.image_id for s in recomputed] == ids
+    for score, row in zip(recomputed, rows):
+        assert score.stability == pytest.approx(float(row["stability"]), abs=1e-6)
+        assert score.reliable == (row["reliable"] == "1")
+
+
+def test_training_sets_follow_the_method(stpp_run: Path, synthetic_dataset: Path):
+    labeled = set(read_split(synthetic_dataset / "labeled.txt"))
+    scores = _csv(stpp_run / "scores.csv")
+    reliable = {r["id"] for r in scores if r["reliable"] == "1"}
+    unreliable = {r["id"] for r in scores if r["reliable"] == "0"}
+
+    teacher = _csv(stpp_run / "stages" / "teacher" / "train_set.csv")
+    assert {r["id"] for r in teacher} == labeled and {r["source"] for r in teacher} == {"ground_truth"}
+
+    stage1 = {r["id"]: r for r in _csv(stpp_run / "stages" / "stage1" / "train_set.csv")}
+    assert set(stage1) == labeled | reliable
+    assert all(stage1[i]["source"] == "pseudo:teacher" for i in reliable)
+    assert all(stage1[i]["source"] == "ground_truth" and stage1[i]["copies"] == "1" for i in labeled)
+
+    stage2 = {r["id"]: r for r in _csv(stpp_run / "stages" / "stage2" / "train_set.csv")}
+    assert set(stage2) == labeled | reliable | unreliable
+    assert all(stage2[i]["source"] == "pseudo:teacher" for i in reliable)
+    assert all(stage2[i]["source"] == "pseudo:stage1" for i in unreliable)
+    # labelled images are repeated ceil(|pseudo| / |labelled|) times: ceil(16 / 8) = 2
+    assert all(stage2[i]["copies"] == "2" for i in labeled)
+    # ground truth of unlabelled images is never a training mask
+    masks_dir = str(synthetic_dataset / "masks")
+    assert not any(r["mask"].startswith(masks_dir) for r in stage2.values() if r["id"] not in labeled)
+
+
+def test_students_start_from_the_initial_weights_not_the_teacher(stpp_run: Path):
+    events = read_events(stpp_run / "events.jsonl")
+    starts = {e["stage"]: e["data"]["init_fingerprint"] for e in events if e["kind"] == "stage_start"}
+    ends = {e["stage"]: e["data"]["final_fingerprint"] for e in events if e["kind"] == "stage_end"}
+    assert set(starts) == {"teacher", "stage1", "stage2"}
+    assert starts["stage1"] == starts["stage2"] == starts["teacher"]
+    assert starts["stage1"] != ends["teacher"]
+
+
+def test_stage2_labels_of_unreliable_images_equal_predict_with_stage1(stpp_run: Path, synthetic_dataset: Path,
+                                                                      tmp_path: Path):
+    unreliable = [r["id"] for r in _csv(stpp_run / "scores.csv") if r["reliable"] == "0"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for image_id in unreliable:
+        shutil.copy(synthetic_dataset / "images" / f"{image_id}.png", images)
+    run_stpp("predict", stpp_run, "--images", images, "--out", tmp_path / "masks", "--stage", "stage1")
+    for image_id in unreliable:
+        predicted = read_mask(tmp_path / "masks" / f"{image_id}.png")
+        relabelled = read_mask(stpp_run / "pseudo" / "stage1" / f"{image_id}.png")
+        assert np.array_equal(predicted, relabelled), image_id
+
+
+def test_the_teacher_learns_far_beyond_a_random_init_model(stpp_run: Path, synthetic_dataset: Path):
+    metrics = json.loads((stpp_run / "metrics.json").read_text())
+    dataset = FolderDataset.open(synthetic_dataset)
+    val = read_split(synthetic_dataset / "val.txt")
+    eval_set = EvalDataset(val, [dataset.image_path(i) for i in val], [dataset.mask_path(i) for i in val])
+    cfg = get_preset("test")
+    torch.manual_seed(0)
+    untrained = build_model(cfg.model, 4)
+    baseline = evaluate(untrained, eval_set, 4, torch.device("cpu"), cfg).miou() * 100
+    assert metrics["stages"]["teacher"]["miou"] > max(60.0, baseline + 30), (metrics["stages"], baseline)
+    assert metrics["stages"]["stage2"]["miou"] > max(60.0, baseline + 30), (metrics["stages"], baseline)
+
+
+def test_eval_command_matches_the_runs_own_metrics(stpp_run: Path, synthetic_dataset: Path):
+    result = run_stpp("eval", stpp_run, "--data", synthetic_dataset, "--split", synthetic_dataset / "val.txt",
+                      "--stage", "teacher")
+    printed = json.loads(result.stdout)
+    metrics = json.loads((stpp_run / "metrics.json").read_text())
+    assert printed["miou"] == metrics["stages"]["teacher"]["miou"]
+    assert printed["per_class"] == metrics["stages"]["teacher"]["per_class"]
+    assert json.loads((stpp_run / "eval" / "teacher-val.json").read_text()) == printed

@@ -1,0 +1,24 @@
+"""The Gradio app: a header, then one tab per module in :data:`TABS`, each built by ``build(services)``."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.services import Services
+from ui.tabs import projects
+
+TABS = [projects]
+"""Tab modules in display order; each has ``TITLE`` and ``build(services) -> None``."""
+
+
+def build_app(services: Services) -> gr.Blocks:
+    """The whole interface over ``services``; launch it with ``.launch(...)``."""
+    with gr.Blocks(title="stpp") as app:
+        gr.Markdown("# stpp\nSemi-supervised semantic segmentation with ST++ self-training: "
+                    "train on a few labelled images, review the pseudo masks, export a dataset.")
+        with gr.Tabs():
+            for tab in TABS:
+                with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
+                    tab.build(services)
+        gr.Markdown(f"Workspace: `{services.settings.workspace}`", elem_id="workspace-note")
+    return app
