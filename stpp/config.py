@@ -235,7 +235,7 @@ PRESETS: dict[str, StppConfig] = {
     "test": _mobilenet_preset(
         "test",
         augment=AugmentConfig(base_size=64, crop_size=48),
-        optim=OptimConfig(epochs=20, student_epochs=4, batch_size=4, base_lr=0.01, num_workers=0),
+        optim=OptimConfig(epochs=20, student_epochs=6, batch_size=4, base_lr=0.01, num_workers=0),
         pseudo=PseudoConfig(tta_scales=(0.75, 1.0, 1.5)),
     ),
 }

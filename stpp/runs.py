@@ -112,7 +112,7 @@ def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> R
             raise RunError(f"{out} already holds a run (config.json); pass --resume to continue it, "
                            "or choose another --out")
         saved = json.loads(layout.config_path.read_text())
-        differences = _differences(saved, cfg.to_dict(), ignore={"device"})
+        differences = _differences(saved, json.loads(cfg.to_json()), ignore={"device"})
         if differences:
             raise RunError(f"--resume: the config differs from {layout.config_path}: " + "; ".join(differences))
         if layout.inputs_path.exists() and json.loads(layout.inputs_path.read_text()) != inputs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import pytest
@@ -251,4 +250,4 @@ def test_backbones_keep_torchvision_names() -> None:
     ours = set(MobileNetV2Backbone(8).state_dict())
     theirs = set(torchvision.models.mobilenet_v2(weights=None).state_dict())
     assert ours == {k for k in theirs if not k.startswith(("classifier.", "features.18."))}
-    assert math.isclose(MobileNetV2Backbone(16).high_channels, 320)
+    assert MobileNetV2Backbone(16).high_channels == 320

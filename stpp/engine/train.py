@@ -52,12 +52,17 @@ def snapshot_epochs(epochs: int, k: int) -> list[int]:
 
 
 def make_optimizer(model: nn.Module, cfg: StppConfig) -> tuple[torch.optim.SGD, float]:
-    """SGD with the backbone at ``lr`` and the head at ``head_lr_mult x lr``; lr scaled by batch / 16."""
+    """SGD with the backbone at ``lr`` and the head at ``head_lr_mult x lr``; lr scaled by batch / 16.
+
+    Returns:
+        The optimizer and the backbone learning rate.
+    """
     lr = cfg.optim.base_lr * cfg.optim.batch_size / 16
+    # DeepLabv2's head trains at the backbone's rate (the paper's code); the others at 10x.
+    head_lr = lr * (model.head_lr_mult or cfg.optim.head_lr_mult)
     groups = [
         {"params": list(model.backbone_parameters()), "lr": lr, "initial_lr": lr},
-        {"params": list(model.head_parameters()), "lr": lr * cfg.optim.head_lr_mult,
-         "initial_lr": lr * cfg.optim.head_lr_mult},
+        {"params": list(model.head_parameters()), "lr": head_lr, "initial_lr": head_lr},
     ]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     return optimizer, lr

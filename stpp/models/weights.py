@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-
-logger = logging.getLogger(__name__)
 
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 """torchvision's ``MobileNet_V2_Weights.IMAGENET1K_V1`` file name."""
@@ -75,10 +72,7 @@ def init_backbone(backbone: nn.Module, backbone_name: str, pretrained: str) -> t
             else:
                 reason = f"no offline ImageNet weights exist for {backbone_name}"
             note = f"random init: {reason}; pass model.pretrained=/path/to/{_torchvision_file_hint(backbone_name)}"
-            logger.warning("%s", note)
             return False, note
-        if getattr(backbone, "deep_stem", False):
-            raise WeightsError(f"{path.name} has a plain 7x7 stem and cannot initialise a deep-stem backbone")
         check_hash(path)
         load_backbone_weights(backbone, path)
         return True, f"ImageNet weights from {path}"

@@ -1,0 +1,85 @@
+"""Killed and stopped runs finish with ``--resume`` without redoing finished work."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from helpers import REPO, run_args, run_stpp, stpp_command
+from stpp.engine.events import read_events
+
+FAST = ["--set", "optim.student_epochs=2"]
+
+
+def _start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(stpp_command(*run_args(data, out, "st++", "test", *FAST, *extra)), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"run ended (exit {process.returncode}) before {path} appeared:\n"
+                                 f"{process.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_killed_after_the_teacher_resumes_without_retraining_it(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    process = _start(synthetic_dataset, out)
+    _wait_for(out / "checkpoints" / "teacher_ckpt3.pt", process)
+    process.kill()
+    process.wait()
+    teacher_bytes = (out / "checkpoints" / "teacher_ckpt3.pt").read_bytes()
+
+    run_stpp(*run_args(synthetic_dataset, out, "st++", "test", *FAST, "--resume"))
+    events = read_events(out / "events.jsonl")
+    assert [e["stage"] for e in events if e["kind"] == "stage_start"].count("teacher") == 1
+    assert any(e["kind"] == "stage_skipped" and e["stage"] == "teacher" for e in events)
+    assert events[-1]["kind"] == "run_end"
+    assert (out / "checkpoints" / "teacher_ckpt3.pt").read_bytes() == teacher_bytes
+    assert (out / "checkpoints" / "stage2.pt").exists()
+
+
+def test_killed_mid_stage_resumes_from_last_epoch_and_ends_at_the_planned_step(synthetic_dataset: Path,
+                                                                              tmp_path: Path):
+    out = tmp_path / "run"
+    process = _start(synthetic_dataset, out, "--method", "supervised")
+    last = out / "checkpoints" / "last.pt"
+    _wait_for(last, process)
+    time.sleep(0.5)  # let it get into a later epoch
+    process.kill()
+    process.wait()
+    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    assert saved_epoch >= 1
+
+    run_stpp(*run_args(synthetic_dataset, out, "supervised", "test", *FAST, "--resume"))
+    events = read_events(out / "events.jsonl")
+    resumed = [e for e in events if e["kind"] == "info" and "resumed_epoch" in e.get("data", {})]
+    assert resumed and resumed[-1]["data"]["resumed_epoch"] >= saved_epoch
+    after = events[events.index(resumed[-1]):]
+    epochs_after = [e["data"]["epoch"] for e in after if e["kind"] == "epoch"]
+    assert epochs_after[0] == resumed[-1]["data"]["resumed_epoch"] + 1 and epochs_after[-1] == 20
+    steps = [e for e in events if e["kind"] == "step"]
+    assert steps[-1]["step"] == steps[-1]["total"] == 40  # 20 epochs x 2 steps
+    assert not last.exists()
+    assert (out / "checkpoints" / "teacher_ckpt3.pt").exists()
+
+
+def test_sigterm_stops_cleanly_with_a_resumable_last_checkpoint(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    process = _start(synthetic_dataset, out, "--method", "supervised")
+    _wait_for(out / "checkpoints" / "last.pt", process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    assert "--resume" in process.stderr.read()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["stage"] == "teacher" and "optimizer" in state and "rng" in state
+    run_stpp(*run_args(synthetic_dataset, out, "supervised", "test", *FAST, "--resume"))
+    assert read_events(out / "events.jsonl")[-1]["kind"] == "run_end"
