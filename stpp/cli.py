@@ -107,12 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="test-time augmentation (default: as the run's config)")
     pr.add_argument("--device", default="auto")
+
+    wk = commands.add_parser("worker", help="run a project's training run from the store (started by the app)")
+    wk.add_argument("run_id", type=int)
+    wk.add_argument("--workspace", type=Path, default=None, help="default: $STPP_HOME or ./workspace")
+
+    try:
+        from stpp.project_cli import add_project_parser
+    except ImportError:  # the project commands are being built
+        pass
+    else:
+        add_project_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cpu_threads()
+    if args.command == "worker":
+        from stpp.worker import worker_main
+
+        return worker_main(args.run_id, args.workspace)
+    if args.command == "project":
+        from stpp.project_cli import run_project_command
+
+        return run_project_command(args)
     try:
         if args.command == "run":
             return _run(args)

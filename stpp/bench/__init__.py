@@ -1,0 +1,1 @@
+"""Benchmarks that print figures for BENCHMARKS.md: ``python -m stpp.bench {speed,quality} ...``."""
