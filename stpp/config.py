@@ -227,7 +227,7 @@ PRESETS: dict[str, StppConfig] = {
     "tiny": _mobilenet_preset(
         "tiny",
         augment=AugmentConfig(base_size=240, crop_size=128),
-        optim=OptimConfig(epochs=30, student_epochs=4, batch_size=8, base_lr=0.004, num_workers=1),
+        optim=OptimConfig(epochs=100, student_epochs=6, batch_size=8, base_lr=0.004, num_workers=1),
         pseudo=PseudoConfig(tta=False),
     ),
     # Seconds on CPU, for the test suite (generated 64x64 images). 20 teacher epochs are 40

@@ -1,15 +1,15 @@
-"""The folder dataset layout, class metadata, split files, input validation and torch datasets.
+"""The folder dataset layout, split files, input validation and torch datasets.
 
 A folder dataset (``DESIGN.md``, "Folder dataset") is ``ROOT/images/**/ID.<ext>``,
 ``ROOT/masks/**/ID.png`` (8-bit class indices, 255 = ignore) and an optional ``ROOT/classes.json``;
 split lists are text files with one ID per line. Everything that can be wrong with a user's data is
 reported as a :class:`DataError` that names the file (or the ID and its file) and the problem, and
-:func:`check_run_inputs` finds it before any training starts.
+:func:`check_run_inputs` finds it before any training starts. Class metadata (:class:`ClassInfo`,
+:func:`load_classes`, :class:`DataError`) lives in :mod:`stpp.data.classes` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from stpp.config import IGNORE_INDEX
+from stpp.data.classes import ClassInfo, DataError, default_palette, load_classes
 from stpp.data.masks import read_image, read_mask
 from stpp.data.transforms import StrongAugment, WeakAugment, normalize, to_eval_tensor
 
@@ -32,103 +33,6 @@ MASK_EXTENSIONS = (".png",)
 # EXIF orientations 5-8 rotate by 90 degrees: read_image swaps width and height for them.
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _MAX_LISTED = 20
-
-
-class DataError(ValueError):
-    """A dataset, split file or class file that cannot be used; the message names file and problem."""
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """The classes of a dataset.
-
-    Attributes:
-        names: one name per class index.
-        palette: one RGB colour per class index.
-        ignore_index: the mask value meaning "no label".
-    """
-
-    names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int = IGNORE_INDEX
-
-    @property
-    def num_classes(self) -> int:
-        """The number of classes."""
-        return len(self.names)
-
-
-def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
-    """Distinct colours for ``num_classes`` classes: the Pascal VOC colour map (class 0 black)."""
-    palette = []
-    for index in range(num_classes):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette.append((r, g, b))
-    return tuple(palette)
-
-
-def load_classes(path: str | Path) -> ClassInfo:
-    """Read a ``classes.json``: ``{"classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255}``.
-
-    ``palette`` and ``ignore_index`` are optional (a default palette, 255); other keys are ignored.
-
-    Raises:
-        DataError: the file is missing or malformed JSON (with the line), the class list is empty or
-            not a list of unique non-empty names, the palette length differs from the class count,
-            a colour is not three integers in 0..255, or ``ignore_index`` is not in 0..255 above
-            every class index.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: class file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the class file ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object with a \"classes\" list, got {type(data).__name__}")
-    names = data.get("classes")
-    if not isinstance(names, list) or not names:
-        raise DataError(f"{path}: \"classes\" must be a non-empty list of class names")
-    for index, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip():
-            raise DataError(f"{path}: class {index} has an invalid name {name!r} (expected a non-empty string)")
-    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
-    if duplicates:
-        raise DataError(f"{path}: duplicate class names: {', '.join(duplicates)}")
-    ignore_index = data.get("ignore_index", IGNORE_INDEX)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not 0 <= ignore_index <= 255:
-        raise DataError(f"{path}: \"ignore_index\" must be an integer in 0..255, got {ignore_index!r}")
-    if len(names) > ignore_index:
-        raise DataError(f"{path}: {len(names)} classes do not fit below ignore_index {ignore_index} "
-                        f"(8-bit masks hold class indices 0..{ignore_index - 1})")
-    raw_palette = data.get("palette")
-    if raw_palette is None:
-        palette = default_palette(len(names))
-    else:
-        if not isinstance(raw_palette, list) or len(raw_palette) != len(names):
-            count = len(raw_palette) if isinstance(raw_palette, list) else "no list of"
-            raise DataError(f"{path}: \"palette\" has {count} colours but there are {len(names)} classes")
-        palette = tuple(_colour(path, index, names[index], colour) for index, colour in enumerate(raw_palette))
-    return ClassInfo(names=tuple(names), palette=palette, ignore_index=ignore_index)
-
-
-def _colour(path: Path, index: int, name: str, colour: Any) -> tuple[int, int, int]:
-    if (not isinstance(colour, list) or len(colour) != 3
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour)):
-        raise DataError(f"{path}: palette colour {index} ({name}) is {colour!r}; expected [r, g, b] "
-                        "with integers in 0..255")
-    return (colour[0], colour[1], colour[2])
 
 
 def _index_files(folder: Path, extensions: tuple[str, ...], kind: str) -> dict[str, Path]:

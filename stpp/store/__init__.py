@@ -7,7 +7,9 @@ and transactions, ``migrations`` for the schema, ``projects`` and ``ingest`` for
 from stpp.store.classes import ClassInfo, as_class_info, load_classes, make_classes
 from stpp.store.db import Store, StoreError, open_store, utc_now
 from stpp.store.demo import DEMO_PROJECT, seed_demo_project
-from stpp.store.ingest import FileResult, ImportReport, import_folder_dataset
+from stpp.store.ingest import import_folder_dataset, ingest_files, normalize_role
+from stpp.store.report import FileResult, ImportReport
+from stpp.store.sources import Limits
 from stpp.store.migrations import MASK_KINDS, ROLES, RUN_STATUSES, SCHEMA_VERSION
 from stpp.store.projects import (
     Project,

@@ -1,0 +1,295 @@
+"""SupOnly vs ST vs ST++ on a folder dataset with standard splits, plus pseudo-mask quality.
+
+``python -m stpp.bench quality --data ROOT --split 1_8 --preset camvid-cpu [--methods ...]
+[--seeds 0,1] [--ablations] [--out DIR] [--results FILE]``
+
+``--split 1_8`` means ``ROOT/splits/1_8/{labeled,unlabeled}.txt``; validation is ``ROOT/splits/val.txt``.
+Each (method, seed) is an ordinary headless run folder under ``--out``; finished runs are reused and
+killed ones resumed, so the benchmark can be run in pieces. ST and ST++ start from a copy of the
+SupOnly run's teacher checkpoints: with the same seed and config the teacher stage is the same
+training, so it is done once.
+
+Pseudo-mask quality needs ground truth for the unlabelled images (CamVid has it): the teacher's
+pseudo masks are scored against it on the reliable and the unreliable half, the unreliable half again
+after re-labelling with the stage-1 model ("boosted"), and the Spearman correlation between
+stability and each image's pseudo-mask mIoU is reported. That ground truth is read here only, after
+training; training never sees it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stpp.config import StppConfig
+from stpp.data.datasets import FolderDataset
+from stpp.data.masks import atomic_save, read_mask
+from stpp.engine.device import configure_cpu_threads, resolve_device
+from stpp.engine.events import read_events
+from stpp.engine.metrics import ConfusionMatrix, mask_miou
+from stpp.runs import describe_inputs, load_folder_run_data, prepare_run_dir, resolve_config, run_headless
+from stpp.selftrain.layout import RunLayout
+from stpp.selftrain.pipeline import read_scores, stage_names
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the results table: a method plus config overrides."""
+
+    name: str
+    method: str
+    overrides: tuple[str, ...] = ()
+
+
+ABLATIONS = (
+    Variant("st++ (SDA off)", "st++", ("augment.strong_unlabeled=false",)),
+    Variant("st++ (random split)", "st++", ("selftrain.split=random",)),
+    Variant("st (pixel selection 0.5)", "st", ("selftrain.pixel_threshold=0.5",)),
+    Variant("st++ (R = 25%)", "st++", ("selftrain.reliable_ratio=0.25",)),
+    Variant("st++ (R = 75%)", "st++", ("selftrain.reliable_ratio=0.75",)),
+)
+
+
+@dataclass
+class RunResult:
+    variant: Variant
+    seed: int
+    run_dir: Path
+    miou: float | None
+    per_class: dict
+    seconds: float
+    stages: dict = field(default_factory=dict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stpp.bench quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", required=True, help="folder name under ROOT/splits, e.g. 1_8")
+    parser.add_argument("--preset", default="camvid-cpu")
+    parser.add_argument("--methods", default="supervised,st,st++")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--ablations", action="store_true", help="add the paper's ablation rows")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs"))
+    parser.add_argument("--results", type=Path, default=None,
+                        help="JSON results file (default: benchmarks/results/<dataset>-<split>-<preset>.json)")
+    args = parser.parse_args(argv)
+    configure_cpu_threads()
+
+    split_dir = args.data / "splits" / args.split
+    labeled, unlabeled, val = split_dir / "labeled.txt", split_dir / "unlabeled.txt", args.data / "splits" / "val.txt"
+    data = load_folder_run_data(args.data, labeled, unlabeled, val)
+    device = resolve_device(args.device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [Variant(m, m) for m in args.methods.split(",")] + (list(ABLATIONS) if args.ablations else [])
+    dataset_name = args.data.resolve().name
+    tag = f"{dataset_name}-{args.split}-{args.preset}"
+
+    results: list[RunResult] = []
+    for seed in seeds:
+        teacher_source = None
+        for variant in variants:
+            overrides = list(args.overrides) + list(variant.overrides) + [f"seed={seed}"]
+            cfg = resolve_config(args.preset, variant.method, overrides, args.device, data.classes)
+            run_dir = args.out / tag / f"{_slug(variant.name)}-s{seed}"
+            layout = prepare_run_dir(run_dir, cfg, describe_inputs(args.data, data), resume=True)
+            if teacher_source is not None:
+                _reuse_teacher(teacher_source, layout, cfg)
+            print(f"== {variant.name} (seed {seed}) -> {run_dir}", file=sys.stderr, flush=True)
+            run_headless(cfg, data, layout, device)
+            results.append(_collect(variant, seed, layout, cfg))
+            if variant.method == "supervised" and not variant.overrides:
+                teacher_source = layout
+
+    report = _report(args, dataset_name, device, data, results)
+    results_path = args.results or Path("benchmarks/results") / f"{tag}.json"
+    atomic_save(results_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    markdown = to_markdown(report)
+    atomic_save(results_path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown))
+    print(markdown)
+    print(f"results: {results_path}", file=sys.stderr)
+    return 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-" else "_" for c in name).strip("_").replace("__", "_")
+
+
+def _reuse_teacher(source: RunLayout, target: RunLayout, cfg: StppConfig) -> None:
+    """Copy the SupOnly run's teacher checkpoints (and its metrics) into a run that has none yet."""
+    k = cfg.pseudo.num_checkpoints
+    if all(target.teacher_checkpoint(j).exists() for j in range(1, k + 1)):
+        return
+    target.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    for j in range(1, k + 1):
+        shutil.copyfile(source.teacher_checkpoint(j), target.teacher_checkpoint(j))
+
+
+def _run_seconds(layout: RunLayout) -> float:
+    """Wall time of the run's own work: the sum of its sessions (run_start to the last event before the next)."""
+    events = read_events(layout.events_path)
+    total, start, last = 0.0, None, None
+    for event in events:
+        if event["kind"] == "run_start":
+            if start is not None:
+                total += last - start
+            start = event["time"]
+        last = event["time"]
+    if start is not None:
+        total += last - start
+    return round(total, 1)
+
+
+def _collect(variant: Variant, seed: int, layout: RunLayout, cfg: StppConfig) -> RunResult:
+    metrics = json.loads(layout.metrics_path.read_text())
+    final = metrics["stages"].get(stage_names(cfg)[-1]) or {}
+    return RunResult(variant, seed, layout.root, final.get("miou"), final.get("per_class", {}),
+                     _run_seconds(layout), {s: (m or {}).get("miou") for s, m in metrics["stages"].items()})
+
+
+def pseudo_quality(layout: RunLayout, dataset: FolderDataset, num_classes: int) -> dict | None:
+    """The paper's Fig. 3 on a finished ST++ run whose unlabelled images have ground truth."""
+    if not layout.scores_path.exists():
+        return None
+    scores = read_scores(layout.scores_path)
+    if not scores or any(dataset.mask_path(s.image_id) is None for s in scores):
+        return None
+    reliable, unreliable, boosted = (ConfusionMatrix(num_classes) for _ in range(3))
+    stability, per_image = [], []
+    for score in scores:
+        truth = read_mask(dataset.mask_path(score.image_id))
+        teacher = read_mask(layout.pseudo_dir("teacher") / f"{score.image_id}.png")
+        (reliable if score.reliable else unreliable).update(truth, teacher)
+        if not score.reliable:
+            relabelled = layout.pseudo_dir("stage1") / f"{score.image_id}.png"
+            if relabelled.exists():
+                boosted.update(truth, read_mask(relabelled))
+        stability.append(score.stability)
+        per_image.append(_image_miou(truth, teacher, num_classes))
+    return {
+        "reliable_miou": round(100 * reliable.miou(), 2),
+        "unreliable_miou": round(100 * unreliable.miou(), 2),
+        "boosted_miou": round(100 * boosted.miou(), 2) if int(boosted.matrix.sum()) else None,
+        "spearman": round(spearman(stability, per_image), 3),
+        "images": len(scores),
+    }
+
+
+def _image_miou(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> float:
+    # Pixels that are ignore in the ground truth do not count against the pseudo mask.
+    prediction = np.where(truth == 255, 255, prediction)
+    value = mask_miou(truth, prediction, num_classes)
+    return 0.0 if np.isnan(value) else value
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _report(args, dataset_name: str, device: torch.device, data, results: list[RunResult]) -> dict:
+    dataset = FolderDataset.open(args.data)
+    methods: dict[str, dict] = {}
+    for variant in {r.variant.name: r.variant for r in results}.values():
+        rows = [r for r in results if r.variant.name == variant.name]
+        mious = [r.miou for r in rows if r.miou is not None]
+        methods[variant.name] = {
+            "miou": round(float(np.mean(mious)), 2) if mious else None,
+            "miou_range": [min(mious), max(mious)] if len(mious) > 1 else None,
+            "per_class": rows[0].per_class if len(rows) == 1 else _mean_per_class(rows),
+            "seconds": round(float(np.mean([r.seconds for r in rows])), 1),
+            "stages": rows[0].stages if len(rows) == 1 else None,
+            "seeds": [r.seed for r in rows],
+            "overrides": list(variant.overrides),
+            "runs": [str(r.run_dir) for r in rows],
+        }
+    stpp_runs = [r for r in results if r.variant.name == "st++"]
+    quality = pseudo_quality(RunLayout(stpp_runs[0].run_dir), dataset, data.classes.num_classes) if stpp_runs else None
+    cfg_hash = resolve_config(args.preset, "st++", args.overrides, args.device, data.classes).config_hash()
+    return {
+        "dataset": dataset_name,
+        "split": args.split,
+        "preset": args.preset,
+        "overrides": args.overrides,
+        "config_hash": cfg_hash,
+        "device": _device_name(device),
+        "date": date.today().isoformat(),
+        "labeled": len(data.labeled),
+        "unlabeled": len(data.unlabeled),
+        "val": len(data.val),
+        "methods": methods,
+        "pseudo_quality": quality,
+        "command": "python -m stpp.bench quality " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["quality"] else sys.argv[1:]),
+    }
+
+
+def _mean_per_class(rows: list[RunResult]) -> dict:
+    names = rows[0].per_class.keys()
+    out = {}
+    for name in names:
+        values = [r.per_class.get(name) for r in rows if r.per_class.get(name) is not None]
+        out[name] = round(float(np.mean(values)), 2) if values else None
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+
+
+def to_markdown(report: dict) -> str:
+    """The results as Markdown tables (methods, then pseudo-mask quality)."""
+    lines = [f"{report['dataset']} {report['split']}, preset `{report['preset']}`, {report['device']}, {report['date']}",
+             "", "| method | val mIoU | seeds | wall time |", "|---|---|---|---|"]
+    for name, row in report["methods"].items():
+        miou = "n/a" if row["miou"] is None else f"{row['miou']:.2f}"
+        if row.get("miou_range"):
+            miou += f" ({row['miou_range'][0]:.2f}–{row['miou_range'][1]:.2f})"
+        lines.append(f"| {name} | {miou} | {','.join(map(str, row['seeds']))} | {row['seconds'] / 60:.1f} min |")
+    quality = report.get("pseudo_quality")
+    if quality:
+        boosted = "n/a" if quality["boosted_miou"] is None else f"{quality['boosted_miou']:.2f}"
+        lines += ["", "| pseudo masks (teacher) | mIoU vs ground truth |", "|---|---|",
+                  f"| reliable half | {quality['reliable_miou']:.2f} |",
+                  f"| unreliable half | {quality['unreliable_miou']:.2f} |",
+                  f"| unreliable, re-labelled by stage 1 | {boosted} |",
+                  "", f"Spearman(stability, per-image pseudo-mask mIoU) = {quality['spearman']:.3f} "
+                      f"over {quality['images']} images"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

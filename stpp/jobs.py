@@ -1,0 +1,449 @@
+"""The job runner: project runs as detached worker processes, a queue across projects, cancel,
+resume and recovery after a restart.
+
+A launched run is recorded ``queued``; :meth:`JobRunner.tick` starts queued runs while their device
+has a free slot (one training per GPU and one on the CPU by default) by spawning
+``python -m stpp.worker RUN_ID --workspace W`` in a new session, so it outlives the web app. All
+state lives in the store and every decision is taken inside a store transaction, so several app
+processes (or a CLI next to the app) may call :meth:`~JobRunner.tick` at the same time. A worker
+that ends calls ``tick`` itself, so the queue moves on even with no page open.
+
+No Gradio here, and torch is never imported into the calling process (the GPU inventory and the
+config check run in the worker's module or a child process).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from stpp.config import PRESETS, ConfigError, StppConfig, get_preset
+from stpp.store.db import Store, StoreError, utc_now
+from stpp.store.projects import Project, get_project
+from stpp.store.runs import (
+    Run,
+    RunStateError,
+    cancel_requested_at,
+    claim_queued,
+    create_run,
+    end_running,
+    get_run,
+    list_runs,
+    parse_time,
+    refuse_unfinished,
+    request_cancel,
+    transition,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GRACE_S = 30.0
+"""Seconds a cancelled worker gets to stop cleanly before it is killed."""
+START_GRACE_S = 120.0
+"""Seconds a claimed run may wait for its worker's pid before it counts as failed to start."""
+
+METHOD_LABELS = {"supervised": "SupOnly", "st": "ST", "st++": "ST++"}
+"""Display names of the methods."""
+BACKBONE_NAMES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101")
+"""The backbones of :data:`stpp.models.BACKBONES`, listed without importing torch."""
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+
+class LaunchError(StoreError):
+    """A run that cannot be launched as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device a run can train on.
+
+    Attributes:
+        id: ``cpu`` or ``cuda:N`` (the config's ``device``).
+        label: what people see, e.g. ``GPU 0: NVIDIA H100 (79 GB)``.
+    """
+
+    id: str
+    label: str
+
+
+@functools.lru_cache(maxsize=1)
+def detect_devices() -> tuple[Device, ...]:
+    """The CPU, then every visible CUDA GPU with its name and memory.
+
+    The GPUs are listed by a child process (``python -m stpp.worker --list-devices``), so the
+    caller never imports torch or opens a CUDA context. Cached for the life of the process.
+    """
+    devices = [Device("cpu", "CPU")]
+    try:
+        result = _run_worker_module(["--list-devices"], timeout=120)
+        gpus = json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        gpus = []
+    for gpu in gpus:
+        devices.append(Device(f"cuda:{gpu['index']}", f"GPU {gpu['index']}: {gpu['name']} "
+                                                      f"({gpu['memory_bytes'] / 2**30:.0f} GB)"))
+    return tuple(devices)
+
+
+def _run_worker_module(args: list[str], stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stpp.worker", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT, env=_child_env())
+
+
+def form_defaults(preset: str) -> dict[str, Any]:
+    """The Train form's values for a preset: backbone, epochs, batch, crop, reliable ratio, TTA, AMP, stage 3."""
+    cfg = get_preset(preset)
+    return {
+        "backbone": cfg.model.backbone, "epochs": cfg.optim.epochs, "student_epochs": cfg.student_epochs,
+        "batch_size": cfg.optim.batch_size, "crop_size": cfg.augment.crop_size,
+        "reliable_ratio": cfg.selftrain.reliable_ratio, "tta": cfg.pseudo.tta, "amp": cfg.optim.amp,
+        "stage3": cfg.selftrain.stage3,
+    }
+
+
+def form_overrides(backbone: str, epochs: int, student_epochs: int, batch_size: int, crop_size: int,
+                   reliable_ratio: float, tta: bool, amp: str, stage3: bool) -> dict[str, Any]:
+    """The ``key=value`` overrides for what the Train form sets (see :func:`form_defaults`)."""
+    return {
+        "model.backbone": backbone, "optim.epochs": int(epochs), "optim.student_epochs": int(student_epochs),
+        "optim.batch_size": int(batch_size), "augment.crop_size": int(crop_size),
+        "selftrain.reliable_ratio": float(reliable_ratio), "pseudo.tta": bool(tta), "optim.amp": amp,
+        "selftrain.stage3": bool(stage3),
+    }
+
+
+def preset_names() -> list[str]:
+    """Every preset name."""
+    return list(PRESETS)
+
+
+def worker_alive(pid: int | None, run_id: int | None = None) -> bool:
+    """Whether ``pid`` is a live (not zombie) process, and, where ``/proc`` tells, a worker of ``run_id``.
+
+    The command-line check guards against a pid reused by another program after the worker died.
+    """
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's process: not our worker
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True
+    try:
+        state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (OSError, IndexError):
+        return False
+    if state in ("Z", "X"):
+        return False
+    if run_id is None:
+        return True
+    return any("worker" in a for a in args) and str(run_id) in args
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The worker imports stpp from this checkout even when it is not installed.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def worker_log_path(store: Store, run_id: int) -> Path:
+    """Where a run's worker writes its output: ``runs/<run_id>.log`` beside the run folder.
+
+    Beside, not inside: a run folder holds only what the run writes, so a resume can check it.
+    """
+    return store.path("runs") / f"{int(run_id)}.log"
+
+
+class JobRunner:
+    """Starts, queues, cancels, resumes and recovers project runs.
+
+    Args:
+        store: the open store.
+        slots_per_device: trainings at once on each device (the CPU counts as one device).
+        grace_s: seconds between the clean-stop request of :meth:`cancel` and a kill.
+        start_grace_s: seconds a claimed run may wait for its worker's pid.
+        python: the interpreter that runs workers.
+    """
+
+    def __init__(self, store: Store, slots_per_device: int = 1, grace_s: float = DEFAULT_GRACE_S,
+                 start_grace_s: float = START_GRACE_S, python: str = sys.executable):
+        if slots_per_device < 1:
+            raise ValueError("slots_per_device must be at least 1")
+        self.store = store
+        self.slots_per_device = slots_per_device
+        self.grace_s = grace_s
+        self.start_grace_s = start_grace_s
+        self.python = python
+        self._children: dict[int, subprocess.Popen] = {}
+
+    # Launching ---------------------------------------------------------------------------------
+
+    def launch(self, project: int | str | Project, method: str, preset: str,
+               overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu") -> Run:
+        """Resolve the config, record a ``queued`` run and start it if its device is free.
+
+        Args:
+            project: id, name or :class:`Project`.
+            method: ``supervised``, ``st`` or ``st++``.
+            preset: a preset name.
+            overrides: ``{"optim.epochs": 3}`` or ``["optim.epochs=3"]``.
+            device: ``cpu``, ``cuda:N``, ``cuda`` or ``auto`` (pinned to a device here).
+
+        Raises:
+            RunConflict: the project already has an unfinished run.
+            LaunchError: the project has no data the method can train on.
+            ConfigError: a bad preset, method, override or value.
+        """
+        project = get_project(self.store, project)
+        refuse_unfinished(self.store, project)  # before the slower config check
+        check_trainable(self.store, project, method)
+        cfg = resolve_run_config(project, method, preset, overrides, self._pin_device(device))
+        return self.submit(project, cfg)
+
+    def submit(self, project: int | str | Project, cfg: StppConfig) -> Run:
+        """Record a ``queued`` run with an already resolved config and start it if its device is free.
+
+        Raises:
+            RunConflict: the project already has an unfinished run.
+        """
+        run = create_run(self.store, project, cfg)
+        self.tick()
+        return get_run(self.store, run.id)
+
+    def _pin_device(self, device: str) -> str:
+        if device == "auto":
+            gpus = [d.id for d in detect_devices() if d.id != "cpu"]
+            return gpus[0] if gpus else "cpu"
+        return "cuda:0" if device == "cuda" else device
+
+    # The queue ---------------------------------------------------------------------------------
+
+    def tick(self) -> list[int]:
+        """Reap ended workers, kill overdue cancels, then start queued runs that have a free slot.
+
+        Safe to call often and from several processes. Returns the ids of the runs started.
+        """
+        self._poll_children()
+        self.reap()
+        return [run_id for run_id in self._claim() if self._spawn(run_id)]
+
+    def _claim(self) -> list[int]:
+        queued = list_runs(self.store, statuses=["queued"])
+        if not queued:
+            return []
+        # Slots are worked out before the write lock is taken ("auto" may ask a child process).
+        slots = {run.id: self._slot(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
+        claimed = []
+        with self.store.transaction() as db:
+            busy: dict[str, int] = {}
+            for run_id, config in db.execute("SELECT id, config FROM runs WHERE status = 'running'"):
+                slot = slots.get(run_id) or self._slot(str(json.loads(config).get("device", "auto")))
+                busy[slot] = busy.get(slot, 0) + 1
+            for run in sorted(queued, key=lambda r: r.id):
+                slot = slots[run.id]
+                if busy.get(slot, 0) >= self.slots_per_device:
+                    continue
+                # A savepoint inside the one transaction that counted the busy slots.
+                if claim_queued(self.store, run.id, pid=None, started=run.started or utc_now(), error=None):
+                    busy[slot] = busy.get(slot, 0) + 1
+                    claimed.append(run.id)
+        return claimed
+
+    def _slot(self, device: str) -> str:
+        return self._pin_device(device)
+
+    def _spawn(self, run_id: int) -> bool:
+        log_path = worker_log_path(self.store, run_id)
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(self.worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_child_env(),
+                                           start_new_session=True)
+        except OSError as error:
+            end_running(self.store, run_id, "failed", None, error=f"cannot start the worker: {error}", resumable=True)
+            return False
+        self._children[run_id] = process
+        with self.store.transaction() as db:
+            db.execute("UPDATE runs SET pid = ? WHERE id = ? AND status = 'running' AND pid IS NULL",
+                       [process.pid, run_id])
+        return True
+
+    def worker_command(self, run_id: int) -> list[str]:
+        """The command line of a run's worker."""
+        return [self.python, "-m", "stpp.worker", str(int(run_id)), "--workspace", str(self.store.workspace)]
+
+    def _poll_children(self) -> None:
+        # Reaps this process's own ended workers, which would otherwise stay zombies and look alive.
+        for run_id, process in list(self._children.items()):
+            if process.poll() is not None:
+                del self._children[run_id]
+
+    # Ending ------------------------------------------------------------------------------------
+
+    def reap(self) -> list[Run]:
+        """Settle running runs whose worker is gone, and kill workers that ignored a cancel too long.
+
+        A worker gone without reporting leaves its run ``failed`` and resumable (``cancelled`` when
+        a cancel was asked for); a claimed run whose worker never recorded a pid fails after
+        ``start_grace_s``. Returns the runs changed.
+        """
+        changed = []
+        now = time.time()
+        for run in list_runs(self.store, statuses=["running"]):
+            if run.pid is None:
+                claimed_at = parse_time(run.heartbeat) if run.heartbeat else 0.0
+                if now - claimed_at > self.start_grace_s and end_running(
+                        self.store, run.id, "failed", None, resumable=True,
+                        error="the worker did not start; resume to try again"):
+                    changed.append(get_run(self.store, run.id))
+                continue
+            asked = cancel_requested_at(self.store, run.id)
+            if worker_alive(run.pid, run.id):
+                if asked is None or now - asked < self.grace_s:
+                    continue
+                _signal_group(run.pid, signal.SIGKILL)
+                ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True,
+                                    error=f"the worker did not stop within {self.grace_s:.0f} s and was killed")
+            elif asked is not None:
+                ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True)
+            else:
+                ended = end_running(self.store, run.id, "failed", run.pid, resumable=True,
+                                    error=f"the worker (pid {run.pid}) ended without reporting (killed or crashed); "
+                                          "resume continues from the last checkpoint")
+            if ended:
+                changed.append(get_run(self.store, run.id))
+        return changed
+
+    def recover(self) -> list[Run]:
+        """At app start: mark runs whose worker is gone failed and resumable, keep live ones, start the queue.
+
+        Returns the runs that were marked.
+        """
+        changed = self.reap()
+        self.tick()
+        return changed
+
+    def cancel(self, run_id: int) -> Run:
+        """Cancel a run: a queued or awaiting-review one at once, a running one by a clean stop.
+
+        The running worker is asked to stop (a store event it polls, and SIGTERM); it saves
+        ``last.pt`` after its current step and reports ``cancelled``. :meth:`tick` kills it if it is
+        still running ``grace_s`` later. Every cancelled run is resumable.
+
+        Raises:
+            RunStateError: the run is already done, failed or cancelled.
+        """
+        run = get_run(self.store, run_id)
+        if run.status in ("queued", "awaiting_review"):
+            try:
+                return transition(self.store, run.id, "cancelled", expect=[run.status], resumable=True,
+                                  finished=utc_now())
+            except RunStateError:
+                run = get_run(self.store, run_id)  # claimed meanwhile: stop it as a running run
+        if run.status != "running":
+            raise RunStateError(f"run {run.id} is {run.status.replace('_', ' ')}; there is nothing to cancel")
+        request_cancel(self.store, run.id)
+        if run.pid and worker_alive(run.pid, run.id):
+            try:
+                os.kill(run.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return get_run(self.store, run.id)
+
+    def resume(self, run_id: int) -> Run:
+        """Queue a failed or cancelled run again; its worker continues from what the run folder holds.
+
+        Raises:
+            RunStateError: the run is not failed/cancelled, or not resumable.
+            RunConflict: its project has another unfinished run.
+        """
+        transition(self.store, run_id, "queued", expect=["failed", "cancelled"], error=None, finished=None,
+                   pid=None, resumable=False)
+        self.tick()
+        return get_run(self.store, run_id)
+
+    def wait(self, run_id: int, timeout: float, statuses: Sequence[str] = ("done", "failed", "cancelled"),
+             poll_s: float = 0.5) -> Run:
+        """Tick until the run reaches one of ``statuses`` (for the CLI and tests); returns it.
+
+        Raises:
+            TimeoutError: not reached within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tick()
+            run = get_run(self.store, run_id)
+            if run.status in statuses:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout:.0f} s")
+            time.sleep(poll_s)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the worker and its data-loader processes (its process group, when it leads one)."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def check_trainable(store: Store, project: int | str | Project, method: str) -> None:
+    """Refuse a project without labelled images (or, for ST / ST++, without unlabelled ones).
+
+    Raises:
+        LaunchError: what is missing and what to add.
+    """
+    project = get_project(store, project)
+    labelled = store.db.execute(
+        "SELECT count(*) FROM images i JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
+        "WHERE i.project_id = ? AND i.role = 'labelled'", [project.id]).fetchone()[0]
+    if not labelled:
+        raise LaunchError(f"project {project.name!r} has no labelled images with masks; add some before training")
+    if method != "supervised":
+        unlabelled = store.db.execute("SELECT count(*) FROM images WHERE project_id = ? AND role = 'unlabelled'",
+                                      [project.id]).fetchone()[0]
+        if not unlabelled:
+            raise LaunchError(f"project {project.name!r} has no unlabelled images; {METHOD_LABELS.get(method, method)} "
+                              "needs some (or choose SupOnly)")
+
+
+def resolve_run_config(project: Project, method: str, preset: str, overrides: Mapping[str, Any] | Sequence[str],
+                       device: str) -> StppConfig:
+    """The full config of a project run: preset, method, overrides, device and the project's classes.
+
+    Resolved and checked exactly as a headless run's (:func:`stpp.runs.resolve_config`, which
+    builds the model once), in a child process (``python -m stpp.worker --resolve-config``) so the
+    caller does not load torch.
+
+    Raises:
+        ConfigError: a bad preset, method, override key or value (the child's one-line message).
+    """
+    if isinstance(overrides, Mapping):
+        overrides = [f"{key}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                     for key, v in overrides.items()]
+    request = {"preset": preset, "method": method, "overrides": list(overrides), "device": device,
+               "classes": {"names": list(project.classes.names), "palette": [list(c) for c in project.classes.palette],
+                           "ignore_index": project.classes.ignore_index}}
+    result = _run_worker_module(["--resolve-config"], stdin=json.dumps(request))
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise ConfigError(lines[-1].removeprefix("error: ") if lines else "the config check failed")
+    return StppConfig.from_dict(json.loads(result.stdout.strip().splitlines()[-1]))

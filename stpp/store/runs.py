@@ -1,0 +1,609 @@
+"""Training runs in the store: their rows and status, and what a running job records there.
+
+A run row holds the resolved config, the status (``queued``, ``running``, ``awaiting_review``,
+``done``, ``failed``, ``cancelled`` plus a ``resumable`` flag), the current stage, the progress over
+the whole run (0..1), the worker's pid and heartbeat, the error of a failed run and its times. The
+run's files live in ``WORKSPACE/runs/<run_id>/`` (the headless run-folder layout); the worker's
+:class:`StoreSink` records, as they appear, the events, the checkpoints, the stability scores and the
+pseudo masks of that folder, so the app reads everything from the store.
+
+A project has at most one unfinished run (queued, running or awaiting review) at a time.
+
+The v1 ``events`` table has no column for the event kind, so the kind leads the ``message`` column
+(``"kind: text"``) and :func:`list_events` splits it off again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from stpp.engine.events import Event
+from stpp.selftrain.layout import RunLayout
+from stpp.store.db import Store, StoreError, utc_now
+from stpp.store.files import sha1_bytes
+from stpp.store.projects import Project, get_project
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = ("queued", "running", "awaiting_review")
+"""Statuses that hold the project's one unfinished-run slot."""
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "failed", "cancelled"}),
+    "running": frozenset({"awaiting_review", "done", "failed", "cancelled"}),
+    "awaiting_review": frozenset({"queued", "running", "done", "cancelled"}),
+    "failed": frozenset({"queued"}),
+    "cancelled": frozenset({"queued"}),
+    "done": frozenset(),
+}
+"""Allowed status changes: ``failed``/``cancelled`` go back to ``queued`` only when resumable."""
+
+STEP_EVENT_INTERVAL_S = 1.0
+"""Step events closer together than this are not recorded (the last step of a stage always is)."""
+
+PROGRESS_SCALE = 10_000
+"""A ``worker_start`` event stores the run's progress at that moment as ``step / PROGRESS_SCALE``."""
+
+_RUN_FIELDS = ("status", "resumable", "stage", "progress", "pid", "heartbeat", "error", "started", "finished")
+
+
+class RunConflict(StoreError):
+    """A launch or resume refused because the project already has an unfinished run."""
+
+
+class RunStateError(StoreError):
+    """A status change that the run's current status does not allow."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run row.
+
+    Attributes:
+        config: the full resolved config (a dict, as saved in ``config.json``).
+        progress: 0..1 over the whole run.
+        run_dir: the run folder, relative to the workspace.
+    """
+
+    id: int
+    project_id: int
+    method: str
+    preset: str | None
+    config: dict[str, Any]
+    config_hash: str | None
+    status: str
+    resumable: bool
+    stage: str | None
+    progress: float
+    pid: int | None
+    heartbeat: str | None
+    error: str | None
+    run_dir: str | None
+    created: str
+    started: str | None
+    finished: str | None
+
+    @property
+    def unfinished(self) -> bool:
+        """Queued, running or awaiting review: the project's one unfinished run."""
+        return self.status in UNFINISHED
+
+    @property
+    def can_resume(self) -> bool:
+        """Failed or cancelled, and marked resumable."""
+        return self.status in ("failed", "cancelled") and self.resumable
+
+    @property
+    def device(self) -> str:
+        """The device the config asks for (``cpu``, ``cuda:N``, ``cuda`` or ``auto``)."""
+        return str(self.config.get("device", "auto"))
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One recorded event (see :class:`stpp.engine.events.Event`)."""
+
+    id: int
+    time: str
+    kind: str
+    stage: str
+    step: int | None
+    total: int | None
+    loss: float | None
+    miou: float | None
+    message: str
+
+
+def _run(row: Mapping[str, Any]) -> Run:
+    values = dict(row)
+    values["config"] = json.loads(values["config"])
+    values["resumable"] = bool(values["resumable"])
+    return Run(**values)
+
+
+def _now_iso(timestamp: float | None = None) -> str:
+    if timestamp is None:
+        return utc_now()
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> float:
+    """A store timestamp (ISO 8601 UTC) as seconds since the epoch."""
+    return datetime.fromisoformat(value).timestamp()
+
+
+# Rows and status -----------------------------------------------------------------------------------
+
+
+def create_run(store: Store, project: int | str | Project, config: Any) -> Run:
+    """Record a new ``queued`` run of ``project`` with a resolved config.
+
+    Args:
+        store: the open store.
+        project: id, name or :class:`Project`.
+        config: the resolved :class:`stpp.config.StppConfig` (``data`` filled in).
+
+    Raises:
+        RunConflict: the project already has a queued, running or awaiting-review run.
+    """
+    project = get_project(store, project)
+    with store.transaction() as db:
+        _refuse_unfinished(db, project)
+        run_id = db["runs"].insert({
+            "project_id": project.id,
+            "method": config.method,
+            "preset": config.preset,
+            "config": json.dumps(config.to_dict(), sort_keys=True),
+            "config_hash": config.config_hash(),
+            "status": "queued",
+            "resumable": 0,
+            "progress": 0.0,
+            "created": utc_now(),
+        }).last_pk
+        db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [f"runs/{run_id}", run_id])
+    return get_run(store, run_id)
+
+
+def refuse_unfinished(store: Store, project: int | str | Project) -> None:
+    """Raise :class:`RunConflict` when the project has a queued, running or awaiting-review run."""
+    _refuse_unfinished(store.db, get_project(store, project))
+
+
+def _refuse_unfinished(db, project: Project, except_run: int | None = None) -> None:
+    marks = ", ".join("?" * len(UNFINISHED))
+    row = db.execute(f"SELECT id, status FROM runs WHERE project_id = ? AND status IN ({marks}) AND id != ? "
+                     "ORDER BY id LIMIT 1", [project.id, *UNFINISHED, except_run or -1]).fetchone()
+    if row is not None:
+        status = row[1].replace("_", " ")
+        raise RunConflict(f"project {project.name!r} already has an unfinished run: run {row[0]} is {status}; "
+                          "cancel it (or wait for it to finish) before starting another")
+
+
+def find_run(store: Store, run_id: int) -> Run | None:
+    """The run with this id, or None."""
+    rows = list(store.db.query("SELECT * FROM runs WHERE id = ?", [int(run_id)]))
+    return _run(rows[0]) if rows else None
+
+
+def get_run(store: Store, run_id: int) -> Run:
+    """The run with this id.
+
+    Raises:
+        StoreError: no such run.
+    """
+    run = find_run(store, run_id)
+    if run is None:
+        raise StoreError(f"no run {run_id}")
+    return run
+
+
+def list_runs(store: Store, project: int | str | Project | None = None,
+              statuses: Iterable[str] | None = None) -> list[Run]:
+    """Runs, newest first; only ``project``'s and only those in ``statuses`` when given."""
+    where, params = [], []
+    if project is not None:
+        where.append("project_id = ?")
+        params.append(get_project(store, project).id)
+    if statuses is not None:
+        statuses = tuple(statuses)
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(statuses)
+    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+    return [_run(row) for row in store.db.query(sql, params)]
+
+
+def unfinished_run(store: Store, project: int | str | Project) -> Run | None:
+    """The project's queued, running or awaiting-review run, if any."""
+    runs = list_runs(store, project, UNFINISHED)
+    return runs[-1] if runs else None
+
+
+def transition(store: Store, run_id: int, status: str, *, expect: Iterable[str] | None = None,
+               **fields: Any) -> Run:
+    """Change a run's status (and other columns) in one transaction, if the change is allowed.
+
+    Args:
+        store: the open store.
+        run_id: the run.
+        status: the new status.
+        expect: when given, the current status must be one of these.
+        **fields: other columns to set (``resumable``, ``stage``, ``progress``, ``pid``, ``heartbeat``,
+            ``error``, ``started``, ``finished``).
+
+    Raises:
+        RunStateError: the current status does not allow the change; ``queued`` from ``failed`` or
+            ``cancelled`` also needs ``resumable``.
+        RunConflict: going back to ``queued`` while the project has another unfinished run.
+    """
+    unknown = set(fields) - set(_RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown run columns: {', '.join(sorted(unknown))}")
+    with store.transaction() as db:
+        row = db.execute("SELECT status, resumable, project_id FROM runs WHERE id = ?", [int(run_id)]).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id}")
+        current, resumable, project_id = row
+        if expect is not None and current not in tuple(expect):
+            raise RunStateError(f"run {run_id} is {current.replace('_', ' ')}, not {' or '.join(expect)}")
+        if status not in TRANSITIONS.get(current, ()):
+            raise RunStateError(f"run {run_id} is {current.replace('_', ' ')}; it cannot become {status}")
+        if status == "queued" and current in ("failed", "cancelled") and not resumable:
+            raise RunStateError(f"run {run_id} is {current} and cannot be resumed")
+        if status in UNFINISHED and current not in UNFINISHED:
+            _refuse_unfinished(db, get_project(store, project_id), except_run=int(run_id))
+        values = {"status": status, **fields}
+        if "resumable" in values:
+            values["resumable"] = int(bool(values["resumable"]))
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), int(run_id)])
+    return get_run(store, run_id)
+
+
+def update_run(store: Store, run_id: int, **fields: Any) -> None:
+    """Set columns of a run without changing its status (``stage``, ``progress``, ``pid``, ``heartbeat``...)."""
+    if not fields:
+        return
+    unknown = set(fields) - set(_RUN_FIELDS) or ({"status"} & set(fields))
+    if unknown:
+        raise ValueError(f"cannot set {', '.join(sorted(unknown))} with update_run")
+    assignments = ", ".join(f"{key} = ?" for key in fields)
+    with store.transaction() as db:
+        db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*fields.values(), int(run_id)])
+
+
+def claim_queued(store: Store, run_id: int, **fields: Any) -> bool:
+    """Atomically move a run from ``queued`` to ``running``; False when it was not queued any more."""
+    values = {"status": "running", "heartbeat": utc_now(), **fields}
+    assignments = ", ".join(f"{key} = ?" for key in values)
+    with store.transaction() as db:
+        cursor = db.execute(f"UPDATE runs SET {assignments} WHERE id = ? AND status = 'queued'",
+                            [*values.values(), int(run_id)])
+        return cursor.rowcount == 1
+
+
+def end_running(store: Store, run_id: int, status: str, pid: int | None, **fields: Any) -> bool:
+    """Move a ``running`` run owned by ``pid`` to a final status; False when it was no longer so.
+
+    The condition makes the change safe against a worker that reported its own end in the meantime.
+    """
+    if status not in TRANSITIONS["running"]:
+        raise RunStateError(f"a running run cannot become {status}")
+    values = {"status": status, "finished": utc_now(), **fields}
+    if "resumable" in values:
+        values["resumable"] = int(bool(values["resumable"]))
+    assignments = ", ".join(f"{key} = ?" for key in values)
+    owner = "pid IS NULL" if pid is None else "pid = ?"
+    with store.transaction() as db:
+        cursor = db.execute(f"UPDATE runs SET {assignments} WHERE id = ? AND status = 'running' AND {owner}",
+                            [*values.values(), int(run_id), *([] if pid is None else [pid])])
+        return cursor.rowcount == 1
+
+
+# Events --------------------------------------------------------------------------------------------
+
+
+def record_event(store: Store, run_id: int, event: Event) -> int:
+    """Store one event; returns its row id."""
+    text = f"{event.kind}: {event.message}" if event.message else event.kind
+    with store.transaction() as db:
+        return db["events"].insert({
+            "run_id": int(run_id), "time": _now_iso(event.time), "stage": event.stage or None,
+            "step": event.step, "total": event.total, "loss": event.loss, "miou": event.miou, "message": text,
+        }).last_pk
+
+
+def list_events(store: Store, run_id: int, limit: int | None = None, kinds: Iterable[str] | None = None,
+                after_id: int = 0) -> list[RunEvent]:
+    """A run's events in the order they happened.
+
+    Args:
+        limit: only the last ``limit`` of them.
+        kinds: only these kinds (``step``, ``epoch``, ``eval``...).
+        after_id: only events recorded after this row id.
+    """
+    sql, params = "SELECT * FROM events WHERE run_id = ? AND id > ?", [int(run_id), after_id]
+    if kinds is not None:
+        kinds = tuple(kinds)
+        sql += " AND (" + " OR ".join("message = ? OR message LIKE ?" for _ in kinds) + ")"
+        for kind in kinds:
+            params += [kind, f"{kind}: %"]
+    sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+    events = []
+    for row in store.db.query(sql, params):
+        kind, _, message = (row["message"] or "").partition(": ")
+        events.append(RunEvent(row["id"], row["time"], kind, row["stage"] or "", row["step"], row["total"],
+                               row["loss"], row["miou"], message))
+    return events[::-1]
+
+
+def last_event_id(store: Store, run_id: int) -> int:
+    """The row id of the run's latest event (0 when none)."""
+    row = store.db.execute("SELECT max(id) FROM events WHERE run_id = ?", [int(run_id)]).fetchone()
+    return int(row[0] or 0)
+
+
+def record_worker_start(store: Store, run_id: int, pid: int, progress: float) -> None:
+    """The event that opens a worker session; it keeps the progress at the start for the ETA."""
+    record_event(store, run_id, Event("worker_start", step=int(round(progress * PROGRESS_SCALE)),
+                                      total=PROGRESS_SCALE, message=f"worker started (pid {pid})"))
+
+
+def request_cancel(store: Store, run_id: int) -> None:
+    """Record that someone asked the running worker to stop (the worker polls for it)."""
+    record_event(store, run_id, Event("cancel_requested", message="cancel requested; stopping after the current step"))
+
+
+def cancel_requested_at(store: Store, run_id: int) -> float | None:
+    """When a stop was requested since the run's worker last started (seconds since the epoch), or None."""
+    latest = list_events(store, run_id, limit=1, kinds=["worker_start", "cancel_requested"])
+    if latest and latest[-1].kind == "cancel_requested":
+        return parse_time(latest[-1].time)
+    return None
+
+
+def estimate_eta(store: Store, run: Run, now: float | None = None) -> float | None:
+    """Seconds left for a running run, from the progress made since its worker started; None if unknown."""
+    if run.status != "running" or run.progress >= 1:
+        return None
+    starts = list_events(store, run.id, limit=1, kinds=["worker_start"])
+    if not starts:
+        return None
+    start = starts[-1]
+    done_at_start = (start.step or 0) / PROGRESS_SCALE
+    gained = run.progress - done_at_start
+    elapsed = (time.time() if now is None else now) - parse_time(start.time)
+    if gained < 0.005 or elapsed <= 0:
+        return None
+    return elapsed * (1 - run.progress) / gained
+
+
+# Checkpoints, metrics, scores, pseudo masks --------------------------------------------------------
+
+
+def relative_to_workspace(store: Store, path: str | Path) -> str:
+    """``path`` relative to the workspace when it lies inside it, else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(store.workspace))
+    except ValueError:
+        try:
+            return str(path.resolve().relative_to(store.workspace.resolve()))
+        except ValueError:
+            return str(path)
+
+
+def record_checkpoint(store: Store, run_id: int, stage: str, path: str | Path, epoch: int | None = None,
+                      metrics: Mapping[str, Any] | None = None) -> int:
+    """Record (or update) the row of a checkpoint file; returns its row id."""
+    rel = relative_to_workspace(store, path)
+    with store.transaction() as db:
+        row = db.execute("SELECT id FROM checkpoints WHERE run_id = ? AND path = ?", [int(run_id), rel]).fetchone()
+        values = {"stage": stage, "epoch": epoch}
+        if metrics is not None:
+            values["metrics"] = json.dumps(dict(metrics))
+        if row is not None:
+            assignments = ", ".join(f"{key} = ?" for key in values)
+            db.execute(f"UPDATE checkpoints SET {assignments} WHERE id = ?", [*values.values(), row[0]])
+            return int(row[0])
+        return db["checkpoints"].insert({"run_id": int(run_id), "path": rel, "created": utc_now(), **values}).last_pk
+
+
+def set_stage_metrics(store: Store, run_id: int, stage: str, metrics: Mapping[str, Any]) -> bool:
+    """Attach validation metrics to the final checkpoint of ``stage``; False when it has no checkpoint row."""
+    with store.transaction() as db:
+        row = db.execute("SELECT id FROM checkpoints WHERE run_id = ? AND stage = ? ORDER BY epoch DESC, id DESC "
+                         "LIMIT 1", [int(run_id), stage]).fetchone()
+        if row is None:
+            return False
+        db.execute("UPDATE checkpoints SET metrics = ? WHERE id = ?", [json.dumps(dict(metrics)), row[0]])
+        return True
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """One recorded checkpoint; ``path`` is relative to the workspace."""
+
+    id: int
+    stage: str
+    epoch: int | None
+    path: str
+    metrics: dict[str, Any] | None
+
+
+def list_checkpoints(store: Store, run_id: int) -> list[CheckpointRow]:
+    """A run's checkpoints in the order they were recorded."""
+    return [CheckpointRow(r["id"], r["stage"], r["epoch"], r["path"], json.loads(r["metrics"]) if r["metrics"] else None)
+            for r in store.db.query("SELECT * FROM checkpoints WHERE run_id = ? ORDER BY id", [int(run_id)])]
+
+
+def run_metrics(store: Store, run_id: int) -> dict[str, float | None]:
+    """Validation mIoU (percent) per evaluated stage, in stage order; from the checkpoints, else the events."""
+    found: dict[str, float | None] = {}
+    for row in list_checkpoints(store, run_id):
+        if row.metrics and "miou" in row.metrics:
+            found[row.stage] = row.metrics["miou"]
+    for event in list_events(store, run_id, kinds=["eval"]):
+        found.setdefault(event.stage, event.miou)
+    return found
+
+
+def record_scores(store: Store, run_id: int, scores_csv: str | Path, image_ids: Mapping[str, int]) -> int:
+    """Store the rows of a run's ``scores.csv`` (``id,stability,reliable,rank,ckpt<j>_miou...``).
+
+    Args:
+        image_ids: image name (the run's sample id) to image row id.
+
+    Returns:
+        The number of score rows written (existing rows of the run are replaced).
+    """
+    with open(scores_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records = []
+    for row in rows:
+        if row["id"] not in image_ids:
+            raise StoreError(f"{scores_csv}: image {row['id']!r} is not in the run's project")
+        per_ckpt = [float(row[k]) if row[k] else None for k in row if k.endswith("_miou")]
+        records.append({"run_id": int(run_id), "image_id": image_ids[row["id"]], "stability": float(row["stability"]),
+                        "reliable": int(row["reliable"]), "rank": int(row["rank"]),
+                        "checkpoint_miou": json.dumps(per_ckpt)})
+    with store.transaction() as db:
+        db.execute("DELETE FROM scores WHERE run_id = ?", [int(run_id)])
+        if records:
+            db["scores"].insert_all(records)
+    return len(records)
+
+
+def record_pseudo_masks(store: Store, run_id: int, stage: str, folder: str | Path,
+                        image_ids: Mapping[str, int]) -> int:
+    """Add a ``pseudo`` mask row (run, stage) for every ``ID.png`` in ``folder`` not yet recorded.
+
+    Args:
+        stage: the stage whose model labelled the masks (``teacher``, ``stage1``...).
+        folder: the run's ``pseudo/<stage>`` folder.
+        image_ids: image name to image row id; files of other names are left out.
+
+    Returns:
+        The number of rows added.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    known = {row[0] for row in store.db.execute(
+        "SELECT image_id FROM masks WHERE run_id = ? AND kind = 'pseudo' AND stage = ?", [int(run_id), stage])}
+    records = []
+    for path in sorted(folder.glob("*.png")):
+        image_id = image_ids.get(path.stem)
+        if image_id is None or image_id in known:
+            continue
+        records.append({"image_id": image_id, "kind": "pseudo", "run_id": int(run_id), "stage": stage,
+                        "path": relative_to_workspace(store, path), "hash": sha1_bytes(path.read_bytes()),
+                        "created": utc_now()})
+    if records:
+        with store.transaction() as db:
+            db["masks"].insert_all(records, ignore=True)
+    return len(records)
+
+
+def count_rows(store: Store, table: str, run_id: int, **where: Any) -> int:
+    """How many rows of ``table`` (``events``, ``checkpoints``, ``scores``, ``masks``) belong to the run."""
+    if table not in ("events", "checkpoints", "scores", "masks"):
+        raise ValueError(f"not a per-run table: {table}")
+    sql = f"SELECT count(*) FROM {table} WHERE run_id = ?" + "".join(f" AND {key} = ?" for key in where)
+    return int(store.db.execute(sql, [int(run_id), *where.values()]).fetchone()[0])
+
+
+# The sink ------------------------------------------------------------------------------------------
+
+
+class StoreSink:
+    """An :class:`~stpp.engine.events.EventSink` that records a project run's progress in the store.
+
+    Every event becomes an ``events`` row, except step events closer than
+    :data:`STEP_EVENT_INTERVAL_S` to the last recorded one (a stage's last step is always kept).
+    With each recorded event the run row's stage, progress and heartbeat are updated. ``checkpoint``
+    events add ``checkpoints`` rows, ``eval`` events attach the mIoU to the stage's final checkpoint,
+    the end of the ranking stores ``scores.csv``, and pseudo masks get ``masks`` rows as each
+    labelling pass reports them.
+
+    A store that stays locked beyond its busy timeout loses that event (logged), never the run.
+
+    Args:
+        store: the open store (the worker's).
+        run_id: the run.
+        layout: the run folder.
+        image_ids: image name (the run's sample ids) to image row id.
+        progress: maps an event to the progress over the whole run (0..1), or None when it says
+            nothing new; the recorded progress never goes down.
+        clock: seconds, for the step-event throttle (tests pass a fake one).
+    """
+
+    def __init__(self, store: Store, run_id: int, layout: RunLayout, image_ids: Mapping[str, int],
+                 progress: Callable[[Event], float | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.run_id = int(run_id)
+        self.layout = layout
+        self.image_ids = dict(image_ids)
+        self.progress_of = progress
+        self.clock = clock
+        self.progress = 0.0
+        self._last_step_at: float | None = None
+        self._last_step_stage = ""
+
+    def emit(self, event: Event) -> None:
+        progress = self.progress_of(event) if self.progress_of is not None else None
+        if progress is not None:
+            self.progress = max(self.progress, min(1.0, progress))
+        if not self._keep(event):
+            return
+        try:
+            self._record(event)
+        except sqlite3.OperationalError as error:
+            log.warning("run %s: event %s not recorded: %s", self.run_id, event.kind, error)
+
+    def _keep(self, event: Event) -> bool:
+        if event.kind != "step":
+            return True
+        now = self.clock()
+        last_of_stage = event.total is not None and event.step == event.total
+        if (last_of_stage or self._last_step_at is None or event.stage != self._last_step_stage
+                or now - self._last_step_at >= STEP_EVENT_INTERVAL_S):
+            self._last_step_at, self._last_step_stage = now, event.stage
+            return True
+        return False
+
+    def _record(self, event: Event) -> None:
+        record_event(self.store, self.run_id, event)
+        fields: dict[str, Any] = {"heartbeat": utc_now(), "progress": self.progress}
+        if event.stage:
+            fields["stage"] = event.stage
+        update_run(self.store, self.run_id, **fields)
+        if event.kind == "checkpoint" and event.data.get("path"):
+            record_checkpoint(self.store, self.run_id, event.stage, event.data["path"], event.data.get("epoch"))
+        elif event.kind == "eval" and event.miou is not None:
+            set_stage_metrics(self.store, self.run_id, event.stage, {"miou": event.miou})
+        elif event.kind == "ranking" or (event.kind == "stage_skipped" and event.stage == "ranking"):
+            if self.layout.scores_path.exists():
+                record_scores(self.store, self.run_id, self.layout.scores_path, self.image_ids)
+        elif event.kind == "labels" and event.stage.startswith("label:"):
+            stage = event.stage.partition(":")[2]
+            record_pseudo_masks(self.store, self.run_id, stage, self.layout.pseudo_dir(stage), self.image_ids)
+        elif event.kind in ("stage_start", "run_end"):
+            self.record_all_pseudo_masks()
+
+    def record_all_pseudo_masks(self) -> int:
+        """Record every pseudo mask in the run folder that has no row yet (masks copied, not predicted)."""
+        root = self.layout.root / "pseudo"
+        if not root.is_dir():
+            return 0
+        return sum(record_pseudo_masks(self.store, self.run_id, folder.name, folder, self.image_ids)
+                   for folder in sorted(root.iterdir()) if folder.is_dir())

@@ -1,0 +1,60 @@
+"""The quality benchmark's command and outputs keep working (on a 2-image-per-split CamVid slice)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CAMVID_DIR
+from helpers import REPO
+
+
+@pytest.fixture
+def camvid_slice(tmp_path: Path) -> Path:
+    if not CAMVID_DIR.is_dir():
+        pytest.skip(f"CamVid not found at {CAMVID_DIR}")
+    root = tmp_path / "camvid"
+    ids = {
+        "labeled": (CAMVID_DIR / "splits" / "1_8" / "labeled.txt").read_text().split()[:2],
+        "unlabeled": (CAMVID_DIR / "splits" / "1_8" / "unlabeled.txt").read_text().split()[:2],
+        "val": (CAMVID_DIR / "splits" / "val.txt").read_text().split()[:2],
+    }
+    for sub in ("images", "masks"):
+        for folder in ("train", "val"):
+            (root / sub / folder).mkdir(parents=True)
+    for split, names in ids.items():
+        folder = "val" if split == "val" else "train"
+        for image_id in names:
+            shutil.copy(CAMVID_DIR / "images" / folder / f"{image_id}.jpg", root / "images" / folder)
+            shutil.copy(CAMVID_DIR / "masks" / folder / f"{image_id}.png", root / "masks" / folder)
+    shutil.copy(CAMVID_DIR / "classes.json", root)
+    (root / "splits" / "1_8").mkdir(parents=True)
+    (root / "splits" / "1_8" / "labeled.txt").write_text("\n".join(ids["labeled"]) + "\n")
+    (root / "splits" / "1_8" / "unlabeled.txt").write_text("\n".join(ids["unlabeled"]) + "\n")
+    (root / "splits" / "val.txt").write_text("\n".join(ids["val"]) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_quality_bench_writes_its_results_table(camvid_slice: Path, tmp_path: Path):
+    results = tmp_path / "results.json"
+    command = [sys.executable, "-m", "stpp.bench", "quality", "--data", str(camvid_slice), "--split", "1_8",
+               "--preset", "test", "--set", "optim.epochs=3", "--set", "optim.student_epochs=1",
+               "--set", "optim.batch_size=2", "--out", str(tmp_path / "runs"), "--results", str(results)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(results.read_text())
+    assert report["dataset"] == "camvid" and report["split"] == "1_8" and report["preset"] == "test"
+    assert set(report["methods"]) == {"supervised", "st", "st++"}
+    for row in report["methods"].values():
+        assert set(row) >= {"miou", "per_class", "seconds"} and len(row["per_class"]) == 11
+    assert set(report["pseudo_quality"]) >= {"reliable_miou", "unreliable_miou", "boosted_miou", "spearman"}
+    assert "| st++ |" in results.with_suffix(".md").read_text()
+    # ST and ST++ started from the SupOnly run's teacher instead of training it again
+    st_events = (tmp_path / "runs" / "camvid-1_8-test" / "st-s0" / "events.jsonl").read_text()
+    assert '"stage_skipped"' in st_events and '"teacher"' in st_events
