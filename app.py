@@ -52,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             print(f"stpp: warning: the demo project was not seeded: {exc}", file=sys.stderr)
 
+    from stpp.jobs import JobRunner
     from ui import Services, Settings, build_app
 
+    # Runs whose worker died while the app was down become failed + resumable; live ones are kept.
+    jobs = JobRunner(store)
+    for run in jobs.recover():
+        print(f"stpp: run {run.id} was left {run.status} (its worker is gone); it can be resumed", file=sys.stderr)
     settings = Settings(workspace=store.workspace, host=args.host, port=args.port, demo_dir=DEMO_DIR)
-    app = build_app(Services(store=store, settings=settings))
+    app = build_app(Services(store=store, settings=settings, jobs=jobs))
     try:
         app.launch(server_name=args.host, server_port=args.port, share=False, run_history=False,
                    prevent_thread_lock=True, quiet=True)

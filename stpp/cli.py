@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -17,10 +18,13 @@ from tqdm import tqdm
 
 from stpp.config import METHODS, PRESETS, ConfigError
 from stpp.data.datasets import DataError
+from stpp.engine.autobatch import auto_batch_size
 from stpp.engine.device import configure_cpu_threads, resolve_device
+from stpp.engine.distributed import init_distributed, is_main, run_on_main, shutdown_distributed
 from stpp.engine.events import Event
 from stpp.engine.train import StopRequested
 from stpp.models import WeightsError
+from stpp.project_cli import add_project_parser
 from stpp.runs import (RunError, describe_inputs, evaluate_run, load_folder_run_data, predict_folder,
                        prepare_run_dir, resolve_config, run_headless)
 from stpp.selftrain.layout import RunLayout
@@ -79,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stpp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train SupOnly / ST / ST++ on a folder dataset (headless)")
-    run.add_argument("--data", required=True, type=Path, help="folder dataset root (images/, masks/, classes.json)")
-    run.add_argument("--labeled", required=True, type=Path, help="text file: one labelled image ID per line")
+    run = commands.add_parser("run", help="train SupOnly / ST / ST++ on a dataset (headless; torchrun for several GPUs)")
+    run.add_argument("--data", required=True,
+                     help="folder dataset root (images/, masks/, classes.json), or voc:ROOT (Pascal VOC 2012 + "
+                          "SegmentationClassAug) or cityscapes:ROOT (leftImg8bit/, gtFine/)")
+    run.add_argument("--labeled", required=True, type=Path,
+                     help="text file: one labelled image ID per line (voc/cityscapes: or the paper's pair lines)")
     run.add_argument("--unlabeled", type=Path, help="text file: one unlabelled image ID per line")
     run.add_argument("--val", type=Path, help="text file: validation IDs (optional)")
     run.add_argument("--method", choices=METHODS, default="st++")
@@ -91,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
     run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    run.add_argument("--auto-batch", action="store_true",
+                     help="on GPU: halve the preset's batch until a training step fits in memory (lr follows)")
 
     ev = commands.add_parser("eval", help="evaluate a finished run's model on a split (JSON)")
     ev.add_argument("run_dir", type=Path)
@@ -112,12 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("run_id", type=int)
     wk.add_argument("--workspace", type=Path, default=None, help="default: $STPP_HOME or ./workspace")
 
-    try:
-        from stpp.project_cli import add_project_parser
-    except ImportError:  # the project commands are being built
-        pass
-    else:
-        add_project_parser(commands)
+    add_project_parser(commands)
     return parser
 
 
@@ -155,15 +159,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     data = load_folder_run_data(args.data, args.labeled, args.unlabeled, args.val)
     cfg = resolve_config(args.preset, args.method, args.overrides, args.device, data.classes)
-    device = resolve_device(cfg.device)
-    layout = prepare_run_dir(args.out, cfg, describe_inputs(args.data, data), args.resume)
-    sink = TqdmSink()
+    device = init_distributed(cfg.device)
     try:
-        metrics = run_headless(cfg, data, layout, device, sink, should_stop=StopFlag())
+        return _run_joined(args, data, cfg, device)
+    finally:
+        shutdown_distributed()
+
+
+def _run_joined(args: argparse.Namespace, data, cfg, device) -> int:
+    """The rest of ``run`` once this process is in its group (every rank of a torchrun job runs it)."""
+    notes = []
+    if args.auto_batch:
+        cfg, note = _auto_batch(args, cfg, device, data.classes.num_classes)
+        notes.append(note)
+    layout = run_on_main(lambda: prepare_run_dir(args.out, cfg, describe_inputs(args.data, data), args.resume))
+    sink = TqdmSink() if is_main() else None
+    try:
+        metrics = run_headless(cfg, data, layout, device, sink, should_stop=StopFlag(), notes=notes)
     except StopRequested:
-        sink.close()
-        print(f"stopped; continue with the same command and --resume (state in {layout.last_path})", file=sys.stderr)
+        if sink is not None:
+            sink.close()
+            print(f"stopped; continue with the same command and --resume (state in {layout.last_path})",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
-    sink.close()
-    print(json.dumps({"run": str(layout.root), "metrics": {s: (m or {}).get("miou") for s, m in metrics["stages"].items()}}))
+    if sink is not None:
+        sink.close()
+        print(json.dumps({"run": str(layout.root),
+                          "metrics": {s: (m or {}).get("miou") for s, m in metrics["stages"].items()}}))
     return 0
+
+
+def _auto_batch(args: argparse.Namespace, cfg, device, num_classes: int):
+    """``--auto-batch``: a resumed run keeps the batch its config.json records; a new one probes."""
+    saved = RunLayout(args.out).config_path
+    if args.resume and saved.exists():
+        batch = json.loads(saved.read_text()).get("optim", {}).get("batch_size", cfg.optim.batch_size)
+        cfg = replace(cfg, optim=replace(cfg.optim, batch_size=int(batch)))
+        return cfg, Event("info", message=f"--auto-batch: resuming with the batch of {saved.name} ({batch})")
+    return auto_batch_size(cfg, device, num_classes)

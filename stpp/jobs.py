@@ -3,7 +3,7 @@ resume and recovery after a restart.
 
 A launched run is recorded ``queued``; :meth:`JobRunner.tick` starts queued runs while their device
 has a free slot (one training per GPU and one on the CPU by default) by spawning
-``python -m stpp.worker RUN_ID --workspace W`` in a new session, so it outlives the web app. All
+``python -m stpp worker RUN_ID --workspace W`` in a new session, so it outlives the web app. All
 state lives in the store and every decision is taken inside a store transaction, so several app
 processes (or a CLI next to the app) may call :meth:`~JobRunner.tick` at the same time. A worker
 that ends calls ``tick`` itself, so the queue moves on even with no page open.
@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,26 +98,43 @@ def _run_worker_module(args: list[str], stdin: str | None = None, timeout: float
                           timeout=timeout, cwd=REPO_ROOT, env=_child_env())
 
 
+FORM_FIELDS = ("backbone", "pretrained", "epochs", "student_epochs", "batch_size", "crop_size", "reliable_ratio",
+               "tta", "amp", "stage3")
+"""The run settings the Train form offers, in the order of :func:`form_overrides`' arguments."""
+
+
 def form_defaults(preset: str) -> dict[str, Any]:
-    """The Train form's values for a preset: backbone, epochs, batch, crop, reliable ratio, TTA, AMP, stage 3."""
+    """The preset's values of :data:`FORM_FIELDS`."""
     cfg = get_preset(preset)
     return {
-        "backbone": cfg.model.backbone, "epochs": cfg.optim.epochs, "student_epochs": cfg.student_epochs,
-        "batch_size": cfg.optim.batch_size, "crop_size": cfg.augment.crop_size,
-        "reliable_ratio": cfg.selftrain.reliable_ratio, "tta": cfg.pseudo.tta, "amp": cfg.optim.amp,
-        "stage3": cfg.selftrain.stage3,
+        "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained, "epochs": cfg.optim.epochs,
+        "student_epochs": cfg.student_epochs, "batch_size": cfg.optim.batch_size,
+        "crop_size": cfg.augment.crop_size, "reliable_ratio": cfg.selftrain.reliable_ratio, "tta": cfg.pseudo.tta,
+        "amp": cfg.optim.amp, "stage3": cfg.selftrain.stage3,
     }
 
 
-def form_overrides(backbone: str, epochs: int, student_epochs: int, batch_size: int, crop_size: int,
-                   reliable_ratio: float, tta: bool, amp: str, stage3: bool) -> dict[str, Any]:
-    """The ``key=value`` overrides for what the Train form sets (see :func:`form_defaults`)."""
+def form_overrides(backbone: str, pretrained: str, epochs: Any, student_epochs: Any, batch_size: Any,
+                   crop_size: Any, reliable_ratio: Any, tta: bool, amp: str, stage3: bool) -> dict[str, Any]:
+    """The ``key=value`` overrides for the Train form's values (see :data:`FORM_FIELDS`).
+
+    Raises:
+        ConfigError: a count that is missing or not a whole number of at least 1.
+    """
     return {
-        "model.backbone": backbone, "optim.epochs": int(epochs), "optim.student_epochs": int(student_epochs),
-        "optim.batch_size": int(batch_size), "augment.crop_size": int(crop_size),
+        "model.backbone": backbone, "model.pretrained": (pretrained or "imagenet").strip(),
+        "optim.epochs": _count("teacher epochs", epochs),
+        "optim.student_epochs": _count("student epochs", student_epochs),
+        "optim.batch_size": _count("batch size", batch_size), "augment.crop_size": _count("crop size", crop_size),
         "selftrain.reliable_ratio": float(reliable_ratio), "pseudo.tta": bool(tta), "optim.amp": amp,
         "selftrain.stage3": bool(stage3),
     }
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def preset_names() -> list[str]:
@@ -188,6 +206,7 @@ class JobRunner:
         self.start_grace_s = start_grace_s
         self.python = python
         self._children: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()  # the web app's handler threads share one runner
 
     # Launching ---------------------------------------------------------------------------------
 
@@ -236,21 +255,22 @@ class JobRunner:
 
         Safe to call often and from several processes. Returns the ids of the runs started.
         """
-        self._poll_children()
-        self.reap()
-        return [run_id for run_id in self._claim() if self._spawn(run_id)]
+        with self._lock:
+            self._poll_children()
+            self.reap()
+            return [run_id for run_id in self._claim() if self._spawn(run_id)]
 
     def _claim(self) -> list[int]:
         queued = list_runs(self.store, statuses=["queued"])
         if not queued:
             return []
         # Slots are worked out before the write lock is taken ("auto" may ask a child process).
-        slots = {run.id: self._slot(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
+        slots = {run.id: self._pin_device(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
         claimed = []
         with self.store.transaction() as db:
             busy: dict[str, int] = {}
             for run_id, config in db.execute("SELECT id, config FROM runs WHERE status = 'running'"):
-                slot = slots.get(run_id) or self._slot(str(json.loads(config).get("device", "auto")))
+                slot = slots.get(run_id) or self._pin_device(str(json.loads(config).get("device", "auto")))
                 busy[slot] = busy.get(slot, 0) + 1
             for run in sorted(queued, key=lambda r: r.id):
                 slot = slots[run.id]
@@ -261,9 +281,6 @@ class JobRunner:
                     busy[slot] = busy.get(slot, 0) + 1
                     claimed.append(run.id)
         return claimed
-
-    def _slot(self, device: str) -> str:
-        return self._pin_device(device)
 
     def _spawn(self, run_id: int) -> bool:
         log_path = worker_log_path(self.store, run_id)
@@ -284,7 +301,7 @@ class JobRunner:
 
     def worker_command(self, run_id: int) -> list[str]:
         """The command line of a run's worker."""
-        return [self.python, "-m", "stpp.worker", str(int(run_id)), "--workspace", str(self.store.workspace)]
+        return [self.python, "-m", "stpp", "worker", str(int(run_id)), "--workspace", str(self.store.workspace)]
 
     def _poll_children(self) -> None:
         # Reaps this process's own ended workers, which would otherwise stay zombies and look alive.
@@ -333,7 +350,8 @@ class JobRunner:
 
         Returns the runs that were marked.
         """
-        changed = self.reap()
+        with self._lock:
+            changed = self.reap()
         self.tick()
         return changed
 

@@ -15,18 +15,29 @@ from typing import Callable, Sequence
 import torch
 
 from stpp.config import METHODS, ConfigError, DataConfig, StppConfig, apply_overrides, get_preset
-from stpp.data.datasets import ClassInfo, DataError, EvalDataset, FolderDataset, check_run_inputs, read_split
-from stpp.data.masks import atomic_save, read_image, write_mask
+from stpp.data.cityscapes import CityscapesDataset
+from stpp.data.datasets import (ClassInfo, DataError, EvalDataset, FolderDataset, check_run_inputs, image_size,
+                                read_split)
+from stpp.data.masks import atomic_save
+from stpp.data.voc import VOCDataset
 from stpp.engine.checkpoint import load_model
+from stpp.engine.device import use_channels_last
+from stpp.engine.distributed import is_main
 from stpp.engine.events import Event, EventSink, JsonlSink, MultiSink
-from stpp.engine.inference import predict_probs
 from stpp.engine.train import evaluate
 from stpp.models import build_model
 from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pipeline import Pipeline, RunData, Sample, stage_names
-from stpp.data.transforms import to_eval_tensor
+from stpp.selftrain.pseudo import LabelJob, run_label_jobs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+DATASET_READERS = {
+    "folder": FolderDataset.open,
+    "voc": VOCDataset.open,
+    "cityscapes": CityscapesDataset.open,
+}
+"""``--data KIND:ROOT`` readers; a plain path is a folder dataset."""
 
 
 class RunError(ValueError):
@@ -62,6 +73,10 @@ def validate_config(cfg: StppConfig) -> None:
         raise ConfigError(f"selftrain.reliable_ratio must be within [0, 1], not {cfg.selftrain.reliable_ratio}")
     if cfg.optim.amp not in ("auto", "off", "bf16", "fp16"):
         raise ConfigError(f"optim.amp must be auto, off, bf16 or fp16, not {cfg.optim.amp!r}")
+    try:
+        use_channels_last(cfg, torch.device("cpu"))
+    except ValueError as error:
+        raise ConfigError(f"optim.channels_last: {error}") from None
     for key, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
                        ("pseudo.num_checkpoints", cfg.pseudo.num_checkpoints)):
         if value < 1:
@@ -74,10 +89,36 @@ def validate_config(cfg: StppConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
-def load_folder_run_data(root: Path, labeled_file: Path, unlabeled_file: Path | None,
+def parse_data_spec(spec: str | Path) -> tuple[str, Path]:
+    """``(kind, root)`` of a ``--data`` value: ``voc:ROOT``, ``cityscapes:ROOT``, ``folder:ROOT`` or a path."""
+    text = str(spec)
+    kind, sep, rest = text.partition(":")
+    if sep and kind in DATASET_READERS and rest:
+        return kind, Path(rest)
+    return "folder", Path(text)
+
+
+def open_dataset(spec: str | Path) -> FolderDataset:
+    """Open the dataset a ``--data`` value names (see :func:`parse_data_spec`).
+
+    Every reader gives the folder reader's interface: IDs, image and mask paths (masks holding class
+    indices, 255 = ignore), classes, and a ``read_split`` for its split-file format.
+
+    Raises:
+        DataError: the folder does not hold that kind of dataset.
+    """
+    kind, root = parse_data_spec(spec)
+    return DATASET_READERS[kind](root)
+
+
+def load_folder_run_data(root: str | Path, labeled_file: Path, unlabeled_file: Path | None,
                          val_file: Path | None = None) -> RunData:
-    """Read and validate a folder dataset and its split lists (raises :class:`DataError`)."""
-    dataset = FolderDataset.open(root)
+    """Read and validate a dataset (a folder or a ``KIND:ROOT`` spec) and its split lists.
+
+    Raises:
+        DataError: naming the file or ID and the problem.
+    """
+    dataset = open_dataset(root)
     classes = dataset.classes
     ids = check_run_inputs(dataset, labeled_file, unlabeled_file or [], val_file, classes.num_classes,
                            classes.ignore_index)
@@ -91,8 +132,10 @@ def load_folder_run_data(root: Path, labeled_file: Path, unlabeled_file: Path | 
 
 def describe_inputs(data_root: Path, data: RunData) -> dict:
     """What a run was started on, saved as ``inputs.json`` and compared on ``--resume``."""
+    kind, root = parse_data_spec(data_root)
+    where = str(root.resolve())
     return {
-        "data": str(Path(data_root).resolve()),
+        "data": where if kind == "folder" else f"{kind}:{where}",
         "labeled": [s.id for s in data.labeled],
         "unlabeled": [s.id for s in data.unlabeled],
         "val": [s.id for s in data.val],
@@ -140,10 +183,21 @@ def _differences(saved: dict, current: dict, ignore: set[str], prefix: str = "")
 
 
 def run_headless(cfg: StppConfig, data: RunData, layout: RunLayout, device: torch.device,
-                 sink: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Run the pipeline into ``layout``, recording events in ``events.jsonl`` (plus ``sink``)."""
-    sinks = [JsonlSink(layout.events_path)] + ([sink] if sink is not None else [])
-    return Pipeline(cfg, data, layout, device, MultiSink(sinks), should_stop).run()
+                 sink: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
+                 notes: Sequence[Event] = ()) -> dict:
+    """Run the pipeline into ``layout``, recording events in ``events.jsonl`` (plus ``sink``).
+
+    Under ``torchrun`` every rank calls it; only rank 0 writes ``events.jsonl``.
+
+    Args:
+        notes: events to record before the run starts (e.g. what ``--auto-batch`` decided).
+    """
+    sinks = ([JsonlSink(layout.events_path)] if is_main() else []) + ([sink] if sink is not None else [])
+    combined = MultiSink(sinks)
+    if is_main():
+        for note in notes:
+            combined.emit(note)
+    return Pipeline(cfg, data, layout, device, combined, should_stop).run()
 
 
 def last_stage(layout: RunLayout) -> str:
@@ -180,8 +234,8 @@ def evaluate_run(layout: RunLayout, data_root: Path, split_file: Path, stage: st
     """Evaluate a run's stage model on a split; writes ``eval/<stage>-<split>.json`` and returns it."""
     cfg = read_run_config(layout)
     stage, model_path = stage_model_path(layout, stage)
-    dataset = FolderDataset.open(data_root)
-    ids = read_split(split_file)
+    dataset = open_dataset(data_root)
+    ids = getattr(dataset, "read_split", read_split)(split_file)
     if dataset.classes.num_classes != cfg.data.num_classes:
         raise DataError(f"{data_root}: {dataset.classes.num_classes} classes, but the run was trained on "
                         f"{cfg.data.num_classes}")
@@ -191,7 +245,8 @@ def evaluate_run(layout: RunLayout, data_root: Path, split_file: Path, stage: st
     matrix = evaluate(model, eval_set, cfg.data.num_classes, device, cfg, sink, stage)
     result = {"stage": stage, "split": str(split_file), "images": len(ids), **matrix.summary(cfg.data.class_names)}
     target = layout.root / "eval" / f"{stage}-{Path(split_file).stem}.json"
-    atomic_save(target, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    if is_main():
+        atomic_save(target, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     return result
 
 
@@ -208,26 +263,18 @@ def predict_folder(layout: RunLayout, images_dir: Path, out_dir: Path, stage: st
     """Write a palette-PNG mask for every image under ``images_dir``, named like the image (``.png``).
 
     The output keeps the input's sub-folders, so equal stems in different folders do not collide.
+    Images are labelled as the pipeline labels them (same-size batches, batched TTA).
     """
     cfg = read_run_config(layout)
     stage, model_path = stage_model_path(layout, stage)
     images = list_images(images_dir)
     if not images:
         raise RunError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images_dir}")
+    for path in images:
+        image_size(path)  # an unreadable image fails here, with its path, before any work
     model = load_model(model_path, device)
     use_tta = cfg.pseudo.tta if tta is None else tta
-    scales = tuple(cfg.pseudo.tta_scales) if use_tta else (1.0,)
-    written = []
-    for index, path in enumerate(images, start=1):
-        try:
-            image = to_eval_tensor(read_image(path)).unsqueeze(0).to(device)
-        except OSError as error:
-            raise DataError(f"{path}: cannot read image ({error})") from error
-        probs = predict_probs(model, image, scales=scales, flip=use_tta and cfg.pseudo.tta_flip, eval_cfg=cfg.eval)
-        mask = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-        target = out_dir / path.relative_to(images_dir).with_suffix(".png")
-        write_mask(target, mask, cfg.data.palette)
-        written.append(target)
-        if sink is not None:
-            sink.emit(Event("labels", stage, step=index, total=len(images), message=f"predicted {path.name}"))
-    return written
+    jobs = [LabelJob(path.stem, path, out_dir / path.relative_to(images_dir).with_suffix(".png")) for path in images]
+    run_label_jobs(model, jobs, cfg, cfg.data.palette, device, sink if sink is not None else MultiSink([]),
+                   f"predict:{stage}", use_tta, skip_existing=False)
+    return [job.target for job in jobs]

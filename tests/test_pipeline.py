@@ -16,9 +16,12 @@ from helpers import run_args, run_stpp
 from stpp.config import StppConfig, get_preset
 from stpp.data.datasets import EvalDataset, FolderDataset, read_split
 from stpp.data.masks import read_mask
-from stpp.engine.events import read_events
+from stpp.engine.checkpoint import load_model
+from stpp.engine.events import ListSink, read_events
+from stpp.engine.inference import Predictor, tta_predict
 from stpp.engine.train import evaluate
 from stpp.models import build_model
+from stpp.selftrain.pseudo import label_images, size_batches
 from stpp.selftrain.stability import rank_images
 
 
@@ -145,3 +148,42 @@ def test_eval_command_matches_the_runs_own_metrics(stpp_run: Path, synthetic_dat
     assert printed["miou"] == metrics["stages"]["teacher"]["miou"]
     assert printed["per_class"] == metrics["stages"]["teacher"]["per_class"]
     assert json.loads((stpp_run / "eval" / "teacher-val.json").read_text()) == printed
+
+
+def test_teacher_labels_and_last_stability_masks_come_from_one_pass(stpp_run: Path, synthetic_dataset: Path,
+                                                                    tmp_path: Path):
+    """The test preset labels with TTA, so the K-th checkpoint's pass writes both outputs."""
+    events = read_events(stpp_run / "events.jsonl")
+    passes = [e for e in events if e["kind"] == "labels" and "per_rank" in e.get("data", {})]
+    assert [e["stage"] for e in passes][:3] == ["stability1", "stability2", "stability3+label:teacher"]
+    assert passes[2]["data"]["views"] == 6 and passes[2]["data"]["per_rank"] == [16]
+    # the stability masks of checkpoint 3 are its plain single-scale predictions
+    unlabeled = read_split(synthetic_dataset / "unlabeled.txt")
+    dataset = FolderDataset.open(synthetic_dataset)
+    model = load_model(stpp_run / "checkpoints" / "teacher_ckpt3.pt")
+    cfg = StppConfig.from_dict(json.loads((stpp_run / "config.json").read_text()))
+    label_images(model, unlabeled, [dataset.image_path(i) for i in unlabeled], tmp_path, cfg, cfg.data.palette,
+                 torch.device("cpu"), ListSink(), "check", tta=False)
+    same = [np.mean(read_mask(tmp_path / f"{i}.png") == read_mask(stpp_run / "stability" / "ckpt3" / f"{i}.png"))
+            for i in unlabeled]
+    assert np.mean(same) > 0.999
+
+
+def test_batched_tta_equals_the_per_view_loop():
+    torch.manual_seed(0)
+    model = build_model(get_preset("test").model, 4).eval()
+    images = torch.randn(3, 3, 40, 56)
+    with torch.inference_mode():
+        batched = tta_predict(Predictor(model), images, (0.75, 1.0, 1.5), flip=True, keep_single_scale=True)
+        loop = torch.cat([tta_predict(Predictor(model), images[i : i + 1], (0.75, 1.0, 1.5), flip=True,
+                                      batch_views=False).probs for i in range(3)])
+        plain = model(images)["out"].argmax(dim=1)
+    assert torch.allclose(batched.probs, loop, atol=1e-6)
+    assert torch.allclose(batched.probs.sum(dim=1), torch.ones(3, 40, 56), atol=1e-5)
+    assert torch.equal(batched.single_scale, plain)
+
+
+def test_labelling_batches_group_images_by_size():
+    sizes = [(64, 48), (48, 64), (64, 48), (64, 48), (48, 64), (30, 30)]
+    assert size_batches(sizes, 2) == [[0, 2], [3], [1, 4], [5]]
+    assert size_batches(sizes, 1) == [[0], [2], [3], [1], [4], [5]]

@@ -13,18 +13,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stpp.data.masks import read_mask
+from stpp.data.classes import ClassInfo, DataError, format_labelmap
+from stpp.data.masks import read_mask, write_mask
 from stpp.store import (
     SCHEMA_VERSION,
     StoreError,
+    add_class,
     create_project,
+    delete_class,
+    delete_images,
     delete_project,
+    disk_usage,
+    find_orphan_files,
     get_project,
     import_folder_dataset,
     list_project_summaries,
     load_classes,
+    load_labelmap,
+    merge_classes,
     open_store,
+    parse_class_names,
     project_summary,
+    recolour_class,
+    remove_orphan_files,
+    rename_class,
     seed_demo_project,
 )
 
@@ -206,14 +218,47 @@ def test_project_names_are_unique(store, demo_dir: Path):
         create_project(store, " a ", demo_dir / "classes.json")
 
 
-def test_malformed_classes_json_names_the_line(tmp_path: Path):
+@pytest.mark.parametrize("text, line, problem", [
+    ('{\n  "classes": ["a", "b"],\n  "palette": [[0, 0, 0]] oops\n}\n', 3, "malformed JSON"),
+    ('{\n  "name": "x",\n  "classes": []\n}', 3, "non-empty list"),
+    ('{\n  "classes": [\n    "a",\n    ""\n  ]\n}', 4, "invalid name"),
+    ('{\n  "classes": ["a", "b"],\n  "palette": [\n    [0, 0, 0],\n    [0, 0, 256]\n  ]\n}', 5, r"colour 1 \(b\)"),
+])
+def test_malformed_classes_json_is_refused_with_the_line(store, tmp_path: Path, text: str, line: int, problem: str):
     path = tmp_path / "classes.json"
-    path.write_text('{\n  "classes": ["a", "b"],\n  "palette": [[0, 0, 0]] oops\n}\n')
-    with pytest.raises(StoreError, match=r"classes.json:3:"):
+    path.write_text(text)
+    with pytest.raises(DataError, match=problem) as caught:
         load_classes(path)
-    path.write_text('{"classes": []}')
-    with pytest.raises(StoreError, match="empty"):
-        load_classes(path)
+    assert str(caught.value).startswith(f"{path}, line {line}")
+    with pytest.raises(StoreError, match=f"line {line}"):
+        create_project(store, "p", path)
+    assert store.db["projects"].count == 0
+
+
+def test_malformed_labelmap_is_refused_with_the_line(tmp_path: Path):
+    path = tmp_path / "labelmap.txt"
+    path.write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nroad:128,64::\n")
+    with pytest.raises(DataError, match=rf"{path}, line 3: colour '128,64' must be r,g,b"):
+        load_labelmap(path)
+    path.write_text("# nothing but comments\n\n")
+    with pytest.raises(DataError, match="no labels"):
+        load_labelmap(path)
+    path.write_text("background:0,0,0::\nroad:128,64,128:part1:act\ncar:0,0,0::\n")
+    with pytest.raises(DataError, match="line 3: colour 0,0,0 of 'car' is already used on line 1"):
+        load_labelmap(path)
+
+
+def test_classes_from_every_source_are_one_class_info(tmp_path: Path, demo_dir: Path):
+    from stpp.data.datasets import ClassInfo as DatasetClassInfo, load_classes as dataset_load_classes
+
+    assert DatasetClassInfo is ClassInfo and dataset_load_classes is load_classes
+    info = load_classes(demo_dir / "classes.json")
+    (tmp_path / "labelmap.txt").write_text(format_labelmap(info))
+    assert load_labelmap(tmp_path / "labelmap.txt") == info
+    by_hand = parse_class_names("sky, building=#800000")
+    assert by_hand.names == ("sky", "building") and by_hand.palette[1] == (128, 0, 0)
+    with pytest.raises(DataError, match="empty"):
+        parse_class_names(" , ")
 
 
 def test_delete_project_removes_rows_and_files(demo_store, workspace: Path):
@@ -243,9 +288,10 @@ def test_import_reports_bad_files_and_adds_the_rest(store, synthetic_dataset: Pa
     assert set(reasons) == {"labeled_000", "labeled_001", "labeled_002", "val_000", "missing_id"}
     assert "corrupt" in reasons["labeled_000"]
     assert "10x10" in reasons["labeled_001"] and "64x64" in reasons["labeled_001"]
-    assert "[7]" in reasons["labeled_002"]
+    assert "7 (4096 px)" in reasons["labeled_002"]
     assert "needs a mask" in reasons["val_000"]
     assert "no image named" in reasons["missing_id"]
+    assert report.for_name("labeled_001")[0].source == str(root / "masks" / "labeled_001.png")
     assert all("labeled_00" in r.source or "val_000" in r.source or "unlabeled.txt" in r.source
                for r in report.failed)
     assert project_summary(store, project).images == {"labelled": 5, "unlabelled": 16, "validation": 7}
@@ -293,3 +339,145 @@ def test_concurrent_writers_and_a_reader_do_not_lock(workspace: Path, demo_dir: 
     assert errors == []
     with open_store(workspace) as store:
         assert store.db["events"].count == 200
+
+
+# --- housekeeping: class edits, deleting images, disk usage -------------------------------------------
+
+
+@pytest.fixture
+def small_project(store, synthetic_dataset: Path):
+    """Two labelled images, one unlabelled with a reference mask, one pseudo mask in a run folder."""
+    project = create_project(store, "small", synthetic_dataset / "classes.json")
+    report = import_folder_dataset(store, project, synthetic_dataset, labeled=["labeled_000", "labeled_001"],
+                                   unlabeled=["unlabeled_000"])
+    assert len(report.added) == 3
+    image = store.db.execute("SELECT id FROM images WHERE name = 'unlabeled_000'").fetchone()[0]
+    pseudo = np.full((64, 64), 3, np.uint8)
+    pseudo[:8] = 255
+    pseudo[8:16] = 1
+    write_mask(store.path("runs/1/pseudo/st/unlabeled_000.png"), pseudo, [[0, 0, 0]] * 4)
+    with store.transaction() as db:
+        run = db["runs"].insert({"project_id": project.id, "method": "st", "config": "{}", "status": "done",
+                                 "run_dir": "runs/1", "created": "t"}).last_pk
+        db["masks"].insert({"image_id": image, "kind": "pseudo", "run_id": run, "stage": "st",
+                            "path": "runs/1/pseudo/st/unlabeled_000.png", "created": "t"})
+    return project
+
+
+def all_masks(store) -> dict[tuple[str, str], np.ndarray]:
+    return {(row["name"], row["kind"]): read_mask(store.path(row["path"])) for row in store.db.query(
+        "SELECT images.name, masks.kind, masks.path FROM masks JOIN images ON images.id = masks.image_id")}
+
+
+def mask_paths(store) -> set[str]:
+    return {r[0] for r in store.db.execute("SELECT path FROM masks")}
+
+
+def test_merge_and_delete_classes_remap_every_stored_mask(store, small_project):
+    before = all_masks(store)
+    old_files = mask_paths(store)
+    assert {v for m in before.values() for v in np.unique(m)} == {0, 1, 2, 3, 255}
+
+    project = merge_classes(store, small_project, "red", "blue")  # 0 bg, 1 red, 2 green, 3 blue
+
+    assert project.classes.names == ("background", "green", "blue")
+    merged = np.array([0, 2, 1, 2] + [0] * 251 + [255], np.uint8)
+    for key, mask in all_masks(store).items():
+        np.testing.assert_array_equal(mask, merged[before[key]], err_msg=str(key))
+    assert store.path("runs/1/pseudo/st/unlabeled_000.png").is_file()  # the run's own output is kept
+    gone = {p for p in old_files - mask_paths(store) if p.startswith("masks/")}
+    assert gone and not any(store.path(p).exists() for p in gone)
+
+    project = delete_class(store, project, "background")
+
+    assert project.classes.names == ("green", "blue") and project.classes.palette[0] == (30, 200, 30)
+    deleted = np.array([255, 0, 1] + [0] * 252 + [255], np.uint8)
+    for key, mask in all_masks(store).items():
+        np.testing.assert_array_equal(mask, deleted[merged[before[key]]], err_msg=str(key))
+    assert all(store.path(p).is_file() for p in mask_paths(store))
+
+
+def test_a_failed_remap_changes_nothing(store, small_project, monkeypatch: pytest.MonkeyPatch):
+    import stpp.store.class_edits as class_edits
+
+    before, paths = all_masks(store), mask_paths(store)
+    calls = []
+    real = class_edits.store_mask
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(class_edits, "store_mask", failing)
+    with pytest.raises(StoreError, match="No space left"):
+        delete_class(store, small_project, "green")
+    assert get_project(store, small_project.id).classes == small_project.classes
+    assert mask_paths(store) == paths
+    for key, mask in all_masks(store).items():
+        np.testing.assert_array_equal(mask, before[key])
+
+
+def test_class_edits_are_refused_while_a_run_is_active(store, small_project):
+    with store.transaction() as db:
+        db.execute("UPDATE runs SET status = 'running'")
+    with pytest.raises(StoreError, match="while run 1 \\(running\\) is in progress"):
+        merge_classes(store, small_project, "red", "green")
+    assert get_project(store, small_project.id).classes == small_project.classes
+
+
+def test_rename_recolour_and_add_classes(store, small_project):
+    masks = all_masks(store)
+    project = rename_class(store, small_project, "red", "crimson")
+    project = recolour_class(store, project, "crimson", (250, 0, 0))
+    project = add_class(store, project, "yellow")
+    assert project.classes.names == ("background", "crimson", "green", "blue", "yellow")
+    assert project.classes.palette[1] == (250, 0, 0) and len(set(project.classes.palette)) == 5
+    with pytest.raises(StoreError, match="duplicate class names: green"):
+        rename_class(store, project, "crimson", "green")
+    with pytest.raises(StoreError, match="already the colour of class 'background'"):
+        recolour_class(store, project, "green", (0, 0, 0))
+    with pytest.raises(StoreError, match="no class named 'purple'"):
+        merge_classes(store, project, "purple", "green")
+    assert get_project(store, project.id).classes == project.classes
+    for key, mask in all_masks(store).items():
+        np.testing.assert_array_equal(mask, masks[key])  # values keep their meaning
+
+
+def test_delete_images_keeps_files_other_rows_use(store, small_project):
+    rows = {r["name"]: dict(r) for r in store.db.query("SELECT * FROM images")}
+    shared = store.db.execute("SELECT path FROM masks WHERE image_id = ? AND kind = 'ground_truth'",
+                              [rows["labeled_000"]["id"]]).fetchone()[0]
+    with store.transaction() as db:  # another image's reviewed mask happens to be the same file
+        db["masks"].insert({"image_id": rows["labeled_001"]["id"], "kind": "reviewed", "path": shared,
+                            "created": "t"})
+
+    assert delete_images(store, small_project, ["labeled_000"]) == 1
+
+    assert not store.path(rows["labeled_000"]["path"]).exists()
+    assert store.path(shared).is_file()
+    assert all(store.path(p).is_file() for p in mask_paths(store))
+    delete_images(store, small_project, [rows["labeled_001"]["id"]])
+    assert not store.path(shared).exists()
+    with pytest.raises(StoreError, match="no image 'nope'"):
+        delete_images(store, small_project, ["unlabeled_000", "nope"])
+    assert store.db["images"].count == 1  # refused as a whole
+
+
+def test_disk_usage_counts_referenced_files_once_and_orphans_are_found(store, small_project):
+    usage = disk_usage(store, small_project)
+    images = sum(store.path(r[0]).stat().st_size for r in store.db.execute("SELECT path FROM images"))
+    masks = sum(store.path(r[0]).stat().st_size for r in store.db.execute(
+        "SELECT DISTINCT path FROM masks WHERE path LIKE 'masks/%'"))
+    run = store.path("runs/1/pseudo/st/unlabeled_000.png").stat().st_size
+    assert (usage.images, usage.masks, usage.runs, usage.in_place) == (images, masks, run, 0)
+    assert usage.runs_by_id == {1: run} and usage.total == images + masks + run
+
+    orphan = store.path(f"images/{small_project.id}/ab/orphan.png")
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left by a killed import")
+    assert disk_usage(store, small_project) == usage
+    assert find_orphan_files(store) == [f"images/{small_project.id}/ab/orphan.png"]
+    assert remove_orphan_files(store) == 0  # too young: may belong to an import still running
+    assert remove_orphan_files(store, min_age_s=0) == 1 and not orphan.exists()

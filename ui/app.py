@@ -5,9 +5,9 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.services import Services
-from ui.tabs import projects
+from ui.tabs import projects, train
 
-TABS = [projects]
+TABS = [projects, train]
 """Tab modules in display order; each has ``TITLE`` and ``build(services) -> None``."""
 
 

@@ -1,10 +1,11 @@
-"""What the UI's tabs are handed: the open store and the app's settings (passed in, never global)."""
+"""What the UI's tabs are handed: the open store, the job runner and the app's settings (passed in, never global)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from stpp.jobs import JobRunner
 from stpp.store import Store
 
 
@@ -27,12 +28,18 @@ class Settings:
 
 @dataclass(frozen=True)
 class Services:
-    """Everything a tab's handlers may use; later issues add the job runner here.
+    """Everything a tab's handlers may use.
 
     Attributes:
         store: the project store.
         settings: the app's settings.
+        jobs: the job runner over ``store`` (one is made when none is given).
     """
 
     store: Store
     settings: Settings
+    jobs: JobRunner = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.jobs is None:
+            object.__setattr__(self, "jobs", JobRunner(self.store))

@@ -199,23 +199,26 @@ def load_classes(path: str | Path) -> ClassInfo:
             fault.
     """
     path = Path(path)
-    text = _read_text(path, "class file")
+    return parse_classes_json(_read_text(path, "class file"), str(path))
+
+
+def parse_classes_json(text: str, source: str) -> ClassInfo:
+    """The classes of ``classes.json`` text (see :func:`load_classes`); ``source`` names it in messages."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}") from None
+        raise DataError(f"{source}, line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}") from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}, line 1: expected a JSON object with a \"classes\" list, got {type(data).__name__}")
+        raise DataError(f"{source}, line 1: expected a JSON object with a \"classes\" list, got {type(data).__name__}")
     lines = _json_lines(text)
     names = data.get("classes")
     if not isinstance(names, list) or not names:
         line = lines.get("classes", (1, []))[0]
-        raise DataError(f"{path}, line {line}: \"classes\" must be a non-empty list of class names")
-    palette = data.get("palette")
+        raise DataError(f"{source}, line {line}: \"classes\" must be a non-empty list of class names")
     try:
-        return make_classes(names, palette, data.get("ignore_index", IGNORE_INDEX), source=str(path))
+        return make_classes(names, data.get("palette"), data.get("ignore_index", IGNORE_INDEX), source=source)
     except DataError as exc:
-        raise DataError(_with_line(str(exc), str(path), _blame(str(exc), lines))) from None
+        raise DataError(_with_line(str(exc), source, _blame(str(exc), lines))) from None
 
 
 def _blame(message: str, lines: dict[str, tuple[int, list[int]]]) -> int:
@@ -285,7 +288,11 @@ def load_labelmap(path: str | Path) -> ClassInfo:
             the message gives the line at fault.
     """
     path = Path(path)
-    text = _read_text(path, "label map")
+    return parse_labelmap(_read_text(path, "label map"), str(path))
+
+
+def parse_labelmap(text: str, source: str) -> ClassInfo:
+    """The classes of ``labelmap.txt`` text (see :func:`load_labelmap`); ``source`` names it in messages."""
     names: list[str] = []
     palette: list[Colour] = []
     seen_names: dict[str, int] = {}
@@ -296,33 +303,33 @@ def load_labelmap(path: str | Path) -> ClassInfo:
             continue
         fields = line.split(":")
         if len(fields) < 2:
-            raise DataError(f"{path}, line {number}: expected label:r,g,b:parts:actions, got {line!r}")
+            raise DataError(f"{source}, line {number}: expected label:r,g,b:parts:actions, got {line!r}")
         # Names may contain colons: the last three fields (colour, parts, actions) are positional.
         name, colour_text = (":".join(fields[:-3]), fields[-3]) if len(fields) >= 4 else (fields[0], fields[1])
         name = name.strip()
         if not name:
-            raise DataError(f"{path}, line {number}: the label name is empty")
-        colour = _labelmap_colour(path, number, colour_text)
+            raise DataError(f"{source}, line {number}: the label name is empty")
+        colour = _labelmap_colour(source, number, colour_text)
         if name in seen_names:
-            raise DataError(f"{path}, line {number}: label {name!r} is already defined on line {seen_names[name]}")
+            raise DataError(f"{source}, line {number}: label {name!r} is already defined on line {seen_names[name]}")
         if colour in seen_colours:
-            raise DataError(f"{path}, line {number}: colour {','.join(map(str, colour))} of {name!r} is already "
+            raise DataError(f"{source}, line {number}: colour {','.join(map(str, colour))} of {name!r} is already "
                             f"used on line {seen_colours[colour]}; colour masks could not be told apart")
         seen_names[name], seen_colours[colour] = number, number
         names.append(name)
         palette.append(colour)
     if not names:
-        raise DataError(f"{path}, line 1: no labels; a label map needs at least one label:r,g,b:: line")
+        raise DataError(f"{source}, line 1: no labels; a label map needs at least one label:r,g,b:: line")
     if len(names) > MAX_CLASSES:
-        raise DataError(f"{path}, line {seen_names[names[MAX_CLASSES]]}: more than {MAX_CLASSES} labels "
+        raise DataError(f"{source}, line {seen_names[names[MAX_CLASSES]]}: more than {MAX_CLASSES} labels "
                         "do not fit an 8-bit mask")
-    return make_classes(names, palette, source=str(path))
+    return make_classes(names, palette, source=source)
 
 
-def _labelmap_colour(path: Path, number: int, text: str) -> Colour:
+def _labelmap_colour(source: str, number: int, text: str) -> Colour:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 3 or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise DataError(f"{path}, line {number}: colour {text!r} must be r,g,b with integers in 0..255")
+        raise DataError(f"{source}, line {number}: colour {text!r} must be r,g,b with integers in 0..255")
     return (int(parts[0]), int(parts[1]), int(parts[2]))
 
 

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -133,11 +133,18 @@ class FolderDataset:
                          palette=default_palette(num_classes), ignore_index=IGNORE_INDEX)
 
 
-def read_split(path: str | Path) -> list[str]:
+def read_split(path: str | Path, to_id: Callable[[str], str] | None = None) -> list[str]:
     """The IDs of a split file, one per line, in file order; blank lines are skipped.
 
+    Args:
+        path: the split file.
+        to_id: maps a stripped line to its ID (readers of other layouts parse their own line
+            formats with it, e.g. the paper's ``image_path mask_path`` pairs); it raises
+            ``ValueError`` for a line it cannot read. None: the line is the ID.
+
     Raises:
-        DataError: the file is missing or unreadable, or an ID appears twice (with both line numbers).
+        DataError: the file is missing or unreadable, a line cannot be read, or an ID appears twice
+            (with both line numbers).
     """
     path = Path(path)
     try:
@@ -151,6 +158,11 @@ def read_split(path: str | Path) -> list[str]:
         image_id = line.strip()
         if not image_id:
             continue
+        if to_id is not None:
+            try:
+                image_id = to_id(image_id)
+            except ValueError as exc:
+                raise DataError(f"{path}: line {number}: {exc}") from None
         if image_id in seen:
             raise DataError(f"{path}: ID {image_id!r} is listed twice (lines {seen[image_id]} and {number})")
         seen[image_id] = number
@@ -169,12 +181,13 @@ class RunInputs:
 SplitSource = str | os.PathLike | Sequence[str]
 
 
-def _load_split(source: SplitSource | None, name: str) -> tuple[list[str], str]:
-    """The IDs of a split given as a file or a list, and how messages should name it."""
+def _load_split(source: SplitSource | None, name: str,
+                reader: Callable[[str | Path], list[str]] = read_split) -> tuple[list[str], str]:
+    """The IDs of a split given as a file (read by ``reader``) or a list, and how messages should name it."""
     if source is None:
         return [], f"{name} split"
     if isinstance(source, (str, os.PathLike)):
-        return read_split(source), f"{name} split {source}"
+        return reader(source), f"{name} split {source}"
     ids = list(source)
     duplicates = sorted(i for i, count in Counter(ids).items() if count > 1)
     if duplicates:
@@ -214,9 +227,11 @@ def check_run_inputs(dataset: FolderDataset, labeled: SplitSource, unlabeled: Sp
         DataError: naming the split file or ID list, the IDs and files concerned and each problem;
             per-image problems are all collected into one error.
     """
-    labeled_ids, labeled_name = _load_split(labeled, "labeled")
-    unlabeled_ids, unlabeled_name = _load_split(unlabeled, "unlabeled")
-    val_ids, val_name = _load_split(val, "validation")
+    # Readers of other layouts (VOC, Cityscapes) parse their own split-line formats.
+    reader = getattr(dataset, "read_split", read_split)
+    labeled_ids, labeled_name = _load_split(labeled, "labeled", reader)
+    unlabeled_ids, unlabeled_name = _load_split(unlabeled, "unlabeled", reader)
+    val_ids, val_name = _load_split(val, "validation", reader)
     if require_labeled and not labeled_ids:
         raise DataError(f"{labeled_name} is empty: training needs at least one labeled image")
     unlabeled_set = set(unlabeled_ids)
@@ -246,7 +261,7 @@ def check_run_inputs(dataset: FolderDataset, labeled: SplitSource, unlabeled: Sp
 def _check_item(dataset: FolderDataset, image_id: str, needs_mask: bool, num_classes: int,
                 ignore_index: int) -> str | None:
     if image_id not in dataset:
-        return f"no image in {dataset.root / 'images'}"
+        return f"no image in {getattr(dataset, 'images_dir', dataset.root / 'images')}"
     image_file = dataset.image_path(image_id)
     try:
         size = image_size(image_file)
@@ -256,7 +271,8 @@ def _check_item(dataset: FolderDataset, image_id: str, needs_mask: bool, num_cla
         return None
     mask_file = dataset.mask_path(image_id)
     if mask_file is None:
-        return f"no mask in {dataset.root / 'masks'} (labeled and validation images need one)"
+        return (f"no mask in {getattr(dataset, 'masks_dir', dataset.root / 'masks')} "
+                "(labeled and validation images need one)")
     try:
         mask = _read_mask_checked(mask_file, image_id)
     except DataError as exc:

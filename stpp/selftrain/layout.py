@@ -32,6 +32,11 @@ class RunLayout:
         return self.root / "metrics.json"
 
     @property
+    def shards_path(self) -> Path:
+        """Under ``torchrun``: which IDs each rank trained on, labelled and evaluated, per pass (JSON lines)."""
+        return self.root / "debug" / "shards.jsonl"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.root / "checkpoints"
 

@@ -23,9 +23,10 @@ from stpp.data.datasets import ClassInfo, EvalDataset, TrainDataset, TrainItem
 from stpp.data.masks import atomic_save, read_mask
 from stpp.data.transforms import StrongAugment, WeakAugment
 from stpp.engine.checkpoint import fingerprint, load_model
-from stpp.engine.device import seed_everything
-from stpp.engine.events import Event, EventSink
-from stpp.engine.train import FitPlan, evaluate, fit, snapshot_epochs
+from stpp.engine.device import peak_memory_mb, reset_peak_memory, seed_everything
+from stpp.engine.distributed import barrier, broadcast_from_main, is_main, max_over_ranks, run_on_main, world_size
+from stpp.engine.events import Event, EventSink, NullSink
+from stpp.engine.train import FitPlan, evaluate, fit, global_batch_size, process_batch_size, snapshot_epochs
 from stpp.models import build_model
 from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pseudo import label_images
@@ -95,6 +96,10 @@ def stage_names(cfg: StppConfig) -> list[str]:
 class Pipeline:
     """Runs the stages of ``cfg.method`` for one run folder.
 
+    Under ``torchrun`` every rank runs the same sequence: training is data-parallel, labelling and
+    evaluation are sharded, decisions read from the run folder are rank 0's, and only rank 0
+    writes run files and events (the sink is silenced on the other ranks).
+
     Args:
         cfg: the resolved config (``data`` filled in).
         data: the run's images.
@@ -110,7 +115,7 @@ class Pipeline:
         self.data = data
         self.layout = layout
         self.device = device
-        self.sink = sink
+        self.sink = sink if is_main() else NullSink()
         self.should_stop = should_stop
 
     # The sequence --------------------------------------------------------------------------
@@ -152,8 +157,9 @@ class Pipeline:
         epochs = self.cfg.optim.epochs
         paths = [self.layout.teacher_checkpoint(j) for j in range(1, k + 1)]
         sources = [TrainSource(s, "ground_truth", s.mask_path) for s in self.data.labeled]
-        if not all(p.exists() for p in paths):
-            plan = FitPlan("teacher", epochs, dict(zip(snapshot_epochs(epochs, k), paths)), self.layout.last_path)
+        if not broadcast_from_main(all(p.exists() for p in paths)):
+            plan = FitPlan("teacher", epochs, dict(zip(snapshot_epochs(epochs, k), paths)), self.layout.last_path,
+                           shards_path=self.layout.shards_path)
             self._train("teacher", sources, plan)
         else:
             self._skip("teacher", "its K checkpoints exist")
@@ -161,16 +167,36 @@ class Pipeline:
         return paths
 
     def write_stability_masks(self, pool: Sequence[Sample]) -> None:
-        """Single-scale masks of every pool image from each teacher checkpoint, one model in memory at a time."""
+        """Single-scale masks of every pool image from each teacher checkpoint, one model in memory at a time.
+
+        Each checkpoint is one batched pass over the pool. When the teacher's labels differ from its
+        single-scale masks (TTA or pixel selection), the K-th checkpoint's pass also writes them:
+        its scale-1 view is both the stability mask and one of the TTA views.
+        """
         k = self.cfg.pseudo.num_checkpoints
+        ids, paths = [s.id for s in pool], [s.image_path for s in pool]
         for j in range(1, k + 1):
             model = self._load_model(self.layout.teacher_checkpoint(j))
-            label_images(model, [s.id for s in pool], [s.image_path for s in pool], self.layout.stability_dir(j),
-                         self.cfg, self.data.classes.palette, self.device, self.sink, f"stability{j}", tta=False)
+            if j == k and self._teacher_labels_in_stability_pass():
+                label_images(model, ids, paths, self.layout.pseudo_dir("teacher"), self.cfg,
+                             self.data.classes.palette, self.device, self.sink, f"stability{j}+label:teacher",
+                             tta=self.cfg.pseudo.tta, pixel_threshold=self.cfg.selftrain.pixel_threshold,
+                             single_scale_dir=self.layout.stability_dir(j), shards_path=self.layout.shards_path)
+            else:
+                label_images(model, ids, paths, self.layout.stability_dir(j), self.cfg, self.data.classes.palette,
+                             self.device, self.sink, f"stability{j}", tta=False, shards_path=self.layout.shards_path)
             del model
+
+    def _teacher_labels_in_stability_pass(self) -> bool:
+        pseudo = self.cfg.pseudo
+        differs = pseudo.tta or self.cfg.selftrain.pixel_threshold > 0
+        return differs and (not pseudo.tta or 1.0 in pseudo.tta_scales)
 
     def rank_stability(self, pool: Sequence[Sample]) -> list[ImageScore]:
         """Score and rank the pool from the stability masks; writes ``scores.csv`` (kept on resume)."""
+        return run_on_main(lambda: self._rank_stability(pool))
+
+    def _rank_stability(self, pool: Sequence[Sample]) -> list[ImageScore]:
         if self.layout.scores_path.exists():
             self._skip("ranking", "scores.csv exists")
             return read_scores(self.layout.scores_path)
@@ -199,43 +225,46 @@ class Pipeline:
         out_dir = self.layout.pseudo_dir("teacher")
         k = self.cfg.pseudo.num_checkpoints
         reusable = self.layout.stability_dir(k)
-        if not self.cfg.pseudo.tta and self.cfg.selftrain.pixel_threshold <= 0 and reusable.is_dir():
+        if (is_main() and not self.cfg.pseudo.tta and self.cfg.selftrain.pixel_threshold <= 0
+                and reusable.is_dir()):
             out_dir.mkdir(parents=True, exist_ok=True)
             for sample in pool:
                 target = out_dir / f"{sample.id}.png"
                 source = reusable / f"{sample.id}.png"
                 if not target.exists() and source.exists():
                     atomic_save(target, lambda tmp, src=source: Path(tmp).write_bytes(src.read_bytes()))
+        barrier()
         self.relabel("teacher", pool)
 
     def relabel(self, stage: str, samples: Sequence[Sample]) -> None:
         """Label ``samples`` with the final model of ``stage`` into ``pseudo/<stage>`` (existing masks kept)."""
         model_path = self.layout.model_path(stage, self.cfg.pseudo.num_checkpoints)
         out_dir = self.layout.pseudo_dir(stage)
-        if all((out_dir / f"{s.id}.png").exists() for s in samples):
+        if broadcast_from_main(all((out_dir / f"{s.id}.png").exists() for s in samples)):
             return
         model = self._load_model(model_path)
         label_images(model, [s.id for s in samples], [s.image_path for s in samples], out_dir, self.cfg,
                      self.data.classes.palette, self.device, self.sink, f"label:{stage}", tta=self.cfg.pseudo.tta,
-                     pixel_threshold=self.cfg.selftrain.pixel_threshold)
+                     pixel_threshold=self.cfg.selftrain.pixel_threshold, shards_path=self.layout.shards_path)
 
     def train_student(self, stage: str, pseudo: Sequence[TrainSource]) -> Path:
         """A freshly initialised student on labelled (+ reviewed) ∪ ``pseudo``; skipped when its model exists."""
         path = self.layout.model_path(stage, self.cfg.pseudo.num_checkpoints)
         labeled = [TrainSource(s, "ground_truth", s.mask_path) for s in self.data.labeled]
         labeled += [TrainSource(s, "reviewed", s.mask_path) for s in self.data.reviewed]
-        if path.exists():
+        if broadcast_from_main(path.exists()):
             self._skip(stage, f"{path.name} exists")
         else:
-            plan = FitPlan(stage, self.cfg.student_epochs, {self.cfg.student_epochs: path}, self.layout.last_path)
+            plan = FitPlan(stage, self.cfg.student_epochs, {self.cfg.student_epochs: path}, self.layout.last_path,
+                           shards_path=self.layout.shards_path)
             self._train(stage, labeled + list(pseudo), plan)
         self.evaluate_stage(stage)
         return path
 
     def evaluate_stage(self, stage: str) -> None:
-        """Validation mIoU of a stage's final model into ``metrics.json`` (once)."""
+        """Validation mIoU of a stage's final model into ``metrics.json`` (once; sharded under DDP)."""
         metrics = self.read_metrics()
-        if stage in metrics["stages"]:
+        if broadcast_from_main(stage in metrics["stages"]):
             return
         if not self.data.val:
             metrics["stages"][stage] = None
@@ -243,11 +272,14 @@ class Pipeline:
             model = self._load_model(self.layout.model_path(stage, self.cfg.pseudo.num_checkpoints))
             dataset = EvalDataset([s.id for s in self.data.val], [s.image_path for s in self.data.val],
                                   [s.mask_path for s in self.data.val])
-            matrix = evaluate(model, dataset, self.data.classes.num_classes, self.device, self.cfg, self.sink, stage)
+            matrix = evaluate(model, dataset, self.data.classes.num_classes, self.device, self.cfg, self.sink, stage,
+                              shards_path=self.layout.shards_path)
             metrics["stages"][stage] = matrix.summary(self.data.classes.names)
             self.sink.emit(Event("eval", stage, miou=metrics["stages"][stage]["miou"],
                                  message=f"{stage}: val mIoU {metrics['stages'][stage]['miou']:.2f}"))
-        atomic_save(self.layout.metrics_path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        if is_main():
+            atomic_save(self.layout.metrics_path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        barrier()
 
     def read_metrics(self) -> dict:
         """``metrics.json`` as a dict (a fresh one before the first evaluation)."""
@@ -260,7 +292,8 @@ class Pipeline:
 
     def _train(self, stage: str, sources: Sequence[TrainSource], plan: FitPlan) -> None:
         cfg = self.cfg
-        write_train_set(self.layout.train_set_path(stage), sources, _labeled_copies(sources))
+        if is_main():
+            write_train_set(self.layout.train_set_path(stage), sources, _labeled_copies(sources))
         items = _train_items(sources, cfg)
         # Every stage starts from the same initial weights (seeded): a student is re-initialised,
         # never the teacher's continuation; the events record both fingerprints to prove it.
@@ -270,14 +303,20 @@ class Pipeline:
             self.sink.emit(Event("warning", stage, message=f"WARNING: {model.weights_note}"))
         self.sink.emit(Event("stage_start", stage, total=plan.epochs, message=f"training {stage} on {len(items)} items",
                              data={"init_fingerprint": fingerprint(model), "weights": model.weights_note,
-                                   "items": len(items), "epochs": plan.epochs}))
+                                   "items": len(items), "epochs": plan.epochs, "world_size": world_size(),
+                                   "batch_size": global_batch_size(cfg), "batch_per_process": process_batch_size(cfg),
+                                   "lr": cfg.optim.base_lr * global_batch_size(cfg) / 16}))
         dataset = TrainDataset(items, WeakAugment(cfg.augment, cfg.data.ignore_index),
                                StrongAugment(cfg.augment, cfg.data.ignore_index))
         seed = cfg.seed + 1000 * (["teacher", "st", "stage1", "stage2", "stage3"].index(stage) + 1)
         seed_everything(seed)
+        reset_peak_memory(self.device)
         fit(model, dataset, cfg, plan, self.device, self.sink, seed, self.should_stop)
-        self.sink.emit(Event("stage_end", stage, message=f"{stage} trained",
-                             data={"final_fingerprint": fingerprint(model)}))
+        end = {"final_fingerprint": fingerprint(model)}
+        peak = max_over_ranks(peak_memory_mb(self.device))
+        if peak is not None:
+            end["peak_memory_mb"] = peak
+        self.sink.emit(Event("stage_end", stage, message=f"{stage} trained", data=end))
 
     def _pseudo_sources(self, samples: Sequence[Sample], stage: str) -> list[TrainSource]:
         out_dir = self.layout.pseudo_dir(stage)

@@ -81,7 +81,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         raise DecodeError("empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own pixel limit applies; Pillow still raises DecompressionBombError far above it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 fmt, mode, size = image.format, image.mode, image.size
                 _check_pixels(size, max_pixels, "image")
@@ -94,9 +95,13 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                 rgb, notes = _to_rgb(upright)
     except DecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise DecodeError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
+        kind = _looks_like(data)
+        if kind:
+            raise DecodeError(f"corrupt or truncated image: it starts like a {kind} file but cannot be "
+                              "decoded") from None
         raise DecodeError("not an image (no format Pillow can read)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
@@ -113,6 +118,14 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     rgb.save(buffer, format="PNG")
     return DecodedImage(buffer.getvalue(), ".png", rgb.width, rgb.height, size, False,
                         readable_as_is=mode not in _SIXTEEN_BIT_MODES and frames == 1, note="; ".join(notes))
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+               (b"MM\x00*", "TIFF"))
+
+
+def _looks_like(data: bytes) -> str:
+    return next((kind for magic, kind in _SIGNATURES if data.startswith(magic)), "")
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
@@ -166,10 +179,12 @@ def decode_mask(data: bytes, classes: ClassInfo, width: int, height: int, *, max
         raise DecodeError("empty mask file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own pixel limit applies; Pillow still raises DecompressionBombError far above it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 if image.format != "PNG":
-                    raise DecodeError(f"masks must be PNG files, not {image.format} (lossy formats change class values)")
+                    raise DecodeError(f"masks must be PNG files, not {image.format} (lossy formats change "
+                                      "class values)")
                 _check_pixels(image.size, max_pixels, "mask")
                 if image.size != (width, height):
                     raise DecodeError(_size_message(image.size, (width, height), file_size))
@@ -184,7 +199,7 @@ def decode_mask(data: bytes, classes: ClassInfo, width: int, height: int, *, max
                                       "(class indices) or an RGB PNG in the project's colours")
     except DecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise DecodeError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise DecodeError("the mask is not an image (no format Pillow can read)") from None

@@ -29,11 +29,13 @@ problem, and every valid file of the same upload is still added. Nothing is writ
 workspace (archives are read in memory, never extracted). Files are written first (atomically,
 named by content), then each batch's rows in one transaction, so a killed import leaves no row
 without its file and re-running it adds what is missing (the files already written are reused).
+Labels made in other tools (VOC / CVAT layouts) come in through :mod:`stpp.store.voc`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -56,7 +58,7 @@ ROLE_ALIASES = {"labelled": "labelled", "labeled": "labelled", "unlabelled": "un
 SplitArg = str | Path | Iterable[str] | None
 
 __all__ = ["BATCH_SIZE", "FileResult", "ImportReport", "Limits", "SPLIT_FILES", "import_folder_dataset",
-           "ingest_files", "normalize_role"]
+           "ingest_files", "ingest_pairs", "normalize_role"]
 
 
 class _Rejected(Exception):
@@ -116,7 +118,7 @@ def ingest_files(store: Store, project: int | str | Project, paths: Sequence[str
     with contextlib.ExitStack() as stack:
         files = expand_inputs(paths, limits, report, stack)
         pairs = pair_files(files, role, report)
-        _ingest_pairs(store, project, pairs, in_place, limits, batch_size, report)
+        ingest_pairs(store, project, pairs, report, in_place=in_place, limits=limits, batch_size=batch_size)
     return report
 
 
@@ -161,7 +163,7 @@ def import_folder_dataset(
     images = _index(root / "images", IMAGE_SUFFIXES, limits, report)
     masks = _index(root / "masks", MASK_SUFFIXES, limits, report) if (root / "masks").is_dir() else {}
     pairs = _plan(root, {"labelled": labeled, "unlabelled": unlabeled, "validation": val}, images, masks, report)
-    _ingest_pairs(store, project, pairs, in_place, limits, batch_size, report)
+    ingest_pairs(store, project, pairs, report, in_place=in_place, limits=limits, batch_size=batch_size)
     return report
 
 
@@ -221,8 +223,17 @@ def _read_split(root: Path, value: str | Path | Iterable[str]) -> tuple[list[str
     return [str(v).strip() for v in value if str(v).strip()], "the split list"
 
 
-def _ingest_pairs(store: Store, project: Project, pairs: list[Pair], in_place: bool, limits: Limits,
-                  batch_size: int, report: ImportReport) -> None:
+def ingest_pairs(store: Store, project: Project, pairs: Sequence[Pair], report: ImportReport, *,
+                 in_place: bool = False, limits: Limits = Limits(), batch_size: int = BATCH_SIZE) -> None:
+    """Check, write and record images already paired with their masks and roles (the step every import shares).
+
+    One result per pair goes to ``report``. Files are written before rows; each batch of rows is
+    one transaction.
+
+    Raises:
+        StoreError: the workspace cannot be written, or the project's classes changed during the
+            import (masks were read with the old ones; the batches committed before stay).
+    """
     known = {row["name"]: row["hash"] for row in
              store.db.query("SELECT name, hash FROM images WHERE project_id = ?", [project.id])}
     by_hash = {digest: name for name, digest in known.items()}
@@ -238,7 +249,7 @@ def _ingest_pairs(store: Store, project: Project, pairs: list[Pair], in_place: b
             known[pair.name] = item.image["hash"]
             by_hash[item.image["hash"]] = pair.name
             prepared.append(item)
-        report.results.extend(_insert(store, prepared))
+        report.results.extend(_insert(store, project, prepared))
 
 
 def _prepare(store: Store, project: Project, pair: Pair, known: dict[str, str], by_hash: dict[str, str],
@@ -316,12 +327,13 @@ def _write(store: Store, relpath: str, data: bytes) -> None:
         raise StoreError(f"cannot write to the workspace {store.workspace}: {exc.strerror or exc}") from None
 
 
-def _insert(store: Store, prepared: Sequence[_Prepared]) -> list[FileResult]:
+def _insert(store: Store, project: Project, prepared: Sequence[_Prepared]) -> list[FileResult]:
     """Write the rows of a batch in one transaction; on a conflict, one transaction per item."""
     if not prepared:
         return []
     try:
         with store.transaction() as db:
+            _check_classes(db, project)
             for item in prepared:
                 _insert_one(db, item)
         return [_added(item) for item in prepared]
@@ -331,11 +343,20 @@ def _insert(store: Store, prepared: Sequence[_Prepared]) -> list[FileResult]:
     for item in prepared:
         try:
             with store.transaction() as db:
+                _check_classes(db, project)
                 _insert_one(db, item)
             results.append(_added(item))
         except sqlite3.IntegrityError as exc:
             results.append(FileResult(item.name, item.source, "failed", f"conflicts with the store: {exc}"))
     return results
+
+
+def _check_classes(db, project: Project) -> None:
+    # Masks were mapped with the classes read at the start; a merge, delete or recolour since then
+    # would leave them with stale indices (renames do not matter).
+    row = db.execute("SELECT palette FROM projects WHERE id = ?", [project.id]).fetchone()
+    if row is None or [tuple(c) for c in json.loads(row[0])] != list(project.classes.palette):
+        raise StoreError(f"the classes of project {project.name!r} changed during the import; run it again")
 
 
 def _insert_one(db, item: _Prepared) -> None:

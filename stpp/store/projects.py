@@ -74,8 +74,9 @@ def create_project(store: Store, name: str, classes: Any) -> Project:
     Args:
         store: the open store.
         name: unique project name.
-        classes: a :class:`ClassInfo`, a ``classes.json`` path or mapping, or any object with
-            ``names``/``classes``, ``palette`` and ``ignore_index`` attributes.
+        classes: a :class:`ClassInfo`, a ``classes.json`` or ``labelmap.txt`` path, the
+            ``classes.json`` mapping, a list of names, or any object with ``names``/``classes``,
+            ``palette`` and ``ignore_index`` attributes (see :func:`~stpp.store.classes.as_class_info`).
 
     Raises:
         StoreError: invalid name or classes, or a project of that name exists.

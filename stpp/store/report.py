@@ -31,9 +31,15 @@ class FileResult:
 
 @dataclass
 class ImportReport:
-    """The per-file outcome of one import, in input order."""
+    """The per-file outcome of one import, in input order.
+
+    Attributes:
+        results: one :class:`FileResult` per input.
+        notes: remarks about the import as a whole (e.g. which classes were assumed).
+    """
 
     results: list[FileResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, name: str, source: str, status: str, reason: str = "") -> None:
         """Record one outcome."""

@@ -333,9 +333,9 @@ def list_events(store: Store, run_id: int, limit: int | None = None, kinds: Iter
     sql, params = "SELECT * FROM events WHERE run_id = ? AND id > ?", [int(run_id), after_id]
     if kinds is not None:
         kinds = tuple(kinds)
-        sql += " AND (" + " OR ".join("message = ? OR message LIKE ?" for _ in kinds) + ")"
+        sql += " AND (" + " OR ".join("message = ? OR message GLOB ?" for _ in kinds) + ")"
         for kind in kinds:
-            params += [kind, f"{kind}: %"]
+            params += [kind, f"{kind}: *"]
     sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
     events = []
     for row in store.db.query(sql, params):
@@ -349,6 +349,27 @@ def last_event_id(store: Store, run_id: int) -> int:
     """The row id of the run's latest event (0 when none)."""
     row = store.db.execute("SELECT max(id) FROM events WHERE run_id = ?", [int(run_id)]).fetchone()
     return int(row[0] or 0)
+
+
+def loss_points(store: Store, run_id: int) -> list[tuple[str, int, float]]:
+    """The training-loss curve as ``(stage, step, loss)``, in order.
+
+    A stage's recorded step events; a stage with fewer than three of them (short stages log few
+    steps) also gets its per-epoch mean losses, which win where both fall on the same step.
+    """
+    by_stage: dict[str, dict[str, list[tuple[str, int, float]]]] = {}
+    for event in list_events(store, run_id, kinds=["step", "epoch"]):
+        if event.loss is not None and event.step is not None:
+            by_stage.setdefault(event.stage, {"step": [], "epoch": []})[event.kind].append(
+                (event.stage, event.step, event.loss))
+    points = []
+    for series in by_stage.values():
+        if len(series["step"]) >= 3:
+            points += series["step"]
+        else:
+            merged = {step: (stage, step, loss) for stage, step, loss in series["step"] + series["epoch"]}
+            points += [merged[step] for step in sorted(merged)]
+    return points
 
 
 def record_worker_start(store: Store, run_id: int, pid: int, progress: float) -> None:
@@ -441,7 +462,8 @@ class CheckpointRow:
 
 def list_checkpoints(store: Store, run_id: int) -> list[CheckpointRow]:
     """A run's checkpoints in the order they were recorded."""
-    return [CheckpointRow(r["id"], r["stage"], r["epoch"], r["path"], json.loads(r["metrics"]) if r["metrics"] else None)
+    return [CheckpointRow(r["id"], r["stage"], r["epoch"], r["path"],
+                          json.loads(r["metrics"]) if r["metrics"] else None)
             for r in store.db.query("SELECT * FROM checkpoints WHERE run_id = ? ORDER BY id", [int(run_id)])]
 
 

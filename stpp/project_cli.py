@@ -1,0 +1,239 @@
+"""``python -m stpp project ...``: projects in the store, from the command line.
+
+Subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./workspace``)::
+
+    create NAME (--classes FILE | --labelmap FILE | --class-names a,b,c)
+    import NAME --data ROOT [--labeled L --unlabeled U --val V] [--in-place]
+    add NAME PATH... --role {labelled,unlabelled,validation} [--in-place]
+    import-labels NAME --data ROOT
+    list [--json]
+    status NAME [--json]
+
+``import`` reads a folder dataset (``ROOT/images``, ``ROOT/masks``, split lists) or a VOC layout
+(``ROOT/JPEGImages``, folder or ``.zip``); it creates the project from the data's own classes when
+it does not exist yet. ``add`` ingests any mix of images, masks, folders and zips. ``import-labels``
+adds the masks of a VOC layout (a CVAT export) as ground truth to the project's images of the same
+names. Imports print the files that failed (``--verbose``: every file) and a summary; they exit 1
+when a file failed. Any other error is one line on stderr and exit code 2.
+
+The main CLI wires this in with :func:`add_project_parser` and :func:`run_project_command`; the
+same functions run it alone (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from stpp.data.classes import DataError
+from stpp.store import (ImportReport, Store, StoreError, create_project, disk_usage, find_project,
+                        import_folder_dataset, import_voc_labels, import_voc_project, ingest_files,
+                        list_project_summaries, load_classes, load_labelmap, open_store, parse_class_names,
+                        project_summary)
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+ROLE_CHOICES = ("labelled", "unlabelled", "validation", "labeled", "unlabeled", "val")
+
+
+def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``project`` command (and its subcommands) to a CLI's subparsers; returns its parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", type=Path, default=None,
+                        help="workspace folder (default: $STPP_HOME, else ./workspace)")
+    project = subparsers.add_parser("project", help="create, import, list and inspect projects in the store",
+                                    description="Projects in the store (the workspace's stpp.db): create, "
+                                                "import data or labels, list, status.")
+    commands = project.add_subparsers(dest="project_command", required=True, metavar="SUBCOMMAND")
+
+    create = commands.add_parser("create", parents=[common], help="create an empty project")
+    create.add_argument("name")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--classes", type=Path, metavar="FILE", help="classes.json")
+    source.add_argument("--labelmap", type=Path, metavar="FILE", help="VOC / CVAT labelmap.txt")
+    source.add_argument("--class-names", metavar="A,B,C",
+                        help="class names, comma-separated (name=#rrggbb sets a colour)")
+
+    imp = commands.add_parser("import", parents=[common], help="import a folder dataset or a VOC layout")
+    imp.add_argument("name")
+    imp.add_argument("--data", required=True, type=Path, metavar="ROOT", help="folder dataset, VOC folder or VOC .zip")
+    imp.add_argument("--labeled", type=Path, metavar="L", help="split list of labelled IDs (folder datasets)")
+    imp.add_argument("--unlabeled", type=Path, metavar="U", help="split list of unlabelled IDs")
+    imp.add_argument("--val", type=Path, metavar="V", help="split list of validation IDs")
+    imp.add_argument("--in-place", action="store_true", help="register image files where they are (no copy)")
+    imp.add_argument("--verbose", action="store_true", help="also list the files that were added")
+
+    add = commands.add_parser("add", parents=[common], help="add images (with masks): files, folders, zips")
+    add.add_argument("name")
+    add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    add.add_argument("--role", required=True, choices=ROLE_CHOICES)
+    add.add_argument("--in-place", action="store_true", help="register image files where they are (no copy)")
+    add.add_argument("--verbose", action="store_true", help="also list the files that were added")
+
+    labels = commands.add_parser("import-labels", parents=[common],
+                                 help="add a VOC layout's masks (e.g. a CVAT export) as ground truth")
+    labels.add_argument("name")
+    labels.add_argument("--data", required=True, type=Path, metavar="ROOT", help="VOC folder or .zip")
+    labels.add_argument("--verbose", action="store_true", help="also list the masks that were added")
+
+    lst = commands.add_parser("list", parents=[common], help="every project with its counts")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status = commands.add_parser("status", parents=[common], help="one project: classes, counts, runs, disk usage")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    return project
+
+
+def run_project_command(args: argparse.Namespace) -> int:
+    """Run a parsed ``project`` command; returns the exit code (errors: one line on stderr, 2)."""
+    try:
+        with open_store(workspace_path(args.workspace)) as store:
+            return _COMMANDS[args.project_command](store, args)
+    except (StoreError, DataError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def workspace_path(given: Path | None) -> Path:
+    """``--workspace``, else ``$STPP_HOME``, else ``./workspace``."""
+    return given if given is not None else Path(os.environ.get("STPP_HOME") or "workspace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stpp.project_cli ...``: the ``project`` command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m stpp")
+    add_project_parser(parser.add_subparsers(dest="command", required=True))
+    return run_project_command(parser.parse_args(argv))
+
+
+def _create(store: Store, args: argparse.Namespace) -> int:
+    if args.classes is not None:
+        classes = load_classes(args.classes)
+    elif args.labelmap is not None:
+        classes = load_labelmap(args.labelmap)
+    else:
+        classes = parse_class_names(args.class_names, source="--class-names")
+    project = create_project(store, args.name, classes)
+    print(f"created project {project.name!r} with {classes.num_classes} classes: {', '.join(classes.names)}")
+    return EXIT_OK
+
+
+def _import(store: Store, args: argparse.Namespace) -> int:
+    root = args.data
+    if not root.exists():
+        raise StoreError(f"{root}: no such folder or file")
+    if _is_folder_dataset(root):
+        project = find_project(store, args.name.strip())
+        if project is None:
+            if not (root / "classes.json").is_file():
+                raise StoreError(f"no project {args.name!r}, and {root} has no classes.json to create it from; "
+                                 "run 'project create' first")
+            project = create_project(store, args.name, load_classes(root / "classes.json"))
+            print(f"created project {project.name!r} from {root / 'classes.json'}")
+        report = import_folder_dataset(store, project, root, args.labeled, args.unlabeled, args.val,
+                                       in_place=args.in_place)
+    else:
+        if any(v is not None for v in (args.labeled, args.unlabeled, args.val)):
+            raise StoreError("--labeled/--unlabeled/--val apply to folder datasets; a VOC layout has ImageSets/")
+        project, report = import_voc_project(store, root, args.name, in_place=args.in_place, existing_ok=True)
+    return _print_report(project.name, report, args.verbose)
+
+
+def _is_folder_dataset(root: Path) -> bool:
+    return root.is_dir() and (root / "images").is_dir()
+
+
+def _add(store: Store, args: argparse.Namespace) -> int:
+    report = ingest_files(store, args.name, args.paths, args.role, in_place=args.in_place)
+    return _print_report(args.name, report, args.verbose)
+
+
+def _import_labels(store: Store, args: argparse.Namespace) -> int:
+    report = import_voc_labels(store, args.name, args.data)
+    return _print_report(args.name, report, args.verbose)
+
+
+def _print_report(name: str, report: ImportReport, verbose: bool) -> int:
+    for note in report.notes:
+        print(f"note: {note}")
+    for result in report.results:
+        if verbose or result.status == "failed":
+            print(result)
+    print(f"project {name!r}: {report.summary()}")
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _list(store: Store, args: argparse.Namespace) -> int:
+    summaries = list_project_summaries(store)
+    if args.json:
+        print(json.dumps([_summary_dict(s) for s in summaries], indent=2))
+        return EXIT_OK
+    if not summaries:
+        print(f"no projects in {store.workspace}")
+        return EXIT_OK
+    header = ("project", "classes", "labelled", "unlabelled", "validation", "gt masks", "runs", "created")
+    rows = [(s.name, s.project.classes.num_classes, s.images["labelled"], s.images["unlabelled"],
+             s.images["validation"], s.masks["ground_truth"], s.runs, s.project.created[:10]) for s in summaries]
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def _status(store: Store, args: argparse.Namespace) -> int:
+    summary = project_summary(store, args.name)
+    usage = disk_usage(store, summary.project)
+    runs = [dict(r) for r in store.db.query("SELECT id, method, status, stage, progress, resumable FROM runs "
+                                            "WHERE project_id = ? ORDER BY id", [summary.project.id])]
+    if args.json:
+        data = _summary_dict(summary)
+        data["disk"] = {"images": usage.images, "masks": usage.masks, "runs": usage.runs,
+                        "in_place": usage.in_place, "total": usage.total}
+        data["run_list"] = runs
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    classes = summary.project.classes
+    print(f"project {summary.name!r} (created {summary.project.created})")
+    print(f"classes ({classes.num_classes}, ignore value {classes.ignore_index}):")
+    for index, (class_name, (r, g, b)) in enumerate(zip(classes.names, classes.palette)):
+        print(f"  {index:3d}  #{r:02x}{g:02x}{b:02x}  {class_name}")
+    print("images: " + ", ".join(f"{n} {role}" for role, n in summary.images.items())
+          + f" ({summary.total_images} in all)")
+    print("masks: " + ", ".join(f"{n} {kind}" for kind, n in summary.masks.items()))
+    print(f"runs: {len(runs)}")
+    for run in runs:
+        stage = f", stage {run['stage']}" if run["stage"] else ""
+        print(f"  run {run['id']}: {run['method']}, {run['status']}{stage}, {run['progress'] * 100:.0f}%")
+    print(f"disk: {_bytes(usage.images)} images, {_bytes(usage.masks)} masks, {_bytes(usage.runs)} runs "
+          f"({_bytes(usage.total)} in the workspace); {_bytes(usage.in_place)} registered in place")
+    return EXIT_OK
+
+
+def _summary_dict(summary) -> dict:
+    classes = summary.project.classes
+    return {"name": summary.name, "id": summary.project.id, "created": summary.project.created,
+            "classes": classes.to_dict(), "images": summary.images, "masks": summary.masks, "runs": summary.runs}
+
+
+def _bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value, unit = float(count), "B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+_COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,
+             "list": _list, "status": _status}
+
+if __name__ == "__main__":
+    sys.exit(main())

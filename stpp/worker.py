@@ -1,0 +1,450 @@
+"""The training worker: one project run, read from the store, trained by the same pipeline as
+``python -m stpp run``, with its progress recorded in the store.
+
+``python -m stpp worker RUN_ID --workspace W`` (what the job runner spawns) and
+``python -m stpp.worker RUN_ID ...`` call :func:`worker_main`. The worker builds :class:`RunData`
+from the project (labelled: role ``labelled`` with a ``ground_truth`` mask; unlabelled: role
+``unlabelled``, never with a mask, so ``reference`` masks are never read; validation: role
+``validation``), trains into
+``WORKSPACE/runs/<run_id>/`` and records events, checkpoints, scores and pseudo masks through a
+:class:`~stpp.store.runs.StoreSink`. SIGTERM (or a cancel recorded in the store) stops it cleanly
+after the current step: status ``cancelled``, resumable. An exception leaves it ``failed`` with
+the error, resumable. Run again (after a resume) it continues from what the run folder holds.
+
+The module also answers two questions for processes that must not import torch:
+``--list-devices`` (the visible GPUs, JSON) and ``--resolve-config`` (a project run's config,
+resolved and checked; JSON request on stdin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sqlite3
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from stpp.config import ConfigError, StppConfig
+from stpp.data.datasets import ClassInfo, DataError
+from stpp.engine.device import configure_cpu_threads, resolve_device
+from stpp.engine.events import Event, EventSink
+from stpp.engine.train import StopRequested, snapshot_epochs
+from stpp.models import WeightsError
+from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
+from stpp.selftrain.layout import RunLayout
+from stpp.selftrain.pipeline import RunData, Sample, stage_names
+from stpp.store.db import Store, StoreError, open_store, utc_now
+from stpp.store.projects import Project, get_project
+from stpp.store.runs import (
+    Run,
+    StoreSink,
+    cancel_requested_at,
+    claim_queued,
+    end_running,
+    get_run,
+    record_checkpoint,
+    record_event,
+    record_scores,
+    record_worker_start,
+    set_stage_metrics,
+    update_run,
+)
+
+if TYPE_CHECKING:
+    from stpp.cli import StopFlag
+
+log = logging.getLogger(__name__)
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_CANCELLED = 130
+HEARTBEAT_S = 5.0
+"""Seconds between heartbeats (each also checks the store for a cancel request)."""
+
+_EXPECTED_ERRORS = (ConfigError, DataError, RunError, StoreError, WeightsError)
+
+
+# Inputs --------------------------------------------------------------------------------------------
+
+
+def build_run_data(store: Store, project: Project,
+                   frozen: dict[str, Any] | None = None) -> tuple[RunData, dict[str, int]]:
+    """The run's images from the store, and image name to image row id.
+
+    Args:
+        store: the open store.
+        project: the run's project.
+        frozen: the ``inputs.json`` of a run that already started: its image lists are used again
+            (images added since are left out), so a resumed run trains on what it started with.
+
+    Raises:
+        RunError: no labelled image with a mask, or images of a started run are gone.
+    """
+    rows = list(store.db.query(
+        "SELECT i.id, i.name, i.path, i.role, m.path AS mask FROM images i "
+        "LEFT JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
+        "WHERE i.project_id = ? ORDER BY i.name", [project.id]))
+    samples: dict[str, dict[str, Sample]] = {"labeled": {}, "unlabeled": {}, "val": {}}
+    for row in rows:
+        image = store.path(row["path"])
+        if row["role"] == "labelled" and row["mask"]:
+            samples["labeled"][row["name"]] = Sample(row["name"], image, store.path(row["mask"]))
+        elif row["role"] == "validation" and row["mask"]:
+            samples["val"][row["name"]] = Sample(row["name"], image, store.path(row["mask"]))
+        elif row["role"] == "unlabelled":
+            # Never a mask here: an unlabelled image's reference mask is for measuring only.
+            samples["unlabeled"][row["name"]] = Sample(row["name"], image)
+    if frozen is not None:
+        missing = [name for key in samples for name in frozen.get(key, []) if name not in samples[key]]
+        if missing:
+            raise RunError(f"{len(missing)} image(s) this run started with are no longer in the project "
+                           f"(or changed role): {', '.join(missing[:5])}; start a new run instead")
+        samples = {key: {name: samples[key][name] for name in frozen.get(key, [])} for key in samples}
+    if not samples["labeled"]:
+        raise RunError(f"project {project.name!r} has no labelled images with masks")
+    classes = ClassInfo(tuple(project.classes.names), tuple(tuple(c) for c in project.classes.palette),
+                        project.classes.ignore_index)
+    data = RunData(classes=classes, labeled=tuple(samples["labeled"].values()),
+                   unlabeled=tuple(samples["unlabeled"].values()), val=tuple(samples["val"].values()))
+    return data, {row["name"]: row["id"] for row in rows}
+
+
+def describe_project_inputs(project: Project, data: RunData) -> dict[str, Any]:
+    """The run's ``inputs.json``: the project and the image names per role."""
+    return {"project_id": project.id, "labeled": [s.id for s in data.labeled],
+            "unlabeled": [s.id for s in data.unlabeled], "val": [s.id for s in data.val]}
+
+
+def mean_image_pixels(store: Store, project: Project) -> float:
+    """The mean width x height of the project's images (for the progress weights)."""
+    row = store.db.execute("SELECT avg(width * height) FROM images WHERE project_id = ?", [project.id]).fetchone()
+    return float(row[0] or 1.0)
+
+
+# Progress ------------------------------------------------------------------------------------------
+
+
+class RunProgress:
+    """Maps pipeline events to the progress over the whole run (0..1).
+
+    The run is split into its phases in order (train, evaluate, stability masks, labelling per
+    stage); each phase weighs its estimated compute in pixels through the network (a training step
+    counts three passes: forward and backward), so the bar moves about evenly in time.
+
+    Args:
+        cfg: the resolved config.
+        data: the run's images.
+        pixels_per_image: the mean image size (labelling and evaluation run at full resolution).
+    """
+
+    def __init__(self, cfg: StppConfig, data: RunData, pixels_per_image: float):
+        labelled = len(data.labeled) + len(data.reviewed)
+        pool = len(data.pseudo_pool())
+        crop = cfg.augment.crop_size ** 2
+        tta = sum(s * s for s in cfg.pseudo.tta_scales) * (2 if cfg.pseudo.tta_flip else 1) if cfg.pseudo.tta else 1.0
+        label = pixels_per_image * tta
+        evaluate = len(data.val) * pixels_per_image
+
+        def train(epochs: int, pseudo: int) -> float:
+            copies = max(1, math.ceil(pseudo / labelled)) if pseudo and labelled else 1
+            return 3.0 * epochs * (labelled * copies + pseudo) * crop
+
+        phases = [("train:teacher", train(cfg.optim.epochs, 0)), ("eval:teacher", evaluate)]
+        students = cfg.student_epochs
+        if cfg.method == "st":
+            phases += [("label:teacher", pool * label), ("train:st", train(students, pool)), ("eval:st", evaluate)]
+        elif cfg.method == "st++":
+            reliable = int(pool * cfg.selftrain.reliable_ratio)
+            # Without TTA the teacher's labels are copies of the last stability masks.
+            teacher_label = pool * label if cfg.pseudo.tta or cfg.selftrain.pixel_threshold > 0 else 0.05 * pool * label
+            phases += [("stability", cfg.pseudo.num_checkpoints * pool * pixels_per_image),
+                       ("label:teacher", teacher_label),
+                       ("train:stage1", train(students, reliable)), ("eval:stage1", evaluate),
+                       ("label:stage1", (pool - reliable) * label),
+                       ("train:stage2", train(students, pool)), ("eval:stage2", evaluate)]
+            if cfg.selftrain.stage3:
+                phases += [("label:stage2", pool * label), ("train:stage3", train(students, pool)),
+                           ("eval:stage3", evaluate)]
+        total = sum(cost for _, cost in phases) or 1.0
+        self.start: dict[str, float] = {}
+        self.share: dict[str, float] = {}
+        done = 0.0
+        for key, cost in phases:
+            self.start[key], self.share[key] = done / total, cost / total
+            done += cost
+        self.checkpoints = cfg.pseudo.num_checkpoints
+        self.train_stages = set(stage_names(cfg))
+
+    def __call__(self, event: Event) -> float | None:
+        if event.kind == "run_end":
+            return 1.0
+        place = self._place(event)
+        if place is None:
+            return None
+        key, fraction = place
+        if key not in self.start:
+            return None
+        return self.start[key] + self.share[key] * min(1.0, max(0.0, fraction))
+
+    def _place(self, event: Event) -> tuple[str, float] | None:
+        stage, kind = event.stage, event.kind
+        fraction = (event.step or 0) / event.total if event.total else 0.0
+        if stage in self.train_stages:
+            if kind in ("step", "epoch", "checkpoint"):
+                return f"train:{stage}", fraction
+            if kind in ("stage_end", "stage_skipped"):
+                return f"train:{stage}", 1.0
+            if kind == "eval_progress":
+                return f"eval:{stage}", fraction
+            if kind == "eval":
+                return f"eval:{stage}", 1.0
+        if kind == "labels" and stage.startswith("stability"):
+            index = int(stage.removeprefix("stability") or 1)
+            return "stability", (index - 1 + fraction) / self.checkpoints
+        if kind == "labels" and stage.startswith("label:"):
+            return stage, fraction
+        if stage == "ranking":
+            return "stability", 1.0
+        return None
+
+
+# Running -------------------------------------------------------------------------------------------
+
+
+class _StopOnFlag:
+    """Forwards events, then raises :class:`StopRequested` on a labelling or evaluation tick once a
+    stop was asked for: the training loop polls the flag itself (after saving ``last.pt``), those
+    passes do not, and what they wrote so far is kept for the resume."""
+
+    def __init__(self, sink: EventSink, flag: StopFlag):
+        self.sink = sink
+        self.flag = flag
+
+    def emit(self, event: Event) -> None:
+        self.sink.emit(event)
+        if event.kind in ("labels", "eval_progress") and self.flag():
+            raise StopRequested(event.stage)
+
+
+class Heartbeat(threading.Thread):
+    """Stamps the run's heartbeat every ``interval`` seconds and turns a cancel recorded in the store
+    into a stop request (so a cancel from another machine or a lost SIGTERM still stops the run)."""
+
+    def __init__(self, store: Store, run_id: int, flag: StopFlag, interval: float = HEARTBEAT_S):
+        super().__init__(name=f"heartbeat-{run_id}", daemon=True)
+        self.store = store
+        self.run_id = run_id
+        self.flag = flag
+        self.interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                update_run(self.store, self.run_id, heartbeat=utc_now())
+                if cancel_requested_at(self.store, self.run_id) is not None:
+                    self.flag.requested = True
+            except sqlite3.Error as error:
+                log.warning("run %s: heartbeat not recorded: %s", self.run_id, error)
+
+    def stop(self) -> None:
+        """End the thread (waits for it)."""
+        self._stopped.set()
+        self.join(timeout=30)
+
+
+def claim_run(store: Store, run_id: int, pid: int) -> Run:
+    """Take a run for this worker process: a queued run, or a running one claimed for it by the runner.
+
+    Raises:
+        StoreError: no such run, a live worker has it, or it is finished (resume it first).
+    """
+    run = get_run(store, run_id)
+    if run.status == "queued":
+        if not claim_queued(store, run.id, pid=pid, started=run.started or utc_now(), error=None):
+            raise StoreError(f"run {run.id} was taken by another worker")
+    elif run.status == "running":
+        from stpp.jobs import worker_alive
+
+        if run.pid not in (None, pid) and worker_alive(run.pid, run.id):
+            raise StoreError(f"run {run.id} is already running (worker pid {run.pid})")
+        update_run(store, run.id, pid=pid, heartbeat=utc_now())
+    else:
+        hint = "resume it first" if run.can_resume else "there is nothing left to run"
+        raise StoreError(f"run {run.id} is {run.status.replace('_', ' ')}; {hint}")
+    return get_run(store, run.id)
+
+
+def worker_main(run_id: int, workspace: str | Path | None = None) -> int:
+    """Run one project run to its end; the entry point of ``python -m stpp worker RUN_ID``.
+
+    Args:
+        run_id: the run (``queued``, or ``running`` as claimed for this process by the job runner).
+        workspace: the workspace; None means ``$STPP_HOME`` or ``./workspace``.
+
+    Returns:
+        0 done, 1 failed, 2 refused (no such run, bad workspace, not runnable), 130 cancelled.
+    """
+    configure_cpu_threads()
+    try:
+        store = open_store(workspace or os.environ.get("STPP_HOME") or "workspace")
+    except StoreError as error:
+        print(f"stpp worker: error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    with store:
+        pid = os.getpid()
+        try:
+            run = claim_run(store, run_id, pid)
+        except StoreError as error:
+            print(f"stpp worker: error: {error}", file=sys.stderr)
+            return EXIT_REFUSED
+        from stpp.cli import StopFlag  # here: the CLI imports this module for its worker command
+
+        flag = StopFlag()
+        if cancel_requested_at(store, run.id) is not None:
+            flag.requested = True
+        record_worker_start(store, run.id, pid, run.progress)
+        heartbeat = Heartbeat(store, run.id, flag)
+        heartbeat.start()
+        try:
+            code = _execute(store, run, pid, flag)
+        finally:
+            heartbeat.stop()
+        from stpp.jobs import JobRunner
+
+        try:
+            JobRunner(store).tick()  # this run's slot is free: start the next queued run
+        except (StoreError, sqlite3.Error) as error:
+            print(f"stpp worker: warning: the queue was not advanced: {error}", file=sys.stderr)
+        return code
+
+
+def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
+    layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    image_ids: dict[str, int] = {}
+    cfg = None
+    try:
+        if flag():
+            raise StopRequested("start")
+        project = get_project(store, run.project_id)
+        cfg = StppConfig.from_dict(run.config)
+        frozen = json.loads(layout.inputs_path.read_text()) if layout.inputs_path.exists() else None
+        data, image_ids = build_run_data(store, project, frozen)
+        device = resolve_device(cfg.device)
+        layout = prepare_run_dir(layout.root, cfg, describe_project_inputs(project, data),
+                                 resume=layout.config_path.exists())
+        sink = StoreSink(store, run.id, layout, image_ids, RunProgress(cfg, data, mean_image_pixels(store, project)))
+        run_headless(cfg, data, layout, device, _StopOnFlag(sink, flag), should_stop=flag)
+        sync_run_outputs(store, run.id, layout, cfg, image_ids)
+        end_running(store, run.id, "done", pid, progress=1.0, resumable=False, error=None)
+        return EXIT_DONE
+    except (StopRequested, KeyboardInterrupt):
+        _sync_quietly(store, run.id, layout, cfg, image_ids)
+        record_event(store, run.id, Event("info", message="stopped on request; resume continues from here"))
+        end_running(store, run.id, "cancelled", pid, resumable=True)
+        return EXIT_CANCELLED
+    except Exception as error:  # noqa: BLE001 - any failure must reach the store, not just the log
+        traceback.print_exc()
+        message = str(error) if isinstance(error, _EXPECTED_ERRORS) else f"{type(error).__name__}: {error}"
+        _sync_quietly(store, run.id, layout, cfg, image_ids)
+        record_event(store, run.id, Event("error", message=message))
+        end_running(store, run.id, "failed", pid, resumable=True, error=message)
+        return EXIT_FAILED
+
+
+def sync_run_outputs(store: Store, run_id: int, layout: RunLayout, cfg: StppConfig, image_ids: dict[str, int]) -> None:
+    """Record what the run folder holds and the store may have missed (idempotent).
+
+    Checkpoints (with the stage's validation metrics from ``metrics.json``), the scores and every
+    pseudo mask: a resumed run skips finished stages without events, and a killed worker may have
+    written a file without its row.
+    """
+    k = cfg.pseudo.num_checkpoints
+    for index, epoch in enumerate(snapshot_epochs(cfg.optim.epochs, k), start=1):
+        path = layout.teacher_checkpoint(index)
+        if path.exists():
+            record_checkpoint(store, run_id, "teacher", path, epoch)
+    for stage in stage_names(cfg)[1:]:
+        path = layout.model_path(stage, k)
+        if path.exists():
+            record_checkpoint(store, run_id, stage, path, cfg.student_epochs)
+    if layout.metrics_path.exists():
+        for stage, summary in json.loads(layout.metrics_path.read_text()).get("stages", {}).items():
+            if summary:
+                set_stage_metrics(store, run_id, stage, summary)
+    if layout.scores_path.exists():
+        record_scores(store, run_id, layout.scores_path, image_ids)
+    StoreSink(store, run_id, layout, image_ids).record_all_pseudo_masks()
+
+
+def _sync_quietly(store: Store, run_id: int, layout: RunLayout, cfg: StppConfig | None,
+                  image_ids: dict[str, int]) -> None:
+    if cfg is None or not layout.config_path.exists():
+        return
+    try:
+        sync_run_outputs(store, run_id, layout, cfg, image_ids)
+    except Exception:  # noqa: BLE001 - the run's own status matters more than a partial record
+        traceback.print_exc()
+
+
+# Questions for torch-free processes ---------------------------------------------------------------
+
+
+def gpu_inventory() -> list[dict[str, Any]]:
+    """The visible CUDA GPUs: ``[{"index", "name", "memory_bytes"}]`` (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [{"index": i, "name": torch.cuda.get_device_name(i),
+             "memory_bytes": torch.cuda.get_device_properties(i).total_memory}
+            for i in range(torch.cuda.device_count())]
+
+
+def resolve_config_request(request: dict[str, Any]) -> StppConfig:
+    """Resolve a project run's config from a JSON request (preset, method, overrides, device, classes)."""
+    classes = request["classes"]
+    info = ClassInfo(tuple(classes["names"]), tuple(tuple(c) for c in classes["palette"]), classes["ignore_index"])
+    return resolve_config(request["preset"], request["method"], request.get("overrides", []),
+                          request.get("device"), info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stpp.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("run_id", nargs="?", type=int, help="the run to execute")
+    parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("STPP_HOME") or "workspace"),
+                        help="the workspace (default: $STPP_HOME or ./workspace)")
+    parser.add_argument("--list-devices", action="store_true", help="print the visible GPUs as JSON and exit")
+    parser.add_argument("--resolve-config", action="store_true",
+                        help="read a config request (JSON) on stdin, print the resolved config (JSON)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_devices:
+        print(json.dumps(gpu_inventory()))
+        return 0
+    if args.resolve_config:
+        try:
+            cfg = resolve_config_request(json.loads(sys.stdin.read()))
+        except (ConfigError, WeightsError, ValueError, KeyError, TypeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(json.dumps(cfg.to_dict()))
+        return 0
+    if args.run_id is None:
+        print("stpp worker: error: a RUN_ID is required", file=sys.stderr)
+        return EXIT_REFUSED
+    return worker_main(args.run_id, args.workspace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

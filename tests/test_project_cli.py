@@ -1,0 +1,132 @@
+"""``python -m stpp project ...`` on a real store: create, import, add, import-labels, list, status, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stpp.data.classes import load_classes
+from stpp.project_cli import add_project_parser, main, run_project_command
+from stpp.store import open_store, project_summary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str, str]:
+    code = main(["project", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_round_trip_create_import_list_status(capsys, workspace: Path, demo_dir: Path, tmp_path: Path):
+    code, out, _ = cli(capsys, "create", "hand", "--class-names", "sky,road=#804080,car")
+    assert code == 0 and "3 classes: sky, road, car" in out
+
+    code, out, err = cli(capsys, "import", "demo", "--data", demo_dir)
+    assert (code, err) == (0, "")
+    assert "created project 'demo'" in out and "project 'demo': 84 added, 0 skipped, 0 failed" in out
+
+    code, out, _ = cli(capsys, "import", "demo", "--data", demo_dir)
+    assert code == 0 and "0 added, 84 skipped, 0 failed" in out
+
+    code, out, _ = cli(capsys, "list")
+    lines = out.splitlines()
+    assert lines[0].split() == ["project", "classes", "labelled", "unlabelled", "validation", "gt", "masks",
+                                "runs", "created"]
+    assert lines[1].split()[:7] == ["demo", "11", "12", "60", "12", "24", "0"]
+    assert lines[2].split()[:2] == ["hand", "3"]
+
+    code, out, _ = cli(capsys, "status", "demo")
+    assert code == 0
+    assert "   3  #804080  road" in out
+    assert "images: 12 labelled, 60 unlabelled, 12 validation (84 in all)" in out
+    assert "masks: 24 ground_truth, 60 reference, 0 pseudo, 0 reviewed" in out
+
+    code, out, _ = cli(capsys, "status", "demo", "--json")
+    status = json.loads(out)
+    assert status["classes"] == load_classes(demo_dir / "classes.json").to_dict()
+    assert status["disk"]["images"] > 0 and status["disk"]["in_place"] == 0
+    assert [p["name"] for p in json.loads(cli(capsys, "list", "--json")[1])] == ["demo", "hand"]
+
+
+def test_import_with_split_lists_in_place_into_another_workspace(capsys, tmp_path: Path, synthetic_dataset: Path):
+    other = tmp_path / "elsewhere"
+    code, out, _ = cli(capsys, "import", "syn", "--data", synthetic_dataset, "--labeled",
+                       synthetic_dataset / "labeled.txt", "--val", "val.txt", "--in-place", "--workspace", other)
+    assert code == 0 and "16 added" in out
+    with open_store(other) as store:
+        assert project_summary(store, "syn").images == {"labelled": 8, "unlabelled": 0, "validation": 8}
+        assert {r["in_place"] for r in store.db.query("SELECT in_place FROM images")} == {1}
+
+
+def test_add_reports_failed_files_and_exits_1(capsys, workspace: Path, tmp_path: Path):
+    cli(capsys, "create", "p", "--class-names", "a,b")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_text("not a picture")
+    code, out, err = cli(capsys, "add", "p", tmp_path / "ok.png", tmp_path / "bad.jpg", "--role", "unlabeled")
+    assert code == 1 and err == ""
+    assert f"failed: {tmp_path / 'bad.jpg'}: not an image" in out
+    assert "project 'p': 1 added, 0 skipped, 1 failed" in out
+
+
+def test_import_labels_from_a_voc_folder(capsys, workspace: Path, tmp_path: Path):
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\nroad:128,64,128::\n")
+    cli(capsys, "create", "p", "--labelmap", tmp_path / "labelmap.txt")
+    Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(tmp_path / "frame.png")
+    cli(capsys, "add", "p", tmp_path / "frame.png", "--role", "unlabelled")
+    voc = tmp_path / "voc"
+    (voc / "SegmentationClass").mkdir(parents=True)
+    (voc / "labelmap.txt").write_text((tmp_path / "labelmap.txt").read_text())
+    colours = np.zeros((6, 8, 3), np.uint8)
+    colours[3:] = (128, 64, 128)
+    Image.fromarray(colours).save(voc / "SegmentationClass" / "frame.png")
+
+    code, out, _ = cli(capsys, "import-labels", "p", "--data", voc, "--verbose")
+
+    assert code == 0 and "added:" in out and "moved from unlabelled to labelled" in out
+    with open_store(workspace) as store:
+        assert project_summary(store, "p").images["labelled"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["status", "nope"], "no project 'nope'"),
+    (["import", "x", "--data", "/does/not/exist"], "no such folder"),
+    (["create", "x", "--class-names", " , "], "the class list is empty"),
+    (["add", "nope", ".", "--role", "labelled"], "no project 'nope'"),
+])
+def test_errors_are_one_line_and_exit_2(capsys, workspace: Path, args, message):
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_malformed_classes_file_names_the_line(capsys, workspace: Path, tmp_path: Path):
+    path = tmp_path / "classes.json"
+    path.write_text('{\n  "classes": [\n    "a",\n    7\n  ]\n}\n')
+    code, _, err = cli(capsys, "create", "x", "--classes", path)
+    assert code == 2 and f"{path}, line 4: class 1 has an invalid name 7" in err
+
+
+def test_parser_plugs_into_another_cli_and_reads_stpp_home(workspace: Path, capsys):
+    parser = argparse.ArgumentParser(prog="python -m stpp")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run")
+    add_project_parser(commands)
+    args = parser.parse_args(["project", "create", "env", "--class-names", "a"])
+    assert args.command == "project" and run_project_command(args) == 0
+    assert (workspace / "stpp.db").is_file()  # $STPP_HOME, set by the workspace fixture
+
+
+def test_runs_without_importing_torch(workspace: Path):
+    code = ("import sys; from stpp.project_cli import main; rc = main(['project', 'list']); "
+            "sys.exit(90 if 'torch' in sys.modules else rc)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no projects" in result.stdout

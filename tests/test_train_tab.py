@@ -1,0 +1,122 @@
+"""The Train tab in a real browser against a real ``python app.py``: launch an ST++ run on the demo
+project, watch it move and finish, and see a second launch refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from stpp.jobs import form_defaults, worker_alive
+from stpp.store import open_store
+from stpp.store.runs import list_runs
+from test_app import ARTIFACTS, Server
+
+RUN_TIMEOUT_S = 420
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    srv = Server(tmp_path / "workspace", tmp_path)
+    try:
+        srv.wait_until_up()
+        yield srv
+    finally:
+        srv.stop()
+        # Workers outlive the app by design; a failed test must not leave one training.
+        with open_store(srv.workspace) as store:
+            for run in list_runs(store, statuses=["running"]):
+                if worker_alive(run.pid, run.id):
+                    os.killpg(run.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def driver(tmp_path: Path):
+    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(binary).exists():
+            pytest.skip(f"{binary} is not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--window-size=1280,2200",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
+
+
+@pytest.mark.browser
+def test_launch_an_st_pp_run_and_watch_it_finish(server: Server, driver):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(driver, 60, ignored_exceptions=ignored)
+    text = lambda element_id: driver.find_element(By.ID, element_id).text  # noqa: E731
+
+    def field(element_id: str):
+        return driver.find_element(By.CSS_SELECTOR, f"#{element_id} input")
+
+    def type_into(element_id: str, value: str) -> None:
+        box = field(element_id)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.TAB)
+
+    driver.get(server.url)
+    wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Train"])
+    next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Train").click()
+    wait.until(lambda d: field("train-project").get_attribute("value") == "camvid-demo")
+
+    preset = field("train-preset")
+    preset.click()
+    preset.send_keys(Keys.CONTROL, "a")
+    preset.send_keys("test")
+    preset.send_keys(Keys.ENTER)
+    wait.until(lambda d: field("train-batch").get_attribute("value") == str(form_defaults("test")["batch_size"])
+               and field("train-crop").get_attribute("value") == str(form_defaults("test")["crop_size"]))
+    type_into("train-epochs", "3")
+    type_into("train-student-epochs", "1")
+    tta = field("train-tta")
+    if tta.is_selected():
+        tta.click()  # seconds, not minutes, on two shared cores
+    assert "ST++" in driver.find_element(By.CSS_SELECTOR, "#train-method input:checked").find_element(
+        By.XPATH, "..").text
+    driver.find_element(By.ID, "train-launch").click()
+    wait.until(lambda d: "Run 1 is running" in text("train-message") or "Run 1 is queued" in text("train-message"))
+
+    # A second launch on the same project, while the first one is unfinished, is refused on the page.
+    driver.find_element(By.ID, "train-launch").click()
+    wait.until(lambda d: "Not launched" in text("train-message"))
+    assert "already has an unfinished run" in text("train-message")
+
+    seen: set[float] = set()
+
+    def progress_recorded_until_done(d) -> bool:
+        bar = d.find_element(By.CSS_SELECTOR, "#train-progress .stpp-progress")
+        seen.add(float(bar.get_attribute("data-progress")))
+        assert bar.get_attribute("data-status") not in ("failed", "cancelled"), text("train-status")
+        return bar.get_attribute("data-status") == "done"
+
+    WebDriverWait(driver, RUN_TIMEOUT_S, poll_frequency=0.5, ignored_exceptions=ignored).until(
+        progress_recorded_until_done)
+    assert len({v for v in seen if 0 < v < 1}) >= 2, f"the progress did not move: {sorted(seen)}"
+    wait.until(lambda d: "Validation mIoU (%)" in text("train-status") and "stage2" in text("train-status"))
+    assert "status: done" in text("train-status")
+    wait.until(lambda d: "run_end" in text("train-events"))
+    for plot in ("train-loss", "train-miou"):
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#{plot} g.mark-line path"))
+    wait.until(lambda d: "done" in text("train-history"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "train-tab.png"))
