@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
     run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    run.add_argument("--until", choices=("ranking", "stage1", "stage2"), default=None,
+                     help="stop for review after this point (the ranking, or a stage's re-labelling); --resume continues")
     run.add_argument("--auto-batch", action="store_true",
                      help="on GPU: halve the preset's batch until a training step fits in memory (lr follows)")
 
@@ -175,7 +177,8 @@ def _run_joined(args: argparse.Namespace, data, cfg, device) -> int:
     layout = run_on_main(lambda: prepare_run_dir(args.out, cfg, describe_inputs(args.data, data), args.resume))
     sink = TqdmSink() if is_main() else None
     try:
-        metrics = run_headless(cfg, data, layout, device, sink, should_stop=StopFlag(), notes=notes)
+        metrics = run_headless(cfg, data, layout, device, sink, should_stop=StopFlag(), notes=notes,
+                               pause_after=args.until)
     except StopRequested:
         if sink is not None:
             sink.close()
@@ -184,7 +187,8 @@ def _run_joined(args: argparse.Namespace, data, cfg, device) -> int:
         return EXIT_INTERRUPTED
     if sink is not None:
         sink.close()
-        print(json.dumps({"run": str(layout.root),
+        paused = {"paused_after": metrics["paused_after"]} if "paused_after" in metrics else {}
+        print(json.dumps({"run": str(layout.root), **paused,
                           "metrics": {s: (m or {}).get("miou") for s, m in metrics["stages"].items()}}))
     return 0
 

@@ -184,20 +184,21 @@ def _differences(saved: dict, current: dict, ignore: set[str], prefix: str = "")
 
 def run_headless(cfg: StppConfig, data: RunData, layout: RunLayout, device: torch.device,
                  sink: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
-                 notes: Sequence[Event] = ()) -> dict:
+                 notes: Sequence[Event] = (), pause_after: str | None = None) -> dict:
     """Run the pipeline into ``layout``, recording events in ``events.jsonl`` (plus ``sink``).
 
     Under ``torchrun`` every rank calls it; only rank 0 writes ``events.jsonl``.
 
     Args:
         notes: events to record before the run starts (e.g. what ``--auto-batch`` decided).
+        pause_after: stop for review there (see :meth:`Pipeline.run`).
     """
     sinks = ([JsonlSink(layout.events_path)] if is_main() else []) + ([sink] if sink is not None else [])
     combined = MultiSink(sinks)
     if is_main():
         for note in notes:
             combined.emit(note)
-    return Pipeline(cfg, data, layout, device, combined, should_stop).run()
+    return Pipeline(cfg, data, layout, device, combined, should_stop).run(pause_after)
 
 
 def last_stage(layout: RunLayout) -> str:

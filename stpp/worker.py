@@ -7,8 +7,11 @@ from the project (labelled: role ``labelled`` with a ``ground_truth`` mask; unla
 ``unlabelled``, never with a mask, so ``reference`` masks are never read; validation: role
 ``validation``), trains into
 ``WORKSPACE/runs/<run_id>/`` and records events, checkpoints, scores and pseudo masks through a
-:class:`~stpp.store.runs.StoreSink`. SIGTERM (or a cancel recorded in the store) stops it cleanly
-after the current step: status ``cancelled``, resumable. An exception leaves it ``failed`` with
+:class:`~stpp.store.runs.StoreSink`. The project's latest review decisions become the run's
+``reviewed`` and ``rejected`` images (:func:`with_reviews`); a run launched with review between
+phases stops at its next pause point (:func:`stpp.review.next_pause`) with status
+``awaiting_review``, and :func:`stpp.review.continue_run` queues it again. SIGTERM (or a cancel
+recorded in the store) stops it cleanly after the current step: status ``cancelled``, resumable. An exception leaves it ``failed`` with
 the error, resumable. Run again (after a resume) it continues from what the run folder holds.
 
 The module also answers two questions for processes that must not import torch:
@@ -27,6 +30,7 @@ import sqlite3
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -38,7 +42,8 @@ from stpp.engine.train import StopRequested, snapshot_epochs
 from stpp.models import WeightsError
 from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
 from stpp.selftrain.layout import RunLayout
-from stpp.selftrain.pipeline import RunData, Sample, stage_names
+from stpp.review import ReviewError, next_pause, record_pause, reviewed_inputs
+from stpp.selftrain.pipeline import PAUSED, RunData, Sample, stage_names
 from stpp.store.db import Store, StoreError, open_store, utc_now
 from stpp.store.projects import Project, get_project
 from stpp.store.runs import (
@@ -68,7 +73,7 @@ EXIT_CANCELLED = 130
 HEARTBEAT_S = 5.0
 """Seconds between heartbeats (each also checks the store for a cancel request)."""
 
-_EXPECTED_ERRORS = (ConfigError, DataError, RunError, StoreError, WeightsError)
+_EXPECTED_ERRORS = (ConfigError, DataError, ReviewError, RunError, StoreError, WeightsError)
 
 
 # Inputs --------------------------------------------------------------------------------------------
@@ -114,6 +119,18 @@ def build_run_data(store: Store, project: Project,
     data = RunData(classes=classes, labeled=tuple(samples["labeled"].values()),
                    unlabeled=tuple(samples["unlabeled"].values()), val=tuple(samples["val"].values()))
     return data, {row["name"]: row["id"] for row in rows}
+
+
+def with_reviews(store: Store, project: Project, data: RunData) -> RunData:
+    """``data`` with the project's latest review decisions on its unlabelled images.
+
+    Accepted images train with the pseudo mask that was accepted, corrected ones with the
+    corrected mask (both as labelled images, weak augmentation only, never re-labelled); rejected
+    images leave the run's later stages.
+    """
+    reviewed, rejected = reviewed_inputs(store, project, [s.id for s in data.unlabeled])
+    return replace(data, reviewed=tuple(Sample(name, image, mask) for name, image, mask in reviewed),
+                   rejected=rejected)
 
 
 def describe_project_inputs(project: Project, data: RunData) -> dict[str, Any]:
@@ -337,12 +354,20 @@ def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
         cfg = StppConfig.from_dict(run.config)
         frozen = json.loads(layout.inputs_path.read_text()) if layout.inputs_path.exists() else None
         data, image_ids = build_run_data(store, project, frozen)
+        data = with_reviews(store, project, data)
+        pause = next_pause(store, run.id)
         device = resolve_device(cfg.device)
         layout = prepare_run_dir(layout.root, cfg, describe_project_inputs(project, data),
                                  resume=layout.config_path.exists())
         sink = StoreSink(store, run.id, layout, image_ids, RunProgress(cfg, data, mean_image_pixels(store, project)))
-        run_headless(cfg, data, layout, device, _StopOnFlag(sink, flag), should_stop=flag)
+        result = run_headless(cfg, data, layout, device, _StopOnFlag(sink, flag), should_stop=flag,
+                              pause_after=pause)
         sync_run_outputs(store, run.id, layout, cfg, image_ids)
+        if result.get(PAUSED):
+            record_pause(store, run.id, result[PAUSED])
+            # Not finished: the run keeps its project's one unfinished slot until it continues.
+            end_running(store, run.id, "awaiting_review", pid, resumable=False, error=None, finished=None)
+            return EXIT_DONE
         end_running(store, run.id, "done", pid, progress=1.0, resumable=False, error=None)
         return EXIT_DONE
     except (StopRequested, KeyboardInterrupt):

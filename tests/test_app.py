@@ -34,36 +34,43 @@ def run_app(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def http_get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def http_get(url: str, opener: urllib.request.OpenerDirector | None = None) -> tuple[int, str]:
+    with (opener or urllib.request.build_opener()).open(url, timeout=10) as response:
         return response.status, response.read().decode("utf-8", "replace")
 
 
 class Server:
-    """A running ``python app.py``; output goes to files so a full pipe never blocks it."""
+    """A running ``python app.py``; output goes to files so a full pipe never blocks it.
 
-    def __init__(self, workspace: Path, logs: Path):
-        self.port = free_port()
+    Args:
+        workspace: the app's workspace.
+        logs: where its stdout and stderr go (appended, so a restarted app keeps the earlier lines).
+        args: more command-line arguments.
+        port: the port (a free one by default); requests always go to 127.0.0.1.
+    """
+
+    def __init__(self, workspace: Path, logs: Path, *args: str, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.workspace = workspace
         self.stdout_path, self.stderr_path = logs / "stdout.txt", logs / "stderr.txt"
-        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+        with open(self.stdout_path, "a") as out, open(self.stderr_path, "a") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "app.py", "--port", str(self.port), "--workspace", str(workspace)],
+                [sys.executable, "app.py", "--port", str(self.port), "--workspace", str(workspace), *args],
                 cwd=REPO, env=ENV, stdout=out, stderr=err)
 
     def output(self) -> str:
         return self.stdout_path.read_text() + self.stderr_path.read_text()
 
-    def wait_until_up(self) -> None:
+    def wait_until_up(self, opener: urllib.request.OpenerDirector | None = None) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"app.py exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if http_get(self.url)[0] == 200:
+                if http_get(self.url, opener)[0] == 200:
                     return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.2)  # poll interval, not a fixed wait
         pytest.fail(f"app.py did not answer on {self.url} within {START_TIMEOUT_S} s:\n{self.output()}")
@@ -208,3 +215,73 @@ def test_browser_shows_the_demo_project(server: Server, tmp_path: Path):
     finally:
         driver.quit()
         shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
+
+
+# The Projects tab's actions, without a browser ------------------------------------------------
+
+
+@pytest.fixture
+def services(workspace: Path):
+    from stpp.store import open_store
+    from ui import Services, Settings
+
+    with open_store(workspace) as store:
+        yield Services(store=store, settings=Settings(workspace=store.workspace, demo_dir=REPO / "data" / "demo"))
+
+
+def test_class_table_reads_hex_and_rgb_colours_and_fills_missing_ones():
+    import pandas as pd
+
+    from stpp.data.classes import DataError, default_palette
+    from ui.tabs.projects import CLASS_COLUMNS, classes_frame, classes_from_frame
+
+    frame = pd.DataFrame([["sky", "#8080FF"], ["", ""], [" road ", "128, 64,128"], ["car", None]],
+                         columns=CLASS_COLUMNS)
+    classes = classes_from_frame(frame)
+    assert classes.names == ("sky", "road", "car")
+    assert classes.palette == ((128, 128, 255), (128, 64, 128), default_palette(3)[2])
+    assert classes_frame(classes).values.tolist() == [["sky", "#8080ff"], ["road", "#804080"], ["car", "#008000"]]
+    for rows, fragment in (([["a", "red"]], "colour of 'a' is 'red'"), ([["a", ""], ["a", ""]], "duplicate"),
+                           ([["", ""]], "empty")):
+        with pytest.raises(DataError, match=fragment):
+            classes_from_frame(pd.DataFrame(rows, columns=CLASS_COLUMNS))
+
+
+def test_class_files_are_read_with_the_line_at_fault(tmp_path: Path):
+    from stpp.data.classes import DataError
+    from ui.tabs.projects import read_class_file
+
+    assert read_class_file(REPO / "data" / "demo" / "classes.json").num_classes == 11
+    labelmap = tmp_path / "labelmap.txt"
+    labelmap.write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nroad:128,64,128::\n")
+    assert read_class_file(labelmap).names == ("background", "road")
+    labelmap.write_text("background:0,0,0::\nroad:128,64::\n")
+    with pytest.raises(DataError, match=r"labelmap.txt, line 2: colour"):
+        read_class_file(labelmap)
+
+
+def test_create_open_demo_and_delete_with_confirmation(services):
+    import pandas as pd
+
+    from stpp.config import get_preset
+    from stpp.store import StoreError, find_project, list_projects
+    from stpp.store.runs import create_run
+    from ui.tabs.projects import CLASS_COLUMNS, create, delete, open_demo, usage_markdown
+
+    assert create(services, "roads", pd.DataFrame([["road", "#804080"]], columns=CLASS_COLUMNS)) == "roads"
+    with pytest.raises(StoreError, match="already exists"):
+        create(services, "roads", pd.DataFrame([["road", ""]], columns=CLASS_COLUMNS))
+    assert open_demo(services) == "camvid-demo"
+    assert "takes" in usage_markdown(services, "camvid-demo") and "MB" in usage_markdown(services, "camvid-demo")
+    assert services.default_project() == "camvid-demo"
+
+    with pytest.raises(StoreError, match="type the project's name"):
+        delete(services, "roads", "road")
+    create_run(services.store, "roads", get_preset("test"))
+    with pytest.raises(StoreError, match="is queued; cancel it"):
+        delete(services, "roads", "roads")
+    thumbs = services.settings.thumbnail_dir / str(find_project(services.store, "camvid-demo").id)
+    thumbs.mkdir(parents=True)
+    delete(services, "camvid-demo", "camvid-demo")
+    assert [p.name for p in list_projects(services.store)] == ["roads"] and not thumbs.exists()
+    assert services.default_project() == "roads"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.services import Services
-from ui.tabs import projects, train
+from ui.tabs import data, export, phases, predict, projects, review, train
 
-TABS = [projects, train]
+TABS = [projects, data, train, review, phases, export, predict]
 """Tab modules in display order; each has ``TITLE`` and ``build(services) -> None``."""
 
 
 def build_app(services: Services) -> gr.Blocks:
     """The whole interface over ``services``; launch it with ``.launch(...)``."""
     with gr.Blocks(title="stpp") as app:
+        services = services.with_current_project()
         gr.Markdown("# stpp\nSemi-supervised semantic segmentation with ST++ self-training: "
                     "train on a few labelled images, review the pseudo masks, export a dataset.")
         with gr.Tabs():

@@ -82,6 +82,19 @@ class TrainSource:
         return self.source.startswith("pseudo:")
 
 
+PAUSED = "paused_after"
+"""Key of :meth:`Pipeline.run`'s result naming where a run stopped for review."""
+
+
+def pause_points(cfg: StppConfig) -> tuple[str, ...]:
+    """Where a run of this config can stop for review, in order (see :meth:`Pipeline.run`)."""
+    if cfg.method == "st":
+        return ("ranking",)
+    if cfg.method == "st++":
+        return ("ranking", "stage1") + (("stage2",) if cfg.selftrain.stage3 else ())
+    return ()
+
+
 def stage_names(cfg: StppConfig) -> list[str]:
     """The stages a method runs, in order."""
     if cfg.method == "supervised":
@@ -120,9 +133,20 @@ class Pipeline:
 
     # The sequence --------------------------------------------------------------------------
 
-    def run(self) -> dict:
-        """Run (or finish) every stage; returns the metrics per stage."""
+    def run(self, pause_after: str | None = None) -> dict:
+        """Run (or finish) every stage; returns the metrics per stage.
+
+        Args:
+            pause_after: stop for a person's review after ``ranking`` (teacher trained, stability
+                ranked, teacher labels written), ``stage1`` (stage 1 trained, unreliable images
+                re-labelled) or ``stage2`` (trained and every image re-labelled, before stage 3);
+                the returned dict then holds :data:`PAUSED` with that point. A later ``run``
+                continues from the files.
+        """
         cfg = self.cfg
+        if pause_after is not None and pause_after not in pause_points(cfg):
+            raise ValueError(f"a {cfg.method} run cannot pause after {pause_after!r}; "
+                             f"choose one of: {', '.join(pause_points(cfg)) or 'none'}")
         self.sink.emit(Event("run_start", message=f"{cfg.method} with preset {cfg.preset} on {self.device}",
                              data={"stages": stage_names(cfg)}))
         self.train_teacher()
@@ -132,6 +156,8 @@ class Pipeline:
                 self.write_stability_masks(pool)
                 scores = self.rank_stability(pool)
             self.pseudo_label_with_teacher(pool)
+            if pause_after == "ranking":
+                return self._pause("ranking")
             teacher_labels = self._pseudo_sources(pool, "teacher")
             if cfg.method == "st":
                 self.train_student("st", teacher_labels)
@@ -141,13 +167,21 @@ class Pipeline:
                 unreliable = [s for s in pool if s.id not in reliable_ids]
                 self.train_student("stage1", reliable)
                 self.relabel("stage1", unreliable)
+                if pause_after == "stage1":
+                    return self._pause("stage1")
                 self.train_student("stage2", reliable + self._pseudo_sources(unreliable, "stage1"))
                 if cfg.selftrain.stage3:
                     self.relabel("stage2", pool)
+                    if pause_after == "stage2":
+                        return self._pause("stage2")
                     self.train_student("stage3", self._pseudo_sources(pool, "stage2"))
         metrics = self.read_metrics()
         self.sink.emit(Event("run_end", message="run complete", data={"metrics": _brief(metrics)}))
         return metrics
+
+    def _pause(self, point: str) -> dict:
+        self.sink.emit(Event("paused", point, message=f"paused after {point} for review"))
+        return {**self.read_metrics(), PAUSED: point}
 
     # Stages --------------------------------------------------------------------------------
 

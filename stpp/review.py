@@ -1,0 +1,477 @@
+"""Review between phases: a person's decisions on pseudo masks, and where a reviewed run pauses.
+
+Decisions are per project (the ``reviews`` table; the latest per image wins, every earlier one
+is kept as history) and record the run whose masks were shown and the user (``local`` without
+sign-in):
+
+- ``accepted``: the run's current pseudo mask of the image (its latest stage's) is copied into a
+  ``reviewed`` mask file, so what was accepted is pinned even if the run labels the image again;
+- ``corrected``: a mask the person edited, stored as a ``reviewed`` mask file;
+- ``rejected``: no mask; the image leaves every later phase.
+
+The worker turns the latest decisions into :class:`~stpp.selftrain.pipeline.RunData`'s
+``reviewed`` (accepted and corrected: labelled from the next stage on, never re-labelled) and
+``rejected`` (see :func:`reviewed_inputs`).
+
+A run launched with "review between phases" (:func:`launch_run` with ``review=True``) records a
+*review plan*, the pause points it stops at with status ``awaiting_review``: ``ranking`` (teacher
+trained, stability ranked, teacher labels written) and, for ST++, ``stage1`` (stage 1 trained and the
+unreliable images re-labelled) and ``stage2`` when stage 3 follows. The plan and each pause reached are
+store events, so :func:`next_pause` tells a (re)started worker where to stop next, and
+:func:`continue_run` queues a paused run again. Nothing here imports torch: the web app calls it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stpp.config import StppConfig
+from stpp.data.masks import atomic_save, read_mask
+from stpp.engine.events import Event
+from stpp.selftrain.layout import RunLayout
+from stpp.store.db import Store, StoreError, utc_now
+from stpp.store.export import STAGE_ORDER
+from stpp.store.files import store_mask
+from stpp.store.migrations import DECISIONS
+from stpp.store.projects import Project, get_project
+from stpp.store.runs import Run, get_run, list_events, record_event, record_scores, transition
+
+LOCAL_USER = "local"
+"""The user recorded with a decision when nobody is signed in."""
+PAUSE_POINTS = ("ranking", "stage1", "stage2")
+"""Where a reviewed run may stop, in the order a run reaches them."""
+PLAN_EVENT = "review_plan"
+PAUSE_EVENT = "awaiting_review"
+_PLAN_PREFIX = "pause after: "
+
+
+class ReviewError(StoreError):
+    """A decision or a phase change that cannot be made as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One review row.
+
+    Attributes:
+        id: the row id (later decisions have larger ids).
+        image_id: the image row id.
+        image: the image's name.
+        run_id: the run whose masks were shown (None once that run is deleted).
+        decision: ``accepted``, ``rejected`` or ``corrected``.
+        mask_path: the ``reviewed`` mask file, relative to the workspace (None for rejected).
+        stage: the stage whose pseudo mask was accepted; None for corrections and rejections.
+        time: ISO 8601 UTC.
+        user: who decided.
+    """
+
+    id: int
+    image_id: int
+    image: str
+    run_id: int | None
+    decision: str
+    mask_path: str | None
+    stage: str | None
+    time: str
+    user: str
+
+
+_DECISION_SQL = ("SELECT r.id, r.image_id, i.name, r.run_id, r.decision, m.path, m.stage, r.time, r.user "
+                 "FROM reviews r JOIN images i ON i.id = r.image_id LEFT JOIN masks m ON m.id = r.mask_id ")
+
+
+def _decision(row: Sequence[Any]) -> Decision:
+    return Decision(row[0], row[1], row[2], row[3], row[4], row[5], row[6] if row[4] == "accepted" else None,
+                    row[7], row[8] or LOCAL_USER)
+
+
+# Masks shown ---------------------------------------------------------------------------------------
+
+
+def stage_key(stage: str | None) -> int:
+    """Position of a stage in labelling order (unknown stages last)."""
+    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+
+
+def current_pseudo_masks(store: Store, run_id: int, image_ids: Sequence[int] | None = None) -> dict[int, tuple[str, str]]:
+    """image id -> (stage, workspace-relative path) of the run's latest-stage pseudo mask.
+
+    Args:
+        image_ids: only these images (all of the run's otherwise).
+    """
+    sql, params = "SELECT image_id, stage, path FROM masks WHERE kind = 'pseudo' AND run_id = ?", [int(run_id)]
+    if image_ids is not None:
+        if not image_ids:
+            return {}
+        sql += f" AND image_id IN ({', '.join('?' * len(image_ids))})"
+        params += [int(i) for i in image_ids]
+    best: dict[int, tuple[str, str]] = {}
+    for image_id, stage, path in store.db.execute(sql, params):
+        if image_id not in best or stage_key(stage) > stage_key(best[image_id][0]):
+            best[image_id] = (stage, path)
+    return best
+
+
+def _image_row(store: Store, project: Project, image: int | str) -> dict[str, Any]:
+    column = "id" if isinstance(image, int) else "name"
+    rows = list(store.db.query(f"SELECT * FROM images WHERE project_id = ? AND {column} = ?", [project.id, image]))
+    if not rows:
+        raise ReviewError(f"project {project.name!r} has no image {image!r}")
+    return rows[0]
+
+
+# Decisions -----------------------------------------------------------------------------------------
+
+
+def record_decision(store: Store, run_id: int, image: int | str, decision: str, *,
+                    mask: np.ndarray | None = None, user: str | None = None) -> Decision:
+    """Record a person's decision on one unlabelled image of a run.
+
+    Args:
+        store: the open store.
+        run_id: the run whose pseudo masks were shown.
+        image: the image's row id or name.
+        decision: ``accepted`` (the run's current pseudo mask is copied into a reviewed mask),
+            ``rejected`` or ``corrected`` (``mask`` is stored as the reviewed mask).
+        mask: the corrected class-index mask (H, W), only with ``corrected``.
+        user: the signed-in user; None records :data:`LOCAL_USER`.
+
+    Raises:
+        ReviewError: an unknown decision, an image that is not unlabelled in the run's project,
+            no pseudo mask to accept, or a corrected mask missing or of the wrong size or values.
+    """
+    if decision not in DECISIONS:
+        raise ReviewError(f"unknown decision {decision!r}; choose one of: {', '.join(DECISIONS)}")
+    run = get_run(store, run_id)
+    project = get_project(store, run.project_id)
+    row = _image_row(store, project, image)
+    if row["role"] != "unlabelled":
+        raise ReviewError(f"image {row['name']!r} is {row['role']}, not unlabelled: only pseudo masks are reviewed")
+    mask_row = None
+    if decision == "accepted":
+        shown = current_pseudo_masks(store, run.id, [row["id"]]).get(row["id"])
+        if shown is None:
+            raise ReviewError(f"run {run.id} has no pseudo mask of {row['name']!r} to accept")
+        mask_row = _store_reviewed(store, project, row, read_mask(store.path(shown[1])), run.id, shown[0])
+    elif decision == "corrected":
+        if mask is None:
+            raise ReviewError("a correction needs the corrected mask")
+        mask_row = _store_reviewed(store, project, row, _checked_mask(project, row, mask), run.id, None)
+    elif mask is not None:
+        raise ReviewError("a rejection takes no mask")
+    with store.transaction() as db:
+        mask_id = None
+        if mask_row is not None:
+            mask_id = db["masks"].insert(mask_row).last_pk
+        review_id = db["reviews"].insert({"project_id": project.id, "image_id": row["id"], "run_id": run.id,
+                                          "decision": decision, "mask_id": mask_id, "time": utc_now(),
+                                          "user": (user or "").strip() or LOCAL_USER}).last_pk
+    return _decision(store.db.execute(_DECISION_SQL + "WHERE r.id = ?", [review_id]).fetchone())
+
+
+def _checked_mask(project: Project, row: Mapping[str, Any], mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != (row["height"], row["width"]):
+        raise ReviewError(f"the corrected mask is {mask.shape[1]}x{mask.shape[0]}, the image "
+                          f"{row['name']!r} is {row['width']}x{row['height']}")
+    classes = project.classes
+    bad = (mask >= classes.num_classes) & (mask != classes.ignore_index)
+    if mask.min(initial=0) < 0 or bad.any():
+        raise ReviewError(f"the corrected mask holds values that are no class of {project.name!r}")
+    return mask.astype(np.uint8)
+
+
+def _store_reviewed(store: Store, project: Project, row: Mapping[str, Any], mask: np.ndarray, run_id: int,
+                    stage: str | None) -> dict[str, Any]:
+    """Write a reviewed mask file (content-named, atomic) and return its ``masks`` row, not yet inserted."""
+    relpath, digest = store_mask(store.workspace, project.id, "reviewed", row["hash"], mask, project.classes.palette)
+    return {"image_id": row["id"], "kind": "reviewed", "run_id": int(run_id), "stage": stage, "path": relpath,
+            "hash": digest, "created": utc_now()}
+
+
+def latest_decisions(store: Store, project: int | str | Project) -> dict[str, Decision]:
+    """Image name -> its latest decision, for every reviewed image of the project."""
+    project = get_project(store, project)
+    rows = store.db.execute(_DECISION_SQL + "WHERE r.id IN (SELECT max(id) FROM reviews WHERE project_id = ? "
+                            "GROUP BY image_id)", [project.id]).fetchall()
+    return {d.image: d for d in map(_decision, rows)}
+
+
+def decision_history(store: Store, project: int | str | Project, image: int | str | None = None,
+                     limit: int | None = None) -> list[Decision]:
+    """The project's decisions, newest first (only ``image``'s when given; the last ``limit``)."""
+    project = get_project(store, project)
+    sql, params = _DECISION_SQL + "WHERE r.project_id = ?", [project.id]
+    if image is not None:
+        sql += " AND r.image_id = ?"
+        params.append(_image_row(store, project, image)["id"])
+    sql += " ORDER BY r.id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+    return [_decision(row) for row in store.db.execute(sql, params)]
+
+
+def reviewed_inputs(store: Store, project: int | str | Project,
+                    names: Sequence[str] | None = None) -> tuple[list[tuple[str, Path, Path]], frozenset[str]]:
+    """What the latest decisions give a run: ``(reviewed, rejected)``.
+
+    Args:
+        names: only these images (a run's unlabelled images).
+
+    Returns:
+        ``reviewed``: ``(name, image file, reviewed mask file)`` of accepted and corrected images,
+        by name; ``rejected``: the names of rejected images.
+
+    Raises:
+        ReviewError: an accepted or corrected image whose reviewed mask row or file is gone.
+    """
+    project = get_project(store, project)
+    keep = None if names is None else set(names)
+    paths = {r["name"]: r["path"] for r in store.db.query("SELECT name, path FROM images WHERE project_id = ?",
+                                                          [project.id])}
+    reviewed, rejected = [], set()
+    for name, decision in sorted(latest_decisions(store, project).items()):
+        if keep is not None and name not in keep:
+            continue
+        if decision.decision == "rejected":
+            rejected.add(name)
+            continue
+        mask = store.path(decision.mask_path) if decision.mask_path else None
+        if mask is None or not mask.is_file():
+            raise ReviewError(f"image {name!r} was {decision.decision} but its reviewed mask is missing; "
+                              "review it again")
+        reviewed.append((name, store.path(paths[name]), mask))
+    return reviewed, frozenset(rejected)
+
+
+# Pauses --------------------------------------------------------------------------------------------
+
+
+def pause_points(cfg: StppConfig | Mapping[str, Any]) -> tuple[str, ...]:
+    """The pause points a run of this config passes, in order (none for SupOnly)."""
+    values = cfg.to_dict() if isinstance(cfg, StppConfig) else cfg
+    method = values.get("method")
+    if method == "st":
+        return ("ranking",)
+    if method == "st++":
+        return ("ranking", "stage1") + (("stage2",) if values.get("selftrain", {}).get("stage3") else ())
+    return ()
+
+
+def record_review_plan(store: Store, run_id: int, pauses: Sequence[str]) -> tuple[str, ...]:
+    """Set where a run pauses for review from now on (the latest plan wins); returns the plan kept.
+
+    Raises:
+        ReviewError: a pause point the run's method does not pass.
+    """
+    run = get_run(store, run_id)
+    valid = pause_points(run.config)
+    unknown = [p for p in pauses if p not in valid]
+    if unknown:
+        raise ReviewError(f"a {run.method} run cannot pause after {', '.join(unknown)}; "
+                          f"its pause points: {', '.join(valid) or 'none'}")
+    plan = tuple(p for p in valid if p in pauses)
+    record_event(store, run.id, Event(PLAN_EVENT, message=_PLAN_PREFIX + (", ".join(plan) or "none")))
+    return plan
+
+
+def review_plan(store: Store, run_id: int) -> tuple[str, ...]:
+    """The pause points of the run's latest review plan (none when it was launched without review)."""
+    events = list_events(store, run_id, limit=1, kinds=[PLAN_EVENT])
+    if not events:
+        return ()
+    text = events[-1].message.removeprefix(_PLAN_PREFIX).strip()
+    return tuple(p.strip() for p in text.split(",") if p.strip() and p.strip() != "none")
+
+
+def pauses_reached(store: Store, run_id: int) -> tuple[str, ...]:
+    """The pause points the run has stopped at so far, in order."""
+    return tuple(dict.fromkeys(e.stage for e in list_events(store, run_id, kinds=[PAUSE_EVENT])))
+
+
+def next_pause(store: Store, run_id: int) -> str | None:
+    """Where the run stops next: the first planned pause point it has not reached yet, or None."""
+    reached = set(pauses_reached(store, run_id))
+    return next((p for p in review_plan(store, run_id) if p not in reached), None)
+
+
+def record_pause(store: Store, run_id: int, pause: str) -> None:
+    """Record that the run stopped at ``pause`` for review (the worker calls it before its status changes)."""
+    record_event(store, run_id, Event(PAUSE_EVENT, stage=pause, message=f"paused after {pause} for review"))
+
+
+def launch_run(runner: Any, project: int | str | Project, method: str, preset: str,
+               overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu", *,
+               review: bool = True) -> Run:
+    """Launch a project run like :meth:`stpp.jobs.JobRunner.launch`, pausing for review when asked.
+
+    The plan is recorded before the queue is ticked, so the worker sees it from its first start.
+
+    Args:
+        runner: the :class:`~stpp.jobs.JobRunner`.
+        review: stop after the ranking and after each re-labelling with status ``awaiting_review``.
+    """
+    from stpp.jobs import check_trainable, resolve_run_config
+    from stpp.store.runs import create_run, refuse_unfinished
+
+    project = get_project(runner.store, project)
+    refuse_unfinished(runner.store, project)
+    check_trainable(runner.store, project, method)
+    cfg = resolve_run_config(project, method, preset, overrides, runner._pin_device(device))
+    run = create_run(runner.store, project, cfg)
+    if review:
+        record_review_plan(runner.store, run.id, pause_points(cfg))
+    runner.tick()
+    return get_run(runner.store, run.id)
+
+
+def continue_run(runner: Any, run_id: int, *, reliable_ratio: float | None = None,
+                 review_next: bool = True) -> Run:
+    """Queue a run that awaits review again; its worker runs to the next pause point (or the end).
+
+    Args:
+        runner: the :class:`~stpp.jobs.JobRunner`.
+        run_id: a run with status ``awaiting_review``.
+        reliable_ratio: the reliable ratio R the person chose for the next phase (only at the
+            ranking pause, before stage 1 trains): saved into the run's config.
+        review_next: False drops the remaining pause points: the run goes to its end.
+
+    Raises:
+        ReviewError: the run is not awaiting review, or R cannot change any more.
+    """
+    store = runner.store
+    run = get_run(store, run_id)
+    if run.status != "awaiting_review":
+        raise ReviewError(f"run {run.id} is {run.status.replace('_', ' ')}, not awaiting review")
+    if reliable_ratio is not None:
+        set_reliable_ratio(store, run.id, reliable_ratio)
+    if not review_next:
+        record_review_plan(store, run.id, [])
+    transition(store, run.id, "queued", expect=["awaiting_review"], error=None, pid=None, finished=None)
+    runner.tick()
+    return get_run(store, run.id)
+
+
+# The reliable ratio --------------------------------------------------------------------------------
+
+
+def num_reliable(count: int, ratio: float) -> int:
+    """floor(N x R): how many of ``count`` ranked images are reliable at ratio R."""
+    return int(math.floor(count * float(ratio) + 1e-9))
+
+
+def set_reliable_ratio(store: Store, run_id: int, ratio: float) -> StppConfig:
+    """Save the reliable ratio R a person chose into a ranked run's config, before stage 1 trains.
+
+    Rewrites the run row's config (and hash), the run folder's ``config.json`` and ``scores.csv``
+    (``reliable`` = rank <= floor(N x R)) and the ``scores`` rows, so the resumed run trains on
+    that split. A run whose stage 1 model exists keeps its R.
+
+    Raises:
+        ReviewError: R outside [0, 1], a run that is not ranked, or stage 1 already trained.
+    """
+    ratio = float(ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ReviewError(f"the reliable ratio must be within [0, 1], not {ratio}")
+    run = get_run(store, run_id)
+    cfg = StppConfig.from_dict(run.config)
+    if cfg.selftrain.reliable_ratio == ratio:
+        return cfg
+    layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    if run.method != "st++" or not layout.scores_path.is_file():
+        raise ReviewError(f"run {run.id} has no stability ranking: its reliable ratio cannot change")
+    if layout.model_path("stage1", cfg.pseudo.num_checkpoints).exists():
+        raise ReviewError(f"run {run.id} already trained stage 1 with R = {cfg.selftrain.reliable_ratio}")
+    cfg = replace(cfg, selftrain=replace(cfg.selftrain, reliable_ratio=ratio))
+    with open(layout.scores_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    cut = num_reliable(len(body), ratio)
+    rank, reliable = header.index("rank"), header.index("reliable")
+    for row in body:
+        row[reliable] = "1" if int(row[rank]) <= cut else "0"
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header] + body)
+    atomic_save(layout.scores_path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    if layout.config_path.exists():
+        atomic_save(layout.config_path, lambda tmp: Path(tmp).write_text(cfg.to_json()))
+    with store.transaction() as db:
+        db.execute("UPDATE runs SET config = ?, config_hash = ? WHERE id = ?",
+                   [json.dumps(cfg.to_dict(), sort_keys=True), cfg.config_hash(), run.id])
+    image_ids = {r["name"]: r["id"] for r in store.db.query("SELECT id, name FROM images WHERE project_id = ?",
+                                                            [run.project_id])}
+    record_scores(store, run.id, layout.scores_path, image_ids)
+    record_event(store, run.id, Event("info", message=f"reliable ratio set to {ratio:g} for the next phase"))
+    return cfg
+
+
+# What the next phase trains on ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseSummary:
+    """What the run's next phase will train on, as counts.
+
+    Attributes:
+        next_phase: the stage the run trains next (None when it is done).
+        labelled: images with ground-truth masks.
+        ranked: unlabelled images in the stability ranking.
+        reliable / unreliable: ranked images not reviewed, split at floor(N x R).
+        accepted / rejected / corrected: the project's unlabelled images by their latest decision.
+        reliable_ratio: R.
+        pause: where the run is paused (None when it is not awaiting review).
+    """
+
+    next_phase: str | None
+    labelled: int
+    ranked: int
+    reliable: int
+    unreliable: int
+    accepted: int
+    rejected: int
+    corrected: int
+    reliable_ratio: float
+    pause: str | None
+
+
+def phase_summary(store: Store, run_id: int, ratio: float | None = None) -> PhaseSummary:
+    """Counts for the run's next phase; ``ratio`` previews another reliable ratio."""
+    run = get_run(store, run_id)
+    cfg = StppConfig.from_dict(run.config)
+    ratio = cfg.selftrain.reliable_ratio if ratio is None else float(ratio)
+    labelled = store.db.execute(
+        "SELECT count(*) FROM images i JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
+        "WHERE i.project_id = ? AND i.role = 'labelled'", [run.project_id]).fetchone()[0]
+    decisions = {name: d.decision for name, d in latest_decisions(store, run.project_id).items()}
+    ranked = store.db.execute("SELECT i.name, s.rank FROM scores s JOIN images i ON i.id = s.image_id "
+                              "WHERE s.run_id = ?", [run.id]).fetchall()
+    cut = num_reliable(len(ranked), ratio)
+    pool = [(name, rank) for name, rank in ranked if name not in decisions]
+    reliable = sum(rank <= cut for _, rank in pool)
+    counts = {d: sum(v == d for v in decisions.values()) for d in DECISIONS}
+    pauses = pauses_reached(store, run.id)
+    pause = pauses[-1] if run.status == "awaiting_review" and pauses else None
+    nxt = {"ranking": "stage1", "stage1": "stage2", "stage2": "stage3"}.get(pause) if pause else None
+    return PhaseSummary(nxt, labelled, len(ranked), reliable, len(pool) - reliable, counts["accepted"],
+                        counts["rejected"], counts["corrected"], ratio, pause)
+
+
+def run_stages(store: Store, run_id: int, models_only: bool = False) -> list[str]:
+    """The stages of a run that have pseudo masks or a trained model (only a model: ``models_only``), in order."""
+    sql = "SELECT DISTINCT stage FROM checkpoints WHERE run_id = ?"
+    if not models_only:
+        sql += " UNION SELECT DISTINCT stage FROM masks WHERE run_id = ? AND kind = 'pseudo' AND stage IS NOT NULL"
+    rows = store.db.execute(sql, [int(run_id)] * (1 if models_only else 2)).fetchall()
+    return sorted({r[0] for r in rows}, key=stage_key)
+
+
+def last_review_id(store: Store, project: int | str | Project) -> int:
+    """The id of the project's latest decision (0 when none): changes whenever someone decides."""
+    project = get_project(store, project)
+    return int(store.db.execute("SELECT max(id) FROM reviews WHERE project_id = ?", [project.id]).fetchone()[0] or 0)

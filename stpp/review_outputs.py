@@ -1,0 +1,140 @@
+"""What leaves the app after review: dataset exports, model exports and predictions on new images.
+
+Dataset exports call :func:`stpp.store.export.export_project` in this process (no torch). Model
+exports and predictions need torch, so they run as child processes (``python -m stpp.model_export``
+and ``python -m stpp predict``), like training runs in a worker; the web process waits for a few
+seconds of work and never imports torch. Their files go under ``WORKSPACE/cache/`` (git-ignored
+with the workspace); every call writes into a fresh folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from stpp.data.masks import atomic_save, read_image, read_mask
+from stpp.store.db import Store, StoreError
+from stpp.store.export import ExportFilter, ExportReport, export_project
+from stpp.store.runs import get_run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHILD_TIMEOUT_S = 900
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class OutputError(StoreError):
+    """An export or prediction that failed (the message is the child's last line)."""
+
+
+def scratch_dir(store: Store, kind: str) -> Path:
+    """A new folder ``WORKSPACE/cache/<kind>/<random>`` for one export or prediction."""
+    path = store.path("cache") / kind / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    return path
+
+
+def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | None = None,
+                   stage: str | None = None, filter: ExportFilter = ExportFilter(),
+                   include_reference: bool = False) -> ExportReport:
+    """Export a project's dataset as ``<project>-<fmt>.zip`` in a fresh cache folder (see :func:`export_project`)."""
+    name = str(project).replace("/", "_")
+    target = scratch_dir(store, "exports") / f"{name}-{fmt}{f'-run{run_id}' if run_id else ''}.zip"
+    return export_project(store, project, target, fmt, run_id=run_id, stage=stage, filter=filter,
+                          include_reference=include_reference)
+
+
+def _child(command: Sequence[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # The child imports stpp from this checkout even when it is not installed.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    result = subprocess.run(list(command), capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                            timeout=CHILD_TIMEOUT_S)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise OutputError(lines[-1].removeprefix("error: ") if lines else f"{command[2]} failed")
+    return result
+
+
+def _run_dir(store: Store, run_id: int) -> Path:
+    run = get_run(store, run_id)
+    return store.path(run.run_dir or f"runs/{run.id}")
+
+
+def export_model_zip(store: Store, run_id: int, stage: str | None = None) -> Path:
+    """A run stage's checkpoint, config and TorchScript model as one zip, made by a child
+    ``python -m stpp.model_export`` (see :mod:`stpp.model_export`).
+
+    Raises:
+        OutputError: the run has no such stage or model (the child's message).
+    """
+    out = scratch_dir(store, "models")
+    target = out / f"run{int(run_id)}-{stage or 'last'}-model.zip"
+    command = [sys.executable, "-m", "stpp.model_export", str(_run_dir(store, run_id)), "--out", str(out / "files"),
+               "--zip", str(target)] + (["--stage", stage] if stage else [])
+    _child(command)
+    return target
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The masks a run's model predicted for uploaded images.
+
+    Attributes:
+        images: the copied input images, in upload order.
+        masks: the palette-PNG masks, one per image (same stem).
+        archive: all masks in one zip.
+    """
+
+    images: list[Path]
+    masks: list[Path]
+    archive: Path
+
+
+def predict_images(store: Store, run_id: int, files: Sequence[str | Path], stage: str | None = None,
+                   device: str = "auto") -> Prediction:
+    """Predict masks for image files with a run's model, in a child ``python -m stpp predict``.
+
+    Raises:
+        OutputError: no images, or the child failed (its message).
+    """
+    files = [Path(f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise OutputError(f"no images to predict ({', '.join(IMAGE_SUFFIXES)})")
+    work = scratch_dir(store, "predict")
+    images_dir, masks_dir = work / "images", work / "masks"
+    images_dir.mkdir()
+    copies = []
+    for index, path in enumerate(files):
+        # Numbered, so two uploads with the same name do not overwrite each other.
+        target = images_dir / f"{index:04d}_{path.name}"
+        shutil.copyfile(path, target)
+        copies.append(target)
+    command = [sys.executable, "-m", "stpp", "predict", str(_run_dir(store, run_id)), "--images", str(images_dir),
+               "--out", str(masks_dir), "--device", device] + (["--stage", stage] if stage else [])
+    _child(command)
+    masks = [masks_dir / f"{p.stem}.png" for p in copies]
+    archive = work / "masks.zip"
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for mask in masks:
+                zf.write(mask, mask.name)
+
+    atomic_save(archive, write)
+    return Prediction(copies, masks, archive)
+
+
+def read_prediction(prediction: Prediction) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(image, mask, name) of every predicted image."""
+    return [(np.asarray(read_image(i)), read_mask(m), i.name.split("_", 1)[-1])
+            for i, m in zip(prediction.images, prediction.masks)]
+

@@ -1,0 +1,110 @@
+"""The quality report of a run's pseudo masks, where unlabelled images have ``reference`` masks.
+
+Measures what the paper's Fig. 3 shows: the mIoU of the teacher's pseudo masks on the reliable
+part of the ranking against the unreliable part, and of the unreliable part again after a student
+re-labelled it. Reference masks are read only here, never by training. Confusion matrices are
+accumulated over each group's images (as for a validation set) with numpy; the mIoU averages the
+IoU of the classes present in the references or the predictions of that group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stpp.data.masks import read_mask
+from stpp.review import stage_key
+from stpp.store.db import Store
+from stpp.store.projects import get_project
+from stpp.store.runs import get_run
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    """One measured group.
+
+    Attributes:
+        group: ``reliable``, ``unreliable`` or ``all`` (the run's split).
+        labels: the stage whose model made the pseudo masks (``teacher``, ``stage1``...).
+        images: how many images were measured.
+        miou: mIoU in percent (None when no pixel was measured).
+        iou: per-class IoU in percent (None for a class absent from both sides).
+    """
+
+    group: str
+    labels: str
+    images: int
+    miou: float | None
+    iou: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The report of one run; ``rows`` is empty when no ranked image has a reference mask."""
+
+    run_id: int
+    classes: tuple[str, ...]
+    with_reference: int
+    ranked: int
+    rows: tuple[QualityRow, ...]
+
+
+def confusion(reference: np.ndarray, predicted: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """The (num_classes, num_classes) confusion matrix, rows = reference, ignore pixels skipped."""
+    if reference.shape != predicted.shape:
+        raise ValueError(f"masks of different sizes: {reference.shape} and {predicted.shape}")
+    valid = (reference != ignore_index) & (reference < num_classes) & (predicted < num_classes)
+    index = reference[valid].astype(np.int64) * num_classes + predicted[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(matrix: np.ndarray) -> tuple[float | None, list[float | None]]:
+    """(mIoU, per-class IoU) in percent; classes with an empty union are None and left out of the mean."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+    iou = [None if u == 0 else float(100.0 * t / u) for t, u in zip(tp, union)]
+    present = [v for v in iou if v is not None]
+    return (float(np.mean(present)) if present else None), iou
+
+
+def quality_report(store: Store, run_id: int) -> QualityReport:
+    """Measure the run's pseudo masks against the reference masks of its ranked images.
+
+    Rows: the teacher's labels on the reliable and on the unreliable images (the run's split), then,
+    for each stage that re-labelled images, its labels on the images it re-labelled.
+    """
+    run = get_run(store, run_id)
+    project = get_project(store, run.project_id)
+    classes = project.classes
+    ranked = store.db.execute(
+        "SELECT s.image_id, s.reliable, ref.path FROM scores s "
+        "LEFT JOIN masks ref ON ref.image_id = s.image_id AND ref.kind = 'reference' WHERE s.run_id = ?",
+        [run.id]).fetchall()
+    references = {image_id: path for image_id, _, path in ranked if path}
+    reliable = {image_id for image_id, flag, _ in ranked if flag}
+    pseudo: dict[str, dict[int, str]] = {}
+    for image_id, stage, path in store.db.execute(
+            "SELECT image_id, stage, path FROM masks WHERE run_id = ? AND kind = 'pseudo'", [run.id]):
+        if image_id in references:
+            pseudo.setdefault(stage, {})[image_id] = path
+    groups: list[tuple[str, str, list[int]]] = []
+    teacher = pseudo.get("teacher", {})
+    groups.append(("reliable", "teacher", sorted(i for i in teacher if i in reliable)))
+    groups.append(("unreliable", "teacher", sorted(i for i in teacher if i not in reliable)))
+    for stage in sorted((s for s in pseudo if s != "teacher"), key=stage_key):
+        ids = sorted(pseudo[stage])
+        group = "unreliable" if not set(ids) & reliable else "all"
+        groups.append((group, stage, ids))
+    rows = []
+    for group, stage, ids in groups:
+        if not ids:
+            continue
+        matrix = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
+        for image_id in ids:
+            matrix += confusion(read_mask(store.path(references[image_id])),
+                                read_mask(store.path(pseudo[stage][image_id])), classes.num_classes,
+                                classes.ignore_index)
+        miou, iou = iou_from_confusion(matrix)
+        rows.append(QualityRow(group, stage, len(ids), miou, tuple(iou)))
+    return QualityReport(run.id, tuple(classes.names), len(references), len(ranked), tuple(rows))

@@ -1,0 +1,400 @@
+"""What the review page shows, computed from the store and the run folder (numpy and Pillow only).
+
+- :func:`gallery_page`: one page of a run's ranked unlabelled images, filtered and sorted in SQL,
+  with thumbnails (the image with its shown mask blended in) cached on disk under
+  ``WORKSPACE/cache/review/<run_id>/``; only the page's thumbnails are made, so a page of a
+  10,000-image run costs what a page of a small one does.
+- :func:`image_detail`: one image large: its shown mask, the K teacher checkpoints' single-scale
+  masks read from the run's ``stability/ckpt<j>/`` (never predicted here) and the disagreement map.
+- :func:`overlay`, :func:`colorize`, :func:`disagreement_map`: the pictures.
+- :func:`merge_painted_layer`: a painted editor layer snapped to the palette and merged into a mask.
+
+The *shown mask* of an image is its latest reviewed mask when a person accepted or corrected it,
+else the run's pseudo mask of the latest stage that labelled it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from stpp.data.masks import atomic_save, read_image, read_mask
+from stpp.review import current_pseudo_masks, num_reliable
+from stpp.selftrain.layout import RunLayout
+from stpp.store.db import Store, StoreError
+from stpp.store.projects import get_project
+from stpp.store.runs import get_run
+
+PAGE_SIZE = 50
+THUMB_SIZE = 160
+THUMB_OPACITY = 0.5
+SHOW_CHOICES = ("all", "reliable", "unreliable", "accepted", "rejected", "corrected", "not reviewed")
+"""Gallery filters on the split (at the previewed ratio) and on the latest decision."""
+IGNORE_COLOUR = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class GalleryQuery:
+    """Which page of a run's ranking to show.
+
+    Attributes:
+        run_id: the run.
+        page: 0-based page number (clamped to the last page).
+        per_page: images per page.
+        most_stable_first: rank 1 first, else the least stable first.
+        show: one of :data:`SHOW_CHOICES`.
+        min_score / max_score: stability bounds (inclusive), None for open.
+        class_index: only images whose shown mask contains this class.
+        ratio: the reliable ratio R to preview (None: the run's).
+    """
+
+    run_id: int
+    page: int = 0
+    per_page: int = PAGE_SIZE
+    most_stable_first: bool = True
+    show: str = "all"
+    min_score: float | None = None
+    max_score: float | None = None
+    class_index: int | None = None
+    ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One thumbnail of the gallery."""
+
+    image_id: int
+    name: str
+    rank: int
+    stability: float
+    reliable: bool
+    decision: str | None
+    thumbnail: Path
+
+    @property
+    def caption(self) -> str:
+        """``#3 · 0.912 · reliable · accepted``: rank, score, badge and decision."""
+        parts = [f"#{self.rank}", f"{self.stability:.3f}", "reliable" if self.reliable else "unreliable"]
+        return " · ".join(parts + ([self.decision] if self.decision else []))
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    """A page of the gallery.
+
+    Attributes:
+        items: the page's images in display order.
+        page / pages: this page (0-based) and the number of pages (at least 1).
+        total: images matching the filter.
+        ranked: images in the run's ranking (N).
+        reliable: floor(N x R) at the previewed ratio.
+        ratio: R.
+    """
+
+    items: list[GalleryItem]
+    page: int
+    pages: int
+    total: int
+    ranked: int
+    reliable: int
+    ratio: float
+
+
+_PAGE_SQL = (
+    "FROM scores s JOIN images i ON i.id = s.image_id "
+    "LEFT JOIN reviews r ON r.id = (SELECT max(id) FROM reviews WHERE image_id = s.image_id) "
+    "LEFT JOIN masks m ON m.id = r.mask_id WHERE s.run_id = ?")
+_COLUMNS = ("SELECT s.rank, s.stability, i.id, i.name, i.path, r.decision, "
+            "CASE WHEN r.decision IN ('accepted', 'corrected') THEN m.path END AS review_mask ")
+
+
+def _where(query: GalleryQuery, cut: int) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if query.show == "reliable":
+        sql, params = " AND s.rank <= ?", [cut]
+    elif query.show == "unreliable":
+        sql, params = " AND s.rank > ?", [cut]
+    elif query.show in ("accepted", "rejected", "corrected"):
+        sql, params = " AND r.decision = ?", [query.show]
+    elif query.show == "not reviewed":
+        sql = " AND r.id IS NULL"
+    elif query.show != "all":
+        raise ValueError(f"unknown gallery filter {query.show!r}; choose one of: {', '.join(SHOW_CHOICES)}")
+    if query.min_score is not None:
+        sql, params = sql + " AND s.stability >= ?", params + [float(query.min_score)]
+    if query.max_score is not None:
+        sql, params = sql + " AND s.stability <= ?", params + [float(query.max_score)]
+    return sql, params
+
+
+def gallery_page(store: Store, query: GalleryQuery) -> GalleryPage:
+    """One page of the run's ranked images, with their thumbnails made (or taken from the cache).
+
+    Raises:
+        StoreError: no such run.
+        ValueError: an unknown ``show`` filter.
+    """
+    run = get_run(store, query.run_id)
+    ratio = float(run.config.get("selftrain", {}).get("reliable_ratio", 0.5) if query.ratio is None else query.ratio)
+    ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
+    cut = num_reliable(ranked, ratio)
+    where, params = _where(query, cut)
+    order = f" ORDER BY s.rank {'ASC' if query.most_stable_first else 'DESC'}"
+    per_page = max(1, int(query.per_page))
+    if query.class_index is None:
+        total = store.db.execute("SELECT count(*) " + _PAGE_SQL + where, [run.id, *params]).fetchone()[0]
+        page = _clamp(query.page, total, per_page)
+        rows = store.db.execute(_COLUMNS + _PAGE_SQL + where + order + " LIMIT ? OFFSET ?",
+                                [run.id, *params, per_page, page * per_page]).fetchall()
+        shown = _shown_masks(store, run.id, rows)
+    else:
+        # Class presence is not in SQL: filter the ordered candidates by their shown masks (cached).
+        rows = store.db.execute(_COLUMNS + _PAGE_SQL + where + order, [run.id, *params]).fetchall()
+        shown = _shown_masks(store, run.id, rows)
+        present = class_presence(store, run.id, [shown[row[2]] for row in rows if row[2] in shown])
+        rows = [row for row in rows if row[2] in shown and int(query.class_index) in present[shown[row[2]]]]
+        total = len(rows)
+        page = _clamp(query.page, total, per_page)
+        rows = rows[page * per_page:(page + 1) * per_page]
+    palette = get_project(store, run.project_id).classes.palette
+    items = []
+    for rank, stability, image_id, name, path, decision, _ in rows:
+        mask = shown.get(image_id)
+        thumb = thumbnail(store, run.id, image_id, store.path(path), store.path(mask) if mask else None, palette)
+        items.append(GalleryItem(image_id, name, rank, stability, rank <= cut, decision, thumb))
+    return GalleryPage(items, page, max(1, math.ceil(total / per_page)), total, ranked, cut, ratio)
+
+
+def _clamp(page: int, total: int, per_page: int) -> int:
+    return max(0, min(int(page), max(0, math.ceil(total / per_page) - 1)))
+
+
+def _shown_masks(store: Store, run_id: int, rows: Sequence[Sequence[Any]]) -> dict[int, str]:
+    """image id -> workspace-relative path of its shown mask, for the rows of a gallery query."""
+    pseudo = current_pseudo_masks(store, run_id, [row[2] for row in rows if not row[6]])
+    shown = {image_id: path for image_id, (_, path) in pseudo.items()}
+    shown.update({row[2]: row[6] for row in rows if row[6]})
+    return shown
+
+
+def review_cache(store: Store, run_id: int) -> Path:
+    """``WORKSPACE/cache/review/<run_id>``: the run's thumbnails and class-presence index."""
+    return store.path("cache") / "review" / str(int(run_id))
+
+
+def thumbnail(store: Store, run_id: int, image_id: int, image_path: Path, mask_path: Path | None,
+              palette: Sequence[Sequence[int]], size: int = THUMB_SIZE) -> Path:
+    """The cached JPEG thumbnail of an image with its mask blended in (made on first use).
+
+    The file name holds a hash of the mask's path, and mask files are never rewritten in place
+    (reviewed masks are content-named), so a new decision gives a new thumbnail.
+    """
+    key = hashlib.sha1(str(mask_path).encode()).hexdigest()[:12]
+    target = review_cache(store, run_id) / "thumbs" / f"{int(image_id)}-{key}-{size}.jpg"
+    if target.is_file():
+        return target
+    image = read_image(image_path)
+    image.thumbnail((size, size), Image.BILINEAR)
+    picture = np.asarray(image)
+    if mask_path is not None and mask_path.is_file():
+        small = Image.fromarray(read_mask(mask_path)).resize(image.size, Image.NEAREST)
+        picture = overlay(picture, np.asarray(small), palette, THUMB_OPACITY)
+    atomic_save(target, lambda tmp: Image.fromarray(picture).save(tmp, format="JPEG", quality=85))
+    return target
+
+
+def class_presence(store: Store, run_id: int, mask_paths: Sequence[str]) -> dict[str, frozenset[int]]:
+    """Workspace-relative mask path -> the class indices it contains (cached in ``classes.json``)."""
+    index_path = review_cache(store, run_id) / "classes.json"
+    index: dict[str, list[int]] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    missing = [p for p in dict.fromkeys(mask_paths) if p not in index]
+    for path in missing:
+        index[path] = [int(v) for v in np.unique(read_mask(store.path(path)))]
+    if missing:
+        atomic_save(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index)))
+    return {p: frozenset(index[p]) for p in mask_paths}
+
+
+# Pictures ------------------------------------------------------------------------------------------
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """A class-index mask as an RGB image (ignore white, values without a colour black)."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+    lut[ignore_index] = IGNORE_COLOUR
+    return lut[np.asarray(mask, dtype=np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], opacity: float = 0.5,
+            classes: Sequence[int] | None = None, ignore_index: int = 255) -> np.ndarray:
+    """The image with the mask's class colours blended in.
+
+    Args:
+        image: RGB (H, W, 3) uint8.
+        mask: class indices (H, W).
+        opacity: 0 (image only) to 1 (colours only).
+        classes: only these classes are coloured (all when None); ignore pixels are never coloured.
+    """
+    image = np.asarray(image, dtype=np.uint8)[..., :3]
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[1]}x{image.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ")
+    coloured = mask != ignore_index
+    if classes is not None:
+        coloured &= np.isin(mask, np.asarray(list(classes), dtype=np.int64))
+    alpha = float(np.clip(opacity, 0.0, 1.0)) * coloured[..., None]
+    blended = image * (1.0 - alpha) + colorize(mask, palette, ignore_index) * alpha
+    return np.round(blended).astype(np.uint8)
+
+
+def disagreement_map(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Per pixel, how many earlier checkpoints' masks differ from the last one's (0 .. K-1).
+
+    Args:
+        masks: the K checkpoints' masks in checkpoint order, the final one last.
+    """
+    if len(masks) < 2:
+        raise ValueError("a disagreement map needs masks from at least two checkpoints")
+    final = np.asarray(masks[-1])
+    counts = np.zeros(final.shape, dtype=np.uint8)
+    for mask in masks[:-1]:
+        counts += np.asarray(mask) != final
+    return counts
+
+
+def disagreement_image(image: np.ndarray, counts: np.ndarray, num_checkpoints: int) -> np.ndarray:
+    """The image dimmed to grey with disagreeing pixels in yellow (one checkpoint) to red (all earlier ones)."""
+    grey = np.asarray(image, dtype=np.float32)[..., :3].mean(axis=2, keepdims=True) * 0.5
+    picture = np.repeat(grey, 3, axis=2)
+    level = counts.astype(np.float32) / max(1, num_checkpoints - 1)
+    hot = counts > 0
+    colour = np.stack([np.full_like(level, 255.0), 230.0 * (1.0 - level), np.zeros_like(level)], axis=2)
+    picture[hot] = colour[hot]
+    return np.round(picture).astype(np.uint8)
+
+
+# One image -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    """Everything the review page shows about one image.
+
+    Attributes:
+        image: RGB (H, W, 3).
+        mask: the shown mask; ``mask_source`` says which (``pseudo:<stage>``, ``accepted``, ``corrected``).
+        checkpoint_masks: the K teacher checkpoints' single-scale masks (checkpoint order).
+        disagreement: :func:`disagreement_map` of ``checkpoint_masks``.
+        per_checkpoint: meanIoU of each earlier checkpoint's mask with the last one's.
+    """
+
+    image_id: int
+    name: str
+    rank: int | None
+    stability: float | None
+    reliable: bool | None
+    decision: str | None
+    image: np.ndarray = field(repr=False)
+    mask: np.ndarray | None = field(repr=False)
+    mask_source: str | None
+    checkpoint_masks: list[np.ndarray] = field(repr=False)
+    disagreement: np.ndarray | None = field(repr=False)
+    per_checkpoint: tuple[float | None, ...] = ()
+
+
+def image_detail(store: Store, run_id: int, image_id: int, ratio: float | None = None) -> ImageDetail:
+    """One image of a run with its shown mask, checkpoint masks and disagreement map.
+
+    Args:
+        ratio: the reliable ratio to judge ``reliable`` by (None: the run's stored split).
+
+    Raises:
+        StoreError: no such run or image in the run's project.
+    """
+    run = get_run(store, run_id)
+    row = store.db.execute("SELECT id, name, path FROM images WHERE id = ? AND project_id = ?",
+                           [int(image_id), run.project_id]).fetchone()
+    if row is None:
+        raise StoreError(f"run {run.id}'s project has no image {image_id}")
+    score = store.db.execute("SELECT rank, stability, reliable, checkpoint_miou FROM scores WHERE run_id = ? "
+                             "AND image_id = ?", [run.id, row[0]]).fetchone()
+    review = store.db.execute("SELECT r.decision, m.path FROM reviews r LEFT JOIN masks m ON m.id = r.mask_id "
+                              "WHERE r.image_id = ? ORDER BY r.id DESC LIMIT 1", [row[0]]).fetchone()
+    decision = review[0] if review else None
+    if review and review[1] and decision in ("accepted", "corrected"):
+        mask_path, source = review[1], decision
+    else:
+        stage, mask_path = current_pseudo_masks(store, run.id, [row[0]]).get(row[0], (None, None))
+        source = f"pseudo:{stage}" if stage else None
+    layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    k = int(run.config.get("pseudo", {}).get("num_checkpoints", 3))
+    checkpoint_paths = [layout.stability_dir(j) / f"{row[1]}.png" for j in range(1, k + 1)]
+    checkpoints = [read_mask(p) for p in checkpoint_paths] if all(p.is_file() for p in checkpoint_paths) else []
+    reliable = None
+    if score is not None:
+        if ratio is None:
+            reliable = bool(score[2])
+        else:
+            ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
+            reliable = score[0] <= num_reliable(ranked, ratio)
+    return ImageDetail(
+        image_id=row[0], name=row[1], rank=score[0] if score else None, stability=score[1] if score else None,
+        reliable=reliable, decision=decision, image=np.asarray(read_image(store.path(row[2]))),
+        mask=read_mask(store.path(mask_path)) if mask_path else None, mask_source=source,
+        checkpoint_masks=checkpoints, disagreement=disagreement_map(checkpoints) if len(checkpoints) >= 2 else None,
+        per_checkpoint=tuple(json.loads(score[3])) if score and score[3] else ())
+
+
+def gallery_page_ids(store: Store, query: GalleryQuery) -> list[int]:
+    """The image ids of every image matching the query, in display order (no thumbnails made)."""
+    run = get_run(store, query.run_id)
+    ratio = float(run.config.get("selftrain", {}).get("reliable_ratio", 0.5) if query.ratio is None else query.ratio)
+    ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
+    where, params = _where(query, num_reliable(ranked, ratio))
+    order = f" ORDER BY s.rank {'ASC' if query.most_stable_first else 'DESC'}"
+    rows = store.db.execute(_COLUMNS + _PAGE_SQL + where + order, [run.id, *params]).fetchall()
+    if query.class_index is not None:
+        shown = _shown_masks(store, run.id, rows)
+        present = class_presence(store, run.id, [shown[row[2]] for row in rows if row[2] in shown])
+        rows = [row for row in rows if row[2] in shown and int(query.class_index) in present[shown[row[2]]]]
+    return [row[2] for row in rows]
+
+
+# Corrections ---------------------------------------------------------------------------------------
+
+
+def merge_painted_layer(mask: np.ndarray, layer: np.ndarray, palette: Sequence[Sequence[int]],
+                        min_alpha: int = 128) -> np.ndarray:
+    """Merge a painted RGBA layer into a class-index mask.
+
+    Every pixel the layer covers (alpha >= ``min_alpha``, so anti-aliased brush edges count only
+    where they are mostly opaque) takes the class whose palette colour is nearest to the painted
+    colour; the rest keep their class. A layer of another size (an editor canvas) is scaled to the
+    mask's with nearest-neighbour sampling.
+
+    Args:
+        mask: class indices (H, W).
+        layer: RGBA (h, w, 4) uint8.
+        palette: the class colours.
+    """
+    layer = np.asarray(layer)
+    if layer.ndim != 3 or layer.shape[2] != 4:
+        raise ValueError(f"a painted layer must be RGBA (h, w, 4), not {layer.shape}")
+    if layer.shape[:2] != mask.shape:
+        layer = np.asarray(Image.fromarray(layer.astype(np.uint8), "RGBA").resize(
+            (mask.shape[1], mask.shape[0]), Image.NEAREST))
+    painted = layer[..., 3] >= min_alpha
+    merged = np.array(mask, dtype=np.uint8, copy=True)
+    if painted.any():
+        colours = layer[painted][:, :3].astype(np.int32)
+        table = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
+        distance = ((colours[:, None, :] - table[None, :, :]) ** 2).sum(axis=2)
+        merged[painted] = distance.argmin(axis=1).astype(np.uint8)
+    return merged

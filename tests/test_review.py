@@ -1,0 +1,227 @@
+"""Review between phases, engine and store level (no browser): decisions, pauses, and what the
+next stages train on, with real worker runs of the ``test`` preset on the generated dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stpp.config import StppConfig
+from stpp.data.masks import read_mask
+from stpp.jobs import JobRunner
+from stpp.review import (LOCAL_USER, ReviewError, continue_run, decision_history, latest_decisions, launch_run,
+                         next_pause, num_reliable, pause_points, phase_summary, record_decision, review_plan)
+from stpp.review_quality import quality_report
+from stpp.review_views import (GalleryQuery, colorize, disagreement_map, gallery_page, image_detail,
+                               merge_painted_layer, overlay)
+from stpp.selftrain import pipeline
+from stpp.selftrain.layout import RunLayout
+from stpp.store import create_project, import_folder_dataset, open_store
+from stpp.store.export import export_project
+from stpp.store.export_formats import VOC_ROOT
+from stpp.store.runs import get_run
+
+FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
+RUN_TIMEOUT_S = 420
+
+
+@pytest.fixture
+def store(workspace: Path, synthetic_dataset: Path):
+    """A store with the generated dataset imported as project ``synth`` (unlabelled masks become references)."""
+    with open_store(workspace) as opened:
+        project = create_project(opened, "synth", synthetic_dataset / "classes.json")
+        report = import_folder_dataset(opened, project, synthetic_dataset)
+        assert not report.failed, report.failed
+        yield opened
+
+
+def read_train_set(layout: RunLayout, stage: str) -> dict[str, dict[str, str]]:
+    with open(layout.train_set_path(stage), newline="") as handle:
+        return {row["id"]: row for row in csv.DictReader(handle)}
+
+
+def image_id(store, name: str) -> int:
+    return store.db.execute("SELECT id FROM images WHERE name = ?", [name]).fetchone()[0]
+
+
+def test_pause_points_agree_with_the_pipeline():
+    for method, stage3 in (("supervised", False), ("st", False), ("st++", False), ("st++", True)):
+        cfg = StppConfig.from_dict({"method": method, "selftrain": {"stage3": stage3}})
+        assert pause_points(cfg) == pipeline.pause_points(cfg) == pause_points(cfg.to_dict())
+
+
+def test_reviews_decide_what_the_next_stages_train_on(store):
+    runner = JobRunner(store, start_grace_s=300)
+    run = launch_run(runner, "synth", "st++", "test", FAST, "cpu", review=True)
+    assert review_plan(store, run.id) == ("ranking", "stage1")
+    run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"))
+    assert run.status == "awaiting_review", run.error
+    layout = RunLayout(store.path(run.run_dir))
+    assert layout.scores_path.is_file() and not (layout.root / "checkpoints" / "stage1.pt").exists()
+    assert next_pause(store, run.id) == "stage1"
+
+    ranked = [r["name"] for r in store.db.query("SELECT i.name FROM scores s JOIN images i ON i.id = s.image_id "
+                                                "WHERE s.run_id = ? ORDER BY s.rank", [run.id])]
+    assert len(ranked) == 16
+    accepted, rejected, corrected = ranked[0], ranked[1], ranked[-1]
+    teacher_mask = read_mask(layout.pseudo_dir("teacher") / f"{accepted}.png")
+    record_decision(store, run.id, accepted, "accepted")
+    record_decision(store, run.id, rejected, "accepted", user="ann")
+    record_decision(store, run.id, rejected, "rejected", user="ann")  # the latest decision wins
+    fixed = read_mask(layout.pseudo_dir("teacher") / f"{corrected}.png").copy()
+    fixed[:16, :16] = 3
+    record_decision(store, run.id, image_id(store, corrected), "corrected", mask=fixed)
+    with pytest.raises(ReviewError, match="not unlabelled"):
+        record_decision(store, run.id, "labeled_000", "rejected")
+    with pytest.raises(ReviewError, match="64x64"):
+        record_decision(store, run.id, corrected, "corrected", mask=fixed[:10])
+
+    latest = latest_decisions(store, "synth")
+    assert {n: d.decision for n, d in latest.items()} == {accepted: "accepted", rejected: "rejected",
+                                                           corrected: "corrected"}
+    assert latest[accepted].user == LOCAL_USER and latest[rejected].user == "ann"
+    assert [d.decision for d in decision_history(store, "synth", rejected)] == ["rejected", "accepted"]
+    reviewed_files = {name: store.path(latest[name].mask_path) for name in (accepted, corrected)}
+    np.testing.assert_array_equal(read_mask(reviewed_files[accepted]), teacher_mask)
+    np.testing.assert_array_equal(read_mask(reviewed_files[corrected]), fixed)
+    reviewed_bytes = {name: path.read_bytes() for name, path in reviewed_files.items()}
+
+    check_views(store, run.id, layout, ranked, {accepted: "accepted", rejected: "rejected", corrected: "corrected"})
+
+    summary = phase_summary(store, run.id, ratio=0.25)
+    assert (summary.pause, summary.next_phase, summary.ranked) == ("ranking", "stage1", 16)
+    assert (summary.accepted, summary.rejected, summary.corrected, summary.labelled) == (1, 1, 1, 8)
+    assert summary.reliable + summary.unreliable == 13
+
+    # Stage 1 with R = 0.25 chosen in review: the top floor(16 x 0.25) = 4 are reliable.
+    run = continue_run(runner, run.id, reliable_ratio=0.25)
+    assert run.config["selftrain"]["reliable_ratio"] == 0.25
+    run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"))
+    assert run.status == "awaiting_review", run.error
+    assert json.loads(layout.config_path.read_text())["selftrain"]["reliable_ratio"] == 0.25
+    reliable = {r["name"] for r in store.db.query("SELECT i.name FROM scores s JOIN images i ON i.id = s.image_id "
+                                                  "WHERE s.run_id = ? AND s.reliable = 1", [run.id])}
+    assert reliable == set(ranked[:num_reliable(16, 0.25)])
+
+    references = {store.path(r[0]) for r in store.db.execute("SELECT path FROM masks WHERE kind = 'reference'")}
+    assert len(references) == 16
+    stage1 = read_train_set(layout, "stage1")
+    assert stage1[accepted]["source"] == "reviewed" and Path(stage1[accepted]["mask"]) == reviewed_files[accepted]
+    assert stage1[corrected]["source"] == "reviewed" and Path(stage1[corrected]["mask"]) == reviewed_files[corrected]
+    assert rejected not in stage1
+    assert {n for n, r in stage1.items() if r["source"] == "pseudo:teacher"} == reliable - {accepted, rejected}
+    assert not references & {Path(r["mask"]) for r in stage1.values()}
+
+    # Re-labelling after stage 1 leaves reviewed and rejected images alone.
+    relabelled = {p.stem for p in layout.pseudo_dir("stage1").glob("*.png")}
+    assert relabelled == set(ranked) - reliable - {corrected, rejected}
+    assert {name: path.read_bytes() for name, path in reviewed_files.items()} == reviewed_bytes
+
+    # A second review round: accept an image as stage 1 re-labelled it, then run to the end.
+    late = sorted(relabelled)[0]
+    record_decision(store, run.id, late, "accepted")
+    assert latest_decisions(store, "synth")[late].stage == "stage1"
+    run = continue_run(runner, run.id)
+    run = runner.wait(run.id, RUN_TIMEOUT_S)
+    assert run.status == "done", run.error
+    stage2 = read_train_set(layout, "stage2")
+    assert {n for n, r in stage2.items() if r["source"] == "reviewed"} == {accepted, corrected, late}
+    np.testing.assert_array_equal(read_mask(stage2[late]["mask"]), read_mask(layout.pseudo_dir("stage1") / f"{late}.png"))
+    assert rejected not in stage2
+    assert not references & {Path(r["mask"]) for r in stage2.values()}
+    assert get_run(store, run.id).stage == "stage2"
+
+    report = quality_report(store, run.id)
+    assert report.with_reference == 16
+    rows = {(r.group, r.labels): r for r in report.rows}
+    assert rows[("reliable", "teacher")].images == len(reliable)  # reviewed images keep their teacher masks
+    assert rows[("unreliable", "teacher")].images == 16 - len(reliable)
+    assert rows[("unreliable", "stage1")].images == len(relabelled)
+    assert all(r.miou is None or 0 <= r.miou <= 100 for r in report.rows)
+
+    export = export_project(store, "synth", layout.root.parent / "voc.zip", "voc", run_id=run.id)
+    with zipfile.ZipFile(export.path) as zf:
+        names = set(zf.namelist())
+        corrected_png = np.array(Image.open(io.BytesIO(zf.read(f"{VOC_ROOT}/SegmentationClass/{corrected}.png"))))
+    assert f"{VOC_ROOT}/JPEGImages/{rejected}.jpg" not in names
+    np.testing.assert_array_equal(corrected_png, fixed)
+
+
+def check_views(store, run_id: int, layout: RunLayout, ranked: list[str], decided: dict[str, str]) -> None:
+    """Gallery order, filters and the disagreement map against the store and the run folder."""
+    page = gallery_page(store, GalleryQuery(run_id, per_page=5))
+    assert [item.name for item in page.items] == ranked[:5]
+    assert (page.pages, page.total, page.ranked, page.reliable) == (4, 16, 16, 8)
+    scores = {r[0]: r[1] for r in store.db.execute(
+        "SELECT i.name, s.stability FROM scores s JOIN images i ON i.id = s.image_id WHERE s.run_id = ?", [run_id])}
+    assert all(item.caption.startswith(f"#{item.rank} · {scores[item.name]:.3f} · ") for item in page.items)
+    assert all(item.thumbnail.is_file() for item in page.items)
+    last = gallery_page(store, GalleryQuery(run_id, page=9, per_page=5, most_stable_first=False))
+    assert last.page == 3 and [item.name for item in last.items] == ranked[::-1][15:]
+    reliable = gallery_page(store, GalleryQuery(run_id, show="reliable", ratio=0.3, per_page=50))
+    assert [item.name for item in reliable.items] == ranked[:4] and all(item.reliable for item in reliable.items)
+    for decision in ("accepted", "rejected", "corrected"):
+        shown = gallery_page(store, GalleryQuery(run_id, show=decision))
+        assert [(i.name, i.decision) for i in shown.items] == [(n, d) for n, d in decided.items() if d == decision]
+    assert gallery_page(store, GalleryQuery(run_id, show="not reviewed")).total == 16 - len(decided)
+    low = min(scores.values())
+    assert {i.name for i in gallery_page(store, GalleryQuery(run_id, max_score=low)).items} == {
+        n for n, v in scores.items() if v <= low}
+
+    name = ranked[len(ranked) // 2]
+    detail = image_detail(store, run_id, image_id(store, name))
+    masks = [read_mask(layout.stability_dir(j) / f"{name}.png") for j in (1, 2, 3)]
+    for shown, stored in zip(detail.checkpoint_masks, masks):
+        np.testing.assert_array_equal(shown, stored)
+    expected = (masks[0] != masks[2]).astype(np.uint8) + (masks[1] != masks[2])
+    np.testing.assert_array_equal(detail.disagreement, expected)
+    np.testing.assert_array_equal(detail.mask, read_mask(layout.pseudo_dir("teacher") / f"{name}.png"))
+    assert detail.mask_source == "pseudo:teacher" and detail.rank == ranked.index(name) + 1
+
+
+def test_disagreement_map_counts_the_earlier_checkpoints_that_differ():
+    final = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    first = np.array([[0, 0], [2, 0]], dtype=np.uint8)
+    second = np.array([[1, 1], [2, 0]], dtype=np.uint8)
+    np.testing.assert_array_equal(disagreement_map([first, second, final]), [[1, 1], [0, 2]])
+    with pytest.raises(ValueError):
+        disagreement_map([final])
+
+
+def test_painted_layer_snaps_to_the_palette_and_changes_only_painted_pixels():
+    palette = [(0, 0, 0), (220, 30, 30), (30, 200, 30), (40, 60, 230)]
+    mask = np.zeros((6, 8), dtype=np.uint8)
+    layer = np.zeros((12, 16, 4), dtype=np.uint8)  # an editor canvas at twice the mask's size
+    layer[0:4, 0:6] = (200, 50, 40, 255)           # near red
+    layer[8:12, 10:16] = (35, 190, 35, 140)        # near green, mostly opaque
+    layer[8:12, 0:4] = (40, 60, 230, 60)           # faint anti-aliased edge: ignored
+    merged = merge_painted_layer(mask, layer, palette)
+    expected = mask.copy()
+    expected[0:2, 0:3] = 1
+    expected[4:6, 5:8] = 2
+    np.testing.assert_array_equal(merged, expected)
+    assert mask.max() == 0  # the input is left alone
+
+
+def test_overlay_blends_only_shown_classes():
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    mask = np.array([[0, 1], [255, 1]], dtype=np.uint8)
+    palette = [(0, 0, 0), (200, 0, 0)]
+    out = overlay(image, mask, palette, opacity=0.5, classes=[1])
+    np.testing.assert_array_equal(out[0, 0], [100, 100, 100])
+    np.testing.assert_array_equal(out[0, 1], [150, 50, 50])
+    np.testing.assert_array_equal(out[1, 0], [100, 100, 100])
+    np.testing.assert_array_equal(colorize(mask, palette)[1, 0], [255, 255, 255])
+
+
+def test_continue_refuses_a_run_that_is_not_paused(store):
+    runner = JobRunner(store)
+    with pytest.raises(Exception, match="no run"):
+        continue_run(runner, 99)

@@ -1,0 +1,69 @@
+"""Small display helpers shared by the tabs: class colours, legends, badges and pickers (no torch)."""
+
+from __future__ import annotations
+
+import html
+from typing import Sequence
+
+import gradio as gr
+
+from stpp.store import Project, StoreError, list_projects
+from stpp.store.runs import Run, list_runs
+from ui.services import Services
+
+METHOD_NAMES = {"supervised": "SupOnly", "st": "ST", "st++": "ST++"}
+
+
+def hex_colour(rgb: Sequence[int]) -> str:
+    """``#rrggbb`` of an RGB triple."""
+    return "#" + "".join(f"{int(c):02x}" for c in rgb[:3])
+
+
+def legend_html(names: Sequence[str], palette: Sequence[Sequence[int]], shown: Sequence[int] | None = None) -> str:
+    """A class legend: a colour swatch and the name of each class (hidden classes struck through)."""
+    items = []
+    for index, (name, colour) in enumerate(zip(names, palette)):
+        off = shown is not None and index not in shown
+        style = "text-decoration:line-through;opacity:.45" if off else ""
+        items.append(f'<span class="stpp-legend-item" data-class="{index}" style="margin-right:10px;{style}">'
+                     f'<span style="display:inline-block;width:12px;height:12px;border:1px solid #444;'
+                     f'background:{hex_colour(colour)};vertical-align:middle"></span> {html.escape(name)}</span>')
+    return '<div class="stpp-legend">' + "".join(items) + "</div>"
+
+
+def badge(reliable: bool | None) -> str:
+    """``reliable`` / ``unreliable`` / ``not ranked``."""
+    return "not ranked" if reliable is None else ("reliable" if reliable else "unreliable")
+
+
+def project_names(services: Services) -> list[str]:
+    """Every project's name."""
+    return [p.name for p in list_projects(services.store)]
+
+
+def find_project(services: Services, name: str | None) -> Project | None:
+    """The named project, or None."""
+    return next((p for p in list_projects(services.store) if p.name == name), None)
+
+
+def run_label(run: Run) -> str:
+    """``#3 ST++ (test) · awaiting review``."""
+    return f"#{run.id} {METHOD_NAMES.get(run.method, run.method)} ({run.preset}) · {run.status.replace('_', ' ')}"
+
+
+def project_runs(services: Services, project: str | None, methods: Sequence[str] | None = None) -> list[Run]:
+    """The project's runs, newest first (only those of ``methods`` when given)."""
+    try:
+        runs = list_runs(services.store, project) if project else []
+    except StoreError:
+        return []
+    return [r for r in runs if methods is None or r.method in methods]
+
+
+def run_choices(services: Services, project: str | None, current: int | None = None,
+                methods: Sequence[str] | None = None):
+    """A run dropdown update: the project's runs, ``current`` kept when it is one of them, else the newest."""
+    runs = project_runs(services, project, methods)
+    ids = [r.id for r in runs]
+    value = current if current in ids else (ids[0] if ids else None)
+    return gr.update(choices=[(run_label(r), r.id) for r in runs], value=value)

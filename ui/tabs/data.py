@@ -1,0 +1,245 @@
+"""Data tab: add labelled pairs, unlabelled images and validation pairs to the open project; see the
+per-file report, the counts per role, and paged thumbnails (masks drawn over labelled images).
+
+Uploads go to :func:`stpp.store.ingest_files` as they are: many files, a folder or zip archives,
+mixed. A browser upload keeps file names but not folder names, so a mask is matched to its image by
+name (``NAME.png`` beside ``NAME.jpg``, or ``NAME_mask.png``); folders inside a zip are kept.
+Thumbnails are made once per image, mask and palette, and cached in the workspace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from stpp.data.masks import read_mask
+from stpp.store import ImportReport, Project, Store, StoreError, find_project, ingest_files, project_summary
+from ui.services import Services
+
+TITLE = "Data"
+ROLE_CHOICES = [("Labelled pairs (image + mask)", "labelled"), ("Unlabelled images", "unlabelled"),
+                ("Validation pairs (image + mask)", "validation")]
+SHOW_CHOICES = [("Labelled", "labelled"), ("Validation", "validation"), ("Unlabelled", "unlabelled")]
+REPORT_COLUMNS = ["status", "image", "file", "reason"]
+REPORT_ROWS = 2000
+"""At most this many report rows are shown (problems first); the summary counts them all."""
+STATUS_ORDER = {"failed": 0, "skipped": 1, "added": 2}
+PAGE_SIZE = 24
+THUMBNAIL_PX = 192
+OVERLAY_ALPHA = 0.5
+_IMAGES = ("SELECT i.id, i.name, i.path, i.hash, i.width, i.height, m.path AS mask_path, m.hash AS mask_hash "
+           "FROM images i LEFT JOIN masks m ON m.id = (SELECT max(id) FROM masks WHERE image_id = i.id AND kind = ?) "
+           "WHERE i.project_id = ? AND i.role = ? ORDER BY i.name LIMIT ? OFFSET ?")
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """One image of a gallery page and its files (workspace-relative, or absolute when registered in place)."""
+
+    id: int
+    name: str
+    path: str
+    hash: str
+    width: int
+    height: int
+    mask_path: str | None = None
+    mask_hash: str | None = None
+
+
+# Reading the store (pure: store in, values out) -------------------------------------------------
+
+
+def counts_markdown(services: Services, project: str | None) -> str:
+    """Images per role of the project, with their masks."""
+    if not project or find_project(services.store, project) is None:
+        return "No project open: create or open one on the Projects tab."
+    summary = project_summary(services.store, project)
+    images, masks = summary.images, summary.masks
+    return (f"**{html.escape(project)}**: {images['labelled']} labelled · {images['unlabelled']} unlabelled "
+            f"({masks['reference']} with reference masks) · {images['validation']} validation · "
+            f"{masks['ground_truth']} ground-truth masks · {summary.project.classes.num_classes} classes")
+
+
+def count_images(store: Store, project: Project, role: str) -> int:
+    """How many images the project has in ``role``."""
+    return store.db.execute("SELECT count(*) FROM images WHERE project_id = ? AND role = ?",
+                            [project.id, role]).fetchone()[0]
+
+
+def page_of_images(store: Store, project: Project, role: str, page: int, size: int = PAGE_SIZE) -> list[Thumb]:
+    """One page of the project's images in ``role``, by name, each with its latest ground-truth mask."""
+    return [Thumb(**row) for row in store.db.query(_IMAGES, ["ground_truth", project.id, role, size,
+                                                             (page - 1) * size])]
+
+
+def page_count(total: int, size: int = PAGE_SIZE) -> int:
+    """Pages needed for ``total`` images (at least one)."""
+    return max(1, -(-total // size))
+
+
+# Thumbnails -------------------------------------------------------------------------------------
+
+
+def thumbnail(services: Services, project: Project, item: Thumb, overlay: bool) -> Path:
+    """The cached JPEG thumbnail of an image, its mask blended in the class colours when ``overlay``.
+
+    Named by the image's and mask's content hashes and the palette, so a new mask or a recoloured
+    class makes a new thumbnail and nothing stale is shown.
+    """
+    palette = project.classes.palette
+    mask_key = "plain"
+    if overlay and item.mask_path:
+        mask_key = f"{item.mask_hash[:16]}-{hashlib.sha1(json.dumps(palette).encode()).hexdigest()[:8]}"
+    path = services.settings.thumbnail_dir / str(project.id) / f"{item.hash}-{mask_key}.jpg"
+    if not path.is_file():
+        mask = services.store.path(item.mask_path) if mask_key != "plain" else None
+        write_thumbnail(services.store.path(item.path), mask, palette, path)
+    return path
+
+
+def write_thumbnail(image_path: Path, mask_path: Path | None, palette: Sequence[Sequence[int]], out: Path) -> None:
+    """Shrink an image to :data:`THUMBNAIL_PX` and blend its class-index mask in (ignore pixels left as they are)."""
+    with Image.open(image_path) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR)
+    if mask_path is not None:
+        mask = np.asarray(Image.fromarray(read_mask(mask_path)).resize(image.size, Image.Resampling.NEAREST))
+        colours = np.zeros((256, 3), dtype=np.float32)
+        colours[: len(palette)] = np.asarray(palette, dtype=np.float32)
+        rgb = np.asarray(image, dtype=np.float32)
+        labelled = (mask < len(palette))[..., None]
+        blended = np.where(labelled, (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours[mask], rgb)
+        image = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside and renamed: a page loading at the same time never reads half a file.
+    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    image.save(partial, format="JPEG", quality=85)
+    os.replace(partial, out)
+
+
+def gallery_page(services: Services, name: str | None, role: str, page: float | None) -> tuple[list, str, int]:
+    """One page of thumbnails (``(file, caption)``), a line saying which images they are, and the page number."""
+    project = find_project(services.store, name) if name else None
+    if project is None:
+        return [], "", 1
+    total = count_images(services.store, project, role)
+    page = min(max(1, int(page or 1)), page_count(total))
+    items = page_of_images(services.store, project, role, page)
+    overlay = role != "unlabelled"  # reference masks measure pseudo masks; they are not the data's labels
+    gallery = [(str(thumbnail(services, project, item, overlay)), f"{item.name} ({item.width}×{item.height})")
+               for item in items]
+    first = (page - 1) * PAGE_SIZE + 1
+    shown = f"{first}–{first + len(items) - 1} of {total}" if items else f"none of {total}"
+    return gallery, f"Page {page} of {page_count(total)} · {role} images {shown}", page
+
+
+# The ingestion report ---------------------------------------------------------------------------
+
+
+def short_source(source: str, uploads: Sequence[str | Path]) -> str:
+    """A report's file as the person knows it: the uploaded file's name, not the server's temporary path."""
+    for upload in uploads:
+        upload = str(upload)
+        if source == upload or source.startswith(upload + ":") or source.startswith(upload + os.sep):
+            return Path(upload).name + source[len(upload):]
+    return source
+
+
+def report_frame(report: ImportReport, uploads: Sequence[str | Path]) -> pd.DataFrame:
+    """The per-file report, problems first, at most :data:`REPORT_ROWS` rows."""
+    results = sorted(report.results, key=lambda r: STATUS_ORDER.get(r.status, 0))[:REPORT_ROWS]
+    rows = [[r.status, r.name, short_source(r.source, uploads), r.reason] for r in results]
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+
+
+def summary_markdown(report: ImportReport, project: str, role: str) -> str:
+    """``12 added, 0 skipped, 2 failed`` with the project, the role and the notes."""
+    text = f"**{html.escape(project)}** ({role}): {report.summary()}."
+    if len(report.results) > REPORT_ROWS:
+        text += f" The table shows {REPORT_ROWS} of {len(report.results)} rows, problems first."
+    return "  \n".join([text, *map(html.escape, report.notes)])
+
+
+def add_files(services: Services, project: str | None, role: str, uploads: Sequence[str]) -> ImportReport:
+    """Ingest the uploaded files, folders and archives into the project with ``role``.
+
+    Raises:
+        StoreError: no project or nothing uploaded, or the store refused the import.
+    """
+    if not project:
+        raise StoreError("open a project first (Projects tab)")
+    if not uploads:
+        raise StoreError("choose files, a folder or a zip archive first")
+    return ingest_files(services.store, project, list(uploads), role)
+
+
+# The tab ----------------------------------------------------------------------------------------
+
+
+def build(services: Services) -> None:
+    """The project picker and counts, the upload form with its report, and the paged thumbnails."""
+    gr.Markdown("Add images to the open project. **Labelled** and **validation** images need a mask: a PNG of "
+                "class indices (or in the project's colours) with the image's name, e.g. `0001.jpg` + `0001.png`, "
+                "or `0001_mask.png`. Masks given with unlabelled images are kept as *reference* masks (used only "
+                "to measure pseudo masks). Folder names are lost in a browser upload; when images and masks are "
+                "both PNGs of the same name, upload a zip with `images/` and `masks/` folders instead.")
+    with gr.Row():
+        project = services.project_picker(label="Project", scale=3, elem_id="data-project")
+        refresh = gr.Button("Refresh", size="sm", scale=1)
+    counts = gr.Markdown(elem_id="data-counts")
+    with gr.Group():
+        role = gr.Radio(ROLE_CHOICES, value="labelled", label="Add as", elem_id="data-role")
+        with gr.Row():
+            files = gr.File(file_count="multiple", label="Files or .zip archives", elem_id="data-files")
+            folder = gr.File(file_count="directory", label="A folder", elem_id="data-folder")
+        add = gr.Button("Add to project", variant="primary", elem_id="data-add")
+    summary = gr.Markdown(elem_id="data-summary")
+    report = gr.Dataframe(pd.DataFrame(columns=REPORT_COLUMNS), interactive=False, wrap=True,
+                          label="Ingestion report (problems first)", elem_id="data-report")
+    gr.Markdown("### Images")
+    with gr.Row():
+        show = gr.Radio(SHOW_CHOICES, value="labelled", label="Show", elem_id="data-show", scale=2)
+        previous = gr.Button("◀ Previous", size="sm", scale=1, elem_id="data-previous")
+        page = gr.Number(1, precision=0, minimum=1, label="Page", scale=1, elem_id="data-page")
+        following = gr.Button("Next ▶", size="sm", scale=1, elem_id="data-next")
+    where = gr.Markdown(elem_id="data-where")
+    gallery = gr.Gallery(columns=6, height="auto", object_fit="contain", label="Masks drawn over labelled and "
+                         "validation images", elem_id="data-gallery")
+
+    private = {"api_visibility": "private"}
+    view = [gallery, where, page]
+
+    def show_project(name, shown):
+        return counts_markdown(services, name), *gallery_page(services, name, shown, 1)
+
+    def add_clicked(name, add_role, file_paths, folder_paths):
+        uploads = [*(file_paths or []), *(folder_paths or [])]
+        try:
+            result = add_files(services, name, add_role, uploads)
+        except StoreError as exc:
+            return f"**Nothing added:** {exc}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return summary_markdown(result, name, add_role), report_frame(result, uploads), None, None, add_role
+
+    def refresh_clicked(name):
+        return gr.update(choices=services.project_names(), value=name)
+
+    gr.on([project.change, show.change], show_project, inputs=[project, show], outputs=[counts, *view], **private)
+    refresh.click(refresh_clicked, inputs=project, outputs=project, **private).then(
+        show_project, inputs=[project, show], outputs=[counts, *view], **private)
+    add.click(add_clicked, inputs=[project, role, files, folder], outputs=[summary, report, files, folder, show],
+              api_name="add_images").then(show_project, inputs=[project, show], outputs=[counts, *view], **private)
+    page.submit(lambda n, s, p: gallery_page(services, n, s, p), inputs=[project, show, page], outputs=view, **private)
+    previous.click(lambda n, s, p: gallery_page(services, n, s, (p or 1) - 1), inputs=[project, show, page],
+                   outputs=view, **private)
+    following.click(lambda n, s, p: gallery_page(services, n, s, (p or 1) + 1), inputs=[project, show, page],
+                    outputs=view, **private)

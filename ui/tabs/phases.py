@@ -1,0 +1,170 @@
+"""Phases tab: what the next phase of a reviewed run trains on, the buttons that start it, the
+decision history, the validation mIoU per stage and the pseudo-mask quality report.
+
+A run launched with review between phases waits (status *awaiting review*) after the stability
+ranking and after each re-labelling; *Continue* queues it again and the worker runs to the next
+pause. The tab polls the store with a ``gr.Timer``, so it follows the run without a reload.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from stpp.review import (ReviewError, continue_run, decision_history, last_review_id, pauses_reached, phase_summary,
+                         review_plan)
+from stpp.review_quality import quality_report
+from stpp.store import StoreError
+from stpp.store.runs import get_run, last_event_id, run_metrics
+from ui.components import find_project, run_choices
+from ui.services import Services
+
+TITLE = "Phases"
+POLL_S = 3.0
+COUNT_COLUMNS = ["next phase", "labelled", "reliable", "unreliable", "accepted", "rejected", "corrected", "R"]
+HISTORY_COLUMNS = ["time", "user", "image", "decision", "run", "mask stage"]
+MIOU_COLUMNS = ["stage", "val mIoU (%)"]
+QUALITY_COLUMNS = ["images", "labels", "group", "count", "mIoU (%)"]
+HISTORY_SHOWN = 200
+
+
+# Formatting (store rows in, display values out) ---------------------------------------------------
+
+
+def run_text(services: Services, run_id: int | None) -> str:
+    """Status, review plan and pauses of a run."""
+    if not run_id:
+        return "Choose a project and a run."
+    run = get_run(services.store, int(run_id))
+    plan = review_plan(services.store, run.id)
+    reached = pauses_reached(services.store, run.id)
+    lines = [f"**Run {run.id}** ({run.method}, preset `{run.preset}`) is **{run.status.replace('_', ' ')}**"
+             + (f" · stage `{run.stage}`" if run.stage else "") + f" · {100 * run.progress:.0f}%"]
+    lines.append("Review between phases: " + (f"pauses after {', '.join(plan)}" if plan else "off (runs to the end)")
+                 + (f"; reached: {', '.join(reached)}" if reached else ""))
+    if run.error:
+        lines.append(f"Error: {run.error}")
+    return "  \n".join(lines)
+
+
+def counts_frame(services: Services, run_id: int | None) -> pd.DataFrame:
+    """One row: what the next phase trains on."""
+    if not run_id:
+        return pd.DataFrame(columns=COUNT_COLUMNS)
+    s = phase_summary(services.store, int(run_id))
+    return pd.DataFrame([[s.next_phase or "—", s.labelled, s.reliable, s.unreliable,
+                          s.accepted, s.rejected, s.corrected, s.reliable_ratio]], columns=COUNT_COLUMNS)
+
+
+def history_frame(services: Services, project: str | None) -> pd.DataFrame:
+    """The project's latest decisions, newest first."""
+    if not find_project(services, project):
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    rows = [[d.time[:19].replace("T", " "), d.user, d.image, d.decision, d.run_id or "", d.stage or ""]
+            for d in decision_history(services.store, project, limit=HISTORY_SHOWN)]
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def miou_frame(services: Services, run_id: int | None) -> pd.DataFrame:
+    """Validation mIoU after each stage of the run."""
+    metrics = run_metrics(services.store, int(run_id)) if run_id else {}
+    return pd.DataFrame([[stage, "—" if m is None else f"{m:.2f}"] for stage, m in metrics.items()],
+                        columns=MIOU_COLUMNS)
+
+
+def quality_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The quality report as a table, the chart's data and a note."""
+    empty = pd.DataFrame(columns=QUALITY_COLUMNS)
+    if not run_id:
+        return empty, pd.DataFrame(columns=["images", "mIoU (%)"]), ""
+    report = quality_report(services.store, int(run_id))
+    if not report.rows:
+        return empty, pd.DataFrame(columns=["images", "mIoU (%)"]), (
+            "No ranked image of this run has a reference mask, so pseudo-mask quality cannot be measured.")
+    rows = [[f"{r.group} · {r.labels}", r.labels, r.group, r.images, None if r.miou is None else round(r.miou, 2)]
+            for r in report.rows]
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    note = (f"Measured on the {report.with_reference} of {report.ranked} ranked images that have a reference mask "
+            "(reference masks are never used for training). *teacher*: the teacher's pseudo masks; *stage1*: the "
+            "unreliable images after stage 1 re-labelled them.")
+    return table, table[["images", "mIoU (%)"]].astype({"mIoU (%)": "float64"}), note
+
+
+def panel(services: Services, project: str | None, run_id: int | None, seen: dict | None) -> list:
+    """Every output of the tab; parts unchanged since ``seen`` are skipped."""
+    run = get_run(services.store, int(run_id)) if run_id else None
+    key = {"run": run_id, "status": run.status if run else None, "stage": run.stage if run else None,
+           "events": last_event_id(services.store, int(run_id)) if run_id else 0,
+           "reviews": last_review_id(services.store, project) if find_project(services, project) else 0}
+    if key == (seen or {}):
+        return [gr.skip()] * 9 + [seen]
+    quality, chart, note = quality_frames(services, run_id)
+    paused = bool(run and run.status == "awaiting_review")
+    return [run_text(services, run_id), counts_frame(services, run_id), miou_frame(services, run_id),
+            history_frame(services, project), quality, chart, note,
+            gr.update(interactive=paused), gr.update(interactive=paused), key]
+
+
+# The tab ------------------------------------------------------------------------------------------
+
+
+def build(services: Services) -> None:
+    """Run picker, status, next-phase counts, continue buttons, mIoU table, history and quality report."""
+    gr.Markdown("Follow a run through its phases. A run launched with **review between phases** stops after the "
+                "stability ranking and after each re-labelling; review its masks in the *Review* tab, then continue "
+                "here. Accepted and corrected images join the labelled set; rejected images leave the next phases.")
+    with gr.Row():
+        project = services.project_picker(label="Project", elem_id="phases-project", scale=2)
+        run = gr.Dropdown([], label="Run", elem_id="phases-run", scale=3)
+        refresh = gr.Button("Refresh", size="sm", elem_id="phases-refresh", scale=1)
+    status = gr.Markdown(elem_id="phases-status")
+    counts = gr.Dataframe(pd.DataFrame(columns=COUNT_COLUMNS), interactive=False, label="Next phase trains on",
+                          elem_id="phases-counts")
+    with gr.Row():
+        proceed = gr.Button("Continue to the next phase (pause again for review)", variant="primary",
+                            interactive=False, elem_id="phases-continue")
+        finish = gr.Button("Continue to the end (no more review)", interactive=False, elem_id="phases-finish")
+    message = gr.Markdown(elem_id="phases-message")
+    with gr.Row():
+        miou = gr.Dataframe(pd.DataFrame(columns=MIOU_COLUMNS), interactive=False, label="Validation mIoU per stage",
+                            elem_id="phases-miou")
+        history = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), interactive=False, max_height=320,
+                               label="Decisions (newest first; the latest per image counts)", elem_id="phases-history")
+    with gr.Group(elem_id="phases-quality"):
+        gr.Markdown("### Pseudo-mask quality (reliable vs unreliable)")
+        with gr.Row():
+            quality = gr.Dataframe(pd.DataFrame(columns=QUALITY_COLUMNS), interactive=False,
+                                   label="mIoU of the pseudo masks against the reference masks",
+                                   elem_id="phases-quality-table")
+            chart = gr.BarPlot(None, x="images", y="mIoU (%)", title="Pseudo-mask mIoU (%)", y_lim=[0, 100],
+                               sort=None, elem_id="phases-quality-chart")
+        quality_note = gr.Markdown(elem_id="phases-quality-note")
+    seen = gr.State(None)
+    timer = gr.Timer(POLL_S)
+    outputs = [status, counts, miou, history, quality, chart, quality_note, proceed, finish, seen]
+    private = {"api_visibility": "private"}
+
+    def show(project_name, run_id):
+        return panel(services, project_name, run_id, None)
+
+    def poll(project_name, run_id, state):
+        services.jobs.tick()
+        return panel(services, project_name, run_id, state)
+
+    def go_on(run_id, review_next):
+        try:
+            run_ = continue_run(services.jobs, int(run_id), review_next=review_next)
+        except (StoreError, ReviewError, TypeError) as error:
+            return f"**Not continued:** {error}"
+        return f"Run {run_.id} is {run_.status.replace('_', ' ')}."
+
+    def pick_run(project_name, current):
+        return run_choices(services, project_name, current)
+
+    project.change(pick_run, inputs=[project, run], outputs=run, **private)
+    gr.on([run.change, refresh.click], show, inputs=[project, run], outputs=outputs, **private)
+    proceed.click(lambda r: go_on(r, True), inputs=run, outputs=message, api_name="continue_run").then(
+        show, inputs=[project, run], outputs=outputs, **private)
+    finish.click(lambda r: go_on(r, False), inputs=run, outputs=message, api_name="finish_run").then(
+        show, inputs=[project, run], outputs=outputs, **private)
+    timer.tick(poll, inputs=[project, run, seen], outputs=outputs, **private)

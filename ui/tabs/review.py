@@ -1,0 +1,341 @@
+"""Review tab: a run's unlabelled images ranked by stability, with their pseudo masks, to accept,
+reject or correct before the next phase.
+
+The gallery shows one page (50 images) at a time, queried from the store and drawn from cached
+thumbnails; selecting an image shows it large with its mask, the K teacher checkpoints' masks
+(read from the run folder) and their disagreement map. Keys: ``a`` accept, ``r`` reject,
+``→`` / ``←`` next / previous image.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from stpp.data.masks import read_mask
+from stpp.review import ReviewError, current_pseudo_masks, phase_summary, record_decision, set_reliable_ratio
+from stpp.review_views import (SHOW_CHOICES, GalleryQuery, colorize, disagreement_image, gallery_page,
+                               gallery_page_ids, image_detail, merge_painted_layer, overlay)
+from stpp.store import StoreError, get_project
+from stpp.store.runs import get_run
+from ui.components import badge, hex_colour, legend_html, run_choices
+from ui.services import Services, signed_in_user
+
+TITLE = "Review"
+ORDERS = ["most stable first", "least stable first"]
+ANY_CLASS = "any class"
+SHORTCUTS_JS = """
+if (!window.__stppReviewKeys) {
+  window.__stppReviewKeys = true;
+  const keys = {a: 'review-accept', r: 'review-reject', ArrowRight: 'review-next', ArrowLeft: 'review-prev'};
+  document.addEventListener('keydown', (event) => {
+    const target = event.target;
+    const tag = ((target && target.tagName) || '').toLowerCase();
+    if (['input', 'textarea', 'select'].includes(tag) || (target && target.isContentEditable)) return;
+    if (event.ctrlKey || event.metaKey || event.altKey || !keys[event.key]) return;
+    const button = document.getElementById(keys[event.key]);
+    if (!button || button.offsetParent === null || button.disabled) return;  // the Review tab is hidden
+    event.preventDefault();
+    button.click();
+  });
+}
+"""
+
+
+# Formatting (store rows in, display values out) ---------------------------------------------------
+
+
+def make_query(run_id, page, order, show, low, high, class_name, ratio, names) -> GalleryQuery:
+    """The gallery query for the tab's controls."""
+    class_index = names.index(class_name) if class_name in names else None
+    return GalleryQuery(int(run_id), page=int(page or 0), most_stable_first=order != ORDERS[1], show=show or "all",
+                        min_score=low if low else None, max_score=high if high is not None and high < 1 else None,
+                        class_index=class_index, ratio=ratio)
+
+
+def page_outputs(services: Services, query: GalleryQuery) -> list:
+    """Gallery value, page line, split line, page number and the page's image ids."""
+    page = gallery_page(services.store, query)
+    gallery = [(str(item.thumbnail), item.caption) for item in page.items]
+    info = f"Page {page.page + 1} of {page.pages} · {page.total} image(s) shown"
+    split = (f"Reliable: top floor({page.ranked} × {page.ratio:.2f}) = **{page.reliable}** of {page.ranked} "
+             f"ranked images; unreliable: {page.ranked - page.reliable}.")
+    return [gallery, info, split, page.page, [item.image_id for item in page.items]]
+
+
+def empty_page() -> list:
+    return [[], "No ranked run selected.", "", 0, []]
+
+
+def status_text(services: Services, run_id: int | None) -> str:
+    """The run's status and what review decided so far."""
+    if not run_id:
+        return "Choose a project and an ST++ run that has a stability ranking."
+    run = get_run(services.store, run_id)
+    summary = phase_summary(services.store, run.id)
+    pause = f" after **{summary.pause}**" if summary.pause else ""
+    nxt = f" · next phase: {summary.next_phase}" if summary.next_phase else ""
+    return (f"Run {run.id} is **{run.status.replace('_', ' ')}**{pause}{nxt} · {summary.ranked} ranked · "
+            f"accepted {summary.accepted} · rejected {summary.rejected} · corrected {summary.corrected} · "
+            f"R = {summary.reliable_ratio:g}")
+
+
+def detail_outputs(services: Services, run_id, image_id, ratio, opacity, shown_classes) -> list:
+    """Header, overlay, checkpoint masks, disagreement map, editor value and legend of one image."""
+    if not run_id or image_id is None:
+        return ["Select an image in the gallery.", None, [], None, None, ""]
+    detail = image_detail(services.store, int(run_id), int(image_id), ratio)
+    classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
+    shown = [classes.names.index(n) for n in shown_classes or [] if n in classes.names]
+    mask = detail.mask if detail.mask is not None else np.full(detail.image.shape[:2], 255, np.uint8)
+    picture = overlay(detail.image, mask, classes.palette, opacity, shown, classes.ignore_index)
+    masks = [(colorize(m, classes.palette, classes.ignore_index), f"checkpoint {j}")
+             for j, m in enumerate(detail.checkpoint_masks, start=1)]
+    k = len(detail.checkpoint_masks)
+    disagreement = disagreement_image(detail.image, detail.disagreement, k) if detail.disagreement is not None else None
+    editor = {"background": overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index),
+              "layers": [], "composite": None}
+    return [header_text(detail, k), picture, masks, disagreement, editor, legend_html(classes.names, classes.palette,
+                                                                                       shown)]
+
+
+def header_text(detail, k: int) -> str:
+    """``**name** · rank 3 · stability 0.912 · reliable · accepted``, and the per-checkpoint agreement."""
+    parts = [f"**{detail.name}**"]
+    if detail.rank is not None:
+        parts += [f"rank {detail.rank}", f"stability {detail.stability:.4f}", badge(detail.reliable)]
+    parts.append(f"decision: {detail.decision or 'not reviewed'}")
+    parts.append(f"mask: {detail.mask_source or 'none'}")
+    lines = [" · ".join(parts)]
+    if detail.per_checkpoint:
+        lines.append("Agreement with checkpoint %d (mIoU): " % k + ", ".join(
+            f"checkpoint {j}: {'—' if v is None else f'{v:.3f}'}" for j, v in enumerate(detail.per_checkpoint, 1)))
+    if detail.disagreement is not None:
+        share = 100.0 * float((detail.disagreement > 0).mean())
+        lines.append(f"Disagreement: {share:.1f}% of pixels differ from checkpoint {k} in at least one earlier "
+                     "checkpoint (yellow: one, red: all).")
+    return "  \n".join(lines)
+
+
+def pseudo_editor(services: Services, run_id, image_id) -> dict | None:
+    """An editor value over the run's current pseudo mask (the correction's undo)."""
+    detail = image_detail(services.store, int(run_id), int(image_id))
+    classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
+    found = current_pseudo_masks(services.store, int(run_id), [int(image_id)]).get(int(image_id))
+    if found is None:
+        return None
+    mask = read_mask(services.store.path(found[1]))
+    return {"background": overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index),
+            "layers": [], "composite": None}
+
+
+def merged_correction(services: Services, run_id, image_id, editor, base: str) -> np.ndarray:
+    """The mask the editor's painted layers make out of its base mask (shown or pseudo)."""
+    layers = [layer for layer in (editor or {}).get("layers") or [] if layer is not None]
+    if not layers or not any(np.asarray(layer)[..., 3].any() for layer in layers):
+        raise ReviewError("nothing is painted: paint over the image with a class colour first")
+    run = get_run(services.store, int(run_id))
+    classes = get_project(services.store, run.project_id).classes
+    detail = image_detail(services.store, run.id, int(image_id))
+    mask = detail.mask
+    if base == "pseudo" or mask is None:
+        stage_path = current_pseudo_masks(services.store, run.id, [int(image_id)]).get(int(image_id))
+        mask = read_mask(services.store.path(stage_path[1])) if stage_path else np.full(detail.image.shape[:2], 0)
+    for layer in layers:
+        mask = merge_painted_layer(mask, np.asarray(layer), classes.palette)
+    return mask
+
+
+def step_selection(services: Services, query: GalleryQuery, image: int | None, step: int) -> tuple[int | None, int]:
+    """The image ``step`` places from ``image`` in the filtered order (the first when none is selected),
+    and the gallery page it is on; at either end the selection stays."""
+    ids = gallery_page_ids(services.store, query)
+    if not ids:
+        return image, query.page
+    if image is None or image not in ids:
+        index = 0 if image is None else min(query.page * query.per_page, len(ids) - 1)
+    else:
+        index = min(max(ids.index(image) + step, 0), len(ids) - 1)
+    return ids[index], index // query.per_page
+
+
+# The tab ------------------------------------------------------------------------------------------
+
+
+def build(services: Services) -> None:
+    """The run picker, filters, paged gallery, selected-image panel, decisions and the mask editor."""
+    gr.Markdown("Review the pseudo masks of a run's unlabelled images, ranked by **stability**: how much the "
+                "teacher's checkpoints agree. Accept good masks, reject bad images, correct masks by painting. "
+                "Accepted and corrected images train as labelled images in the next phases; rejected images "
+                "leave them. Keys: `a` accept · `r` reject · `→` next · `←` previous.")
+    gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="review-shortcuts")
+    with gr.Row():
+        project = services.project_picker(label="Project", elem_id="review-project", scale=2)
+        run = gr.Dropdown([], label="Run", elem_id="review-run", scale=3)
+        refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", scale=1)
+    status = gr.Markdown(elem_id="review-status")
+    with gr.Row():
+        order = gr.Radio(ORDERS, value=ORDERS[0], label="Order", elem_id="review-order")
+        show = gr.Dropdown(list(SHOW_CHOICES), value="all", label="Show", elem_id="review-show")
+        low = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Min stability", elem_id="review-min")
+        high = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Max stability", elem_id="review-max")
+        class_filter = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="Contains class", elem_id="review-class")
+    with gr.Row():
+        ratio = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Reliable ratio R (preview)", elem_id="review-ratio",
+                          scale=3)
+        save_ratio = gr.Button("Use this R for the next phase", size="sm", elem_id="review-save-ratio", scale=1)
+    split = gr.Markdown(elem_id="review-split")
+    gallery = gr.Gallery([], label="Ranked images", columns=6, height=640, allow_preview=False,
+                         object_fit="contain", elem_id="review-gallery")
+    with gr.Row():
+        prev_page = gr.Button("◀ Previous page", size="sm", elem_id="review-prev-page")
+        page_info = gr.Markdown(elem_id="review-page-info")
+        next_page = gr.Button("Next page ▶", size="sm", elem_id="review-next-page")
+    message = gr.Markdown(elem_id="review-message")
+    selected_text = gr.Markdown("Select an image in the gallery.", elem_id="review-selected")
+    with gr.Row():
+        accept = gr.Button("Accept (a)", variant="primary", elem_id="review-accept")
+        reject = gr.Button("Reject (r)", variant="stop", elem_id="review-reject")
+        prev_image = gr.Button("← Previous", elem_id="review-prev")
+        next_image = gr.Button("Next →", elem_id="review-next")
+    with gr.Row():
+        with gr.Column(scale=3):
+            big = gr.Image(None, label="Image with mask", interactive=False, elem_id="review-overlay", height=420)
+        with gr.Column(scale=2):
+            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mask opacity", elem_id="review-opacity")
+            class_toggles = gr.CheckboxGroup([], label="Classes shown", elem_id="review-classes")
+            legend = gr.HTML("", elem_id="review-legend")
+    with gr.Row():
+        checkpoints = gr.Gallery([], label="Teacher checkpoints' masks (single scale)", columns=3, height=240,
+                                 allow_preview=False, object_fit="contain", elem_id="review-checkpoints")
+        disagreement = gr.Image(None, label="Disagreement map: earlier checkpoints vs the last",
+                                interactive=False, elem_id="review-disagreement", height=240)
+    with gr.Accordion("Correct the mask", open=False, elem_id="review-correct-panel"):
+        gr.Markdown("Paint with a class colour over the pixels to change (the eraser removes paint), then save. "
+                    "Painted colours snap to the nearest class colour. *Revert* starts again from the pseudo mask.")
+        editor = gr.ImageEditor(None, type="numpy", image_mode="RGBA", sources=[], transforms=[], layers=False,
+                                brush=gr.Brush(colors=["#000000"], color_mode="fixed"), eraser=gr.Eraser(),
+                                label="Editor", elem_id="review-editor", height=480)
+        with gr.Row():
+            save = gr.Button("Save correction", variant="primary", elem_id="review-save-correction")
+            revert = gr.Button("Revert to the pseudo mask", elem_id="review-revert")
+    page = gr.State(0)
+    page_ids = gr.State([])
+    selected = gr.State(None)
+    base = gr.State("shown")
+    names = gr.State([])
+
+    filters = [order, show, low, high, class_filter, ratio, names]
+    page_outs = [gallery, page_info, split, page, page_ids]
+    detail_outs = [selected_text, big, checkpoints, disagreement, editor, legend]
+    private = {"api_visibility": "private"}
+
+    def load_page(run_id, page_number, *controls):
+        if not run_id:
+            return empty_page()
+        return page_outputs(services, make_query(run_id, page_number, *controls))
+
+    def pick_run(project_name, current):
+        return run_choices(services, project_name, current, methods=("st++", "st"))
+
+    def run_changed(run_id):
+        if not run_id:
+            return [status_text(services, None), gr.skip(), gr.update(choices=[ANY_CLASS], value=ANY_CLASS),
+                    gr.update(choices=[], value=[]), [], gr.skip()]
+        classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
+        brush = gr.Brush(colors=[hex_colour(c) for c in classes.palette], default_color=hex_colour(classes.palette[0]),
+                         color_mode="fixed")
+        return [status_text(services, run_id), get_run(services.store, int(run_id)).config["selftrain"]["reliable_ratio"],
+                gr.update(choices=[ANY_CLASS, *classes.names], value=ANY_CLASS),
+                gr.update(choices=list(classes.names), value=list(classes.names)), list(classes.names),
+                gr.update(brush=brush)]
+
+    def select(evt: gr.SelectData, ids, run_id, ratio_value, opacity_value, shown):
+        image = ids[evt.index] if ids and evt.index is not None and evt.index < len(ids) else None
+        return [image, "shown", *detail_outputs(services, run_id, image, ratio_value, opacity_value, shown)]
+
+    def redraw(run_id, image, ratio_value, opacity_value, shown):
+        return detail_outputs(services, run_id, image, ratio_value, opacity_value, shown)
+
+    def restyle(run_id, image, ratio_value, opacity_value, shown):
+        values = detail_outputs(services, run_id, image, ratio_value, opacity_value, shown)
+        return values[:4] + [gr.skip(), values[5]]  # a new opacity must not wipe the paint in the editor
+
+    def decide(decision, run_id, image, page_number, controls, request):
+        if not run_id or image is None:
+            return ["Select an image first.", image, *[gr.skip()] * 5]
+        query = make_query(run_id, page_number, *controls)
+        following, page_number = step_selection(services, query, int(image), 1)
+        try:
+            record_decision(services.store, int(run_id), int(image), decision, user=signed_in_user(request))
+        except StoreError as error:
+            return [f"**Not saved:** {error}", image, *[gr.skip()] * 5]
+        return [f"Image {image} {decision}.", following, *load_page(run_id, page_number, *controls)]
+
+    def accept_image(run_id, image, page_number, o, sh, lo, hi, cl, r, n, request: gr.Request):
+        return decide("accepted", run_id, image, page_number, (o, sh, lo, hi, cl, r, n), request)
+
+    def reject_image(run_id, image, page_number, o, sh, lo, hi, cl, r, n, request: gr.Request):
+        return decide("rejected", run_id, image, page_number, (o, sh, lo, hi, cl, r, n), request)
+
+    def move(step, run_id, image, page_number, *controls):
+        if not run_id:
+            return [image, *[gr.skip()] * 5]
+        target, page_number = step_selection(services, make_query(run_id, page_number, *controls), image, step)
+        return [target, *load_page(run_id, page_number, *controls)]
+
+    def save_correction(run_id, image, editor_value, base_kind, request: gr.Request):
+        try:
+            mask = merged_correction(services, run_id, image, editor_value, base_kind)
+            record_decision(services.store, int(run_id), int(image), "corrected", mask=mask,
+                            user=signed_in_user(request))
+        except (StoreError, ValueError, TypeError) as error:
+            return f"**Not saved:** {error}"
+        return f"Correction of image {image} saved."
+
+    def keep_ratio(run_id, value):
+        try:
+            set_reliable_ratio(services.store, int(run_id), value)
+        except (StoreError, TypeError) as error:
+            return f"**R not saved:** {error}"
+        return f"R = {value:g} saved: the next phase trains on this split."
+
+    def revert_editor(run_id, image):
+        if not run_id or image is None:
+            return gr.skip(), "shown"
+        return pseudo_editor(services, run_id, image), "pseudo"
+
+    def show_status(run_id):
+        return status_text(services, run_id)
+
+    refresh_chain = dict(fn=load_page, inputs=[run, page, *filters], outputs=page_outs, **private)
+    after = dict(fn=redraw, inputs=[run, selected, ratio, opacity, class_toggles], outputs=detail_outs, **private)
+    status_chain = dict(fn=show_status, inputs=run, outputs=status, **private)
+    refresh.click(pick_run, inputs=[project, run], outputs=run, **private).then(
+        **status_chain).then(**refresh_chain)
+    project.change(pick_run, inputs=[project, run], outputs=run, **private)
+    run.change(run_changed, inputs=run, outputs=[status, ratio, class_filter, class_toggles, names, editor],
+               **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)
+    gr.on([order.change, show.change, low.release, high.release, class_filter.change, ratio.release],
+          lambda: 0, outputs=page, **private).then(**refresh_chain)
+    prev_page.click(lambda p: max(0, p - 1), inputs=page, outputs=page, **private).then(**refresh_chain)
+    next_page.click(lambda p: p + 1, inputs=page, outputs=page, **private).then(**refresh_chain)
+    gallery.select(select, inputs=[page_ids, run, ratio, opacity, class_toggles],
+                   outputs=[selected, base, *detail_outs], **private)
+    gr.on([opacity.release, class_toggles.change], restyle, inputs=[run, selected, ratio, opacity, class_toggles],
+          outputs=detail_outs, **private)
+    decide_ins, decide_outs = [run, selected, page, *filters], [message, selected, *page_outs]
+    accept.click(accept_image, inputs=decide_ins, outputs=decide_outs, api_name="review_accept").then(
+        **after).then(**status_chain)
+    reject.click(reject_image, inputs=decide_ins, outputs=decide_outs, api_name="review_reject").then(
+        **after).then(**status_chain)
+    next_image.click(lambda *a: move(1, *a), inputs=decide_ins, outputs=[selected, *page_outs], **private).then(
+        lambda: "shown", outputs=base, **private).then(**after)
+    prev_image.click(lambda *a: move(-1, *a), inputs=decide_ins, outputs=[selected, *page_outs], **private).then(
+        lambda: "shown", outputs=base, **private).then(**after)
+    save.click(save_correction, inputs=[run, selected, editor, base], outputs=message,
+               api_name="review_correct").then(lambda: "shown", outputs=base, **private).then(
+        **refresh_chain).then(**after).then(**status_chain)
+    revert.click(revert_editor, inputs=[run, selected], outputs=[editor, base], **private)
+    save_ratio.click(keep_ratio, inputs=[run, ratio], outputs=message, api_name="review_save_ratio").then(
+        **status_chain)
