@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stpp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train SupOnly / ST / ST++ on a dataset (headless; torchrun for several GPUs)")
+    run = commands.add_parser("run",
+                              help="train SupOnly / ST / ST++ on a dataset (headless; torchrun for several GPUs)")
     run.add_argument("--data", required=True,
                      help="folder dataset root (images/, masks/, classes.json), or voc:ROOT (Pascal VOC 2012 + "
                           "SegmentationClassAug) or cityscapes:ROOT (leftImg8bit/, gtFine/)")

@@ -475,3 +475,13 @@ def last_review_id(store: Store, project: int | str | Project) -> int:
     """The id of the project's latest decision (0 when none): changes whenever someone decides."""
     project = get_project(store, project)
     return int(store.db.execute("SELECT max(id) FROM reviews WHERE project_id = ?", [project.id]).fetchone()[0] or 0)
+
+
+def ranked_run_ids(store: Store, project: int | str | Project) -> list[int]:
+    """Ids of the project's runs that have a stability ranking (or teacher labels), newest first."""
+    project = get_project(store, project)
+    rows = store.db.execute(
+        "SELECT id FROM runs WHERE project_id = ? AND (EXISTS (SELECT 1 FROM scores WHERE run_id = runs.id) "
+        "OR EXISTS (SELECT 1 FROM masks WHERE run_id = runs.id AND kind = 'pseudo')) ORDER BY id DESC",
+        [project.id]).fetchall()
+    return [r[0] for r in rows]

@@ -101,6 +101,20 @@ def test_gallery_pages_cached_thumbnails_with_masks_over_labelled_images(service
     assert gallery_page(services, None, "labelled", 1) == ([], "", 1)
 
 
+def test_uploads_are_deleted_from_gradios_folder_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from ui.tabs.data import discard_uploads
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    uploaded = tmp_path / "gradio" / "0123abcd" / "labelled.zip"
+    uploaded.parent.mkdir(parents=True)
+    uploaded.write_bytes(b"zip")
+    own = tmp_path / "mine" / "labelled.zip"
+    own.parent.mkdir()
+    own.write_bytes(b"zip")
+    discard_uploads([str(uploaded), str(own)])
+    assert not uploaded.parent.exists() and own.read_bytes() == b"zip"
+
+
 # In the browser ---------------------------------------------------------------------------------
 
 

@@ -102,7 +102,8 @@ def test_the_two_ranks_saw_disjoint_shards(ddp_run: Path, synthetic_dataset: Pat
         assert sorted(indices) == list(range(size)), stage
     teacher_items = {item.split(":")[1] for item in sum(records["train:teacher:epoch1"]["ranks"], [])}
     assert teacher_items == labeled
-    labels = [e for e in read_events(ddp_run / "events.jsonl") if e["kind"] == "labels" and "per_rank" in e.get("data", {})]
+    labels = [e for e in read_events(ddp_run / "events.jsonl")
+              if e["kind"] == "labels" and "per_rank" in e.get("data", {})]
     assert [e["data"]["per_rank"] for e in labels if e["stage"] == "stability1"] == [[8, 8]]
 
 

@@ -98,8 +98,8 @@ def cityscapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"leftImg8bit/train/{i.split('_')[0]}/{i}_leftImg8bit.png "
         f"gtFine/train/{i.split('_')[0]}/{i}_gtFine_labelTrainIds.png\n" for i in CITY_TRAIN[2:]))
     (root / "val.txt").write_text("".join(
-        f"leftImg8bit/val/{i.split('_')[0]}/{i}_leftImg8bit.png gtFine/val/{i.split('_')[0]}/{i}_gtFine_labelTrainIds.png\n"
-        for i in CITY_VAL))
+        f"leftImg8bit/val/{i.split('_')[0]}/{i}_leftImg8bit.png "
+        f"gtFine/val/{i.split('_')[0]}/{i}_gtFine_labelTrainIds.png\n" for i in CITY_VAL))
     return root
 
 
@@ -233,8 +233,8 @@ def test_run_and_eval_on_a_paper_dataset(kind: str, voc_root: Path, cityscapes_r
         root, val = cityscapes_root, cityscapes_root / "val.txt"
         names = CITYSCAPES_CLASSES
     out = tmp_path / "run"
-    run_stpp("run", "--data", f"{kind}:{root}", "--labeled", root / "labeled.txt", "--unlabeled", root / "unlabeled.txt",
-             "--val", val, "--method", "st", "--preset", "test", "--out", out, "--device", "cpu",
+    run_stpp("run", "--data", f"{kind}:{root}", "--labeled", root / "labeled.txt",
+             "--unlabeled", root / "unlabeled.txt", "--val", val, "--method", "st", "--preset", "test", "--out", out, "--device", "cpu",
              "--set", "optim.epochs=1", "--set", "optim.batch_size=2", "--set", "pseudo.tta=false")
     config = json.loads((out / "config.json").read_text())
     assert tuple(config["data"]["class_names"]) == names

@@ -61,9 +61,21 @@ def project_runs(services: Services, project: str | None, methods: Sequence[str]
 
 
 def run_choices(services: Services, project: str | None, current: int | None = None,
-                methods: Sequence[str] | None = None):
-    """A run dropdown update: the project's runs, ``current`` kept when it is one of them, else the newest."""
-    runs = project_runs(services, project, methods)
+                methods: Sequence[str] | None = None, only: Sequence[int] | None = None):
+    """A run dropdown update: the project's runs (those in ``only`` when given), ``current`` kept when it is
+    one of them, else the newest."""
+    runs = [r for r in project_runs(services, project, methods) if only is None or r.id in only]
     ids = [r.id for r in runs]
     value = current if current in ids else (ids[0] if ids else None)
     return gr.update(choices=[(run_label(r), r.id) for r in runs], value=value)
+
+
+def enlarge(picture, min_width: int = 480):
+    """A small picture scaled up by a whole factor (nearest neighbour) so that it is at least ``min_width`` wide.
+
+    Masks stay crisp, and every shown pixel is exactly one pixel of the original.
+    """
+    if picture is None:
+        return None
+    factor = max(1, -(-min_width // max(1, picture.shape[1])))
+    return picture if factor == 1 else picture.repeat(factor, axis=0).repeat(factor, axis=1)

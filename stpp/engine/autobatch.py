@@ -62,7 +62,10 @@ def training_step_probe(cfg: StppConfig, device: torch.device, num_classes: int)
     """A function running two training steps of the run's model on random crops at a given batch."""
     from stpp.models import build_model
 
-    model = prepare_model(build_model(replace(cfg.model, pretrained="none"), num_classes), cfg, device).train()
+    # Plain BatchNorm even under SyncBN: a rank that runs out of memory must not leave the others
+    # waiting in a BatchNorm collective; the two take the same memory.
+    probe_cfg = replace(cfg, model=replace(cfg.model, pretrained="none", sync_bn=False))
+    model = prepare_model(build_model(probe_cfg.model, num_classes), probe_cfg, device).train()
     optimizer, _ = make_optimizer(model, cfg)
     dtype = autocast_dtype(cfg.optim.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)

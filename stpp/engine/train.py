@@ -38,8 +38,10 @@ class FitPlan:
         epochs: passes over the training set.
         snapshots: ``{epoch: path}``; the model after that epoch is saved there (the teacher's K
             checkpoints; a student's final model).
-        last_path: the mid-stage resume file, rewritten every epoch and removed when the stage ends.
+        last_path: the mid-stage resume file, rewritten every ``last_every`` epochs and removed when
+            the stage ends.
         log_every: steps between step events (the loss is only read from the device then).
+        last_every: epochs between ``last.pt`` writes (a resume replays at most that many epochs).
         shards_path: under DDP, where the IDs each rank trained on in its first epoch are recorded
             (see :func:`stpp.engine.distributed.record_shards`); None records nothing.
     """
@@ -50,6 +52,7 @@ class FitPlan:
     last_path: Path
     log_every: int = 10
     shards_path: Path | None = None
+    last_every: int = 1
 
 
 def snapshot_epochs(epochs: int, k: int) -> list[int]:
@@ -245,7 +248,7 @@ def fit(
                                    step=step, stage=plan.stage, config=cfg.to_dict())
             sink.emit(Event("checkpoint", plan.stage, step=step, total=total_steps, message=str(path),
                             data={"epoch": epoch + 1, "path": str(path)}))
-        if epoch + 1 < plan.epochs:
+        if epoch + 1 < plan.epochs and (epoch + 1) % max(1, plan.last_every) == 0:
             _save_last(plan, model, optimizer, scaler, cfg, epoch + 1, step, device)
     if main:
         plan.last_path.unlink(missing_ok=True)

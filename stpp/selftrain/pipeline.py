@@ -193,7 +193,7 @@ class Pipeline:
         sources = [TrainSource(s, "ground_truth", s.mask_path) for s in self.data.labeled]
         if not broadcast_from_main(all(p.exists() for p in paths)):
             plan = FitPlan("teacher", epochs, dict(zip(snapshot_epochs(epochs, k), paths)), self.layout.last_path,
-                           shards_path=self.layout.shards_path)
+                           shards_path=self.layout.shards_path, last_every=self._last_every())
             self._train("teacher", sources, plan)
         else:
             self._skip("teacher", "its K checkpoints exist")
@@ -290,7 +290,7 @@ class Pipeline:
             self._skip(stage, f"{path.name} exists")
         else:
             plan = FitPlan(stage, self.cfg.student_epochs, {self.cfg.student_epochs: path}, self.layout.last_path,
-                           shards_path=self.layout.shards_path)
+                           shards_path=self.layout.shards_path, last_every=self._last_every())
             self._train(stage, labeled + list(pseudo), plan)
         self.evaluate_stage(stage)
         return path
@@ -351,6 +351,10 @@ class Pipeline:
         if peak is not None:
             end["peak_memory_mb"] = peak
         self.sink.emit(Event("stage_end", stage, message=f"{stage} trained", data=end))
+
+    def _last_every(self) -> int:
+        # ``optim.last_every`` (epochs between last.pt writes) where the config has it; else every epoch.
+        return max(1, int(getattr(self.cfg.optim, "last_every", 1)))
 
     def _pseudo_sources(self, samples: Sequence[Sample], stage: str) -> list[TrainSource]:
         out_dir = self.layout.pseudo_dir(stage)

@@ -9,6 +9,7 @@ Thumbnails are made once per image, mask and palette, and cached in the workspac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -183,6 +184,19 @@ def add_files(services: Services, project: str | None, role: str, uploads: Seque
     return ingest_files(services.store, project, list(uploads), role)
 
 
+def discard_uploads(uploads: Sequence[str | Path]) -> None:
+    """Delete uploaded files from Gradio's upload folder once they are in the store (large uploads fill /tmp).
+
+    Files outside that folder (an API caller's own paths) are never touched.
+    """
+    folder = Path(gr.utils.get_upload_folder()).resolve()
+    for upload in map(Path, uploads):
+        if upload.resolve().is_relative_to(folder) and upload.is_file():
+            upload.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                upload.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+
+
 # The tab ----------------------------------------------------------------------------------------
 
 
@@ -228,6 +242,7 @@ def build(services: Services) -> None:
             result = add_files(services, name, add_role, uploads)
         except StoreError as exc:
             return f"**Nothing added:** {exc}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        discard_uploads(uploads)
         return summary_markdown(result, name, add_role), report_frame(result, uploads), None, None, add_role
 
     def refresh_clicked(name):

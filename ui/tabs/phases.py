@@ -24,7 +24,7 @@ POLL_S = 3.0
 COUNT_COLUMNS = ["next phase", "labelled", "reliable", "unreliable", "accepted", "rejected", "corrected", "R"]
 HISTORY_COLUMNS = ["time", "user", "image", "decision", "run", "mask stage"]
 MIOU_COLUMNS = ["stage", "val mIoU (%)"]
-QUALITY_COLUMNS = ["images", "labels", "group", "count", "mIoU (%)"]
+QUALITY_COLUMNS = ["pseudo masks", "group", "labelled by", "images", "mIoU (%)"]
 HISTORY_SHOWN = 200
 
 
@@ -76,18 +76,18 @@ def quality_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame
     """The quality report as a table, the chart's data and a note."""
     empty = pd.DataFrame(columns=QUALITY_COLUMNS)
     if not run_id:
-        return empty, pd.DataFrame(columns=["images", "mIoU (%)"]), ""
+        return empty, pd.DataFrame(columns=["pseudo masks", "mIoU (%)"]), ""
     report = quality_report(services.store, int(run_id))
     if not report.rows:
-        return empty, pd.DataFrame(columns=["images", "mIoU (%)"]), (
+        return empty, pd.DataFrame(columns=["pseudo masks", "mIoU (%)"]), (
             "No ranked image of this run has a reference mask, so pseudo-mask quality cannot be measured.")
-    rows = [[f"{r.group} · {r.labels}", r.labels, r.group, r.images, None if r.miou is None else round(r.miou, 2)]
+    rows = [[f"{r.group} · {r.labels}", r.group, r.labels, r.images, None if r.miou is None else round(r.miou, 2)]
             for r in report.rows]
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     note = (f"Measured on the {report.with_reference} of {report.ranked} ranked images that have a reference mask "
             "(reference masks are never used for training). *teacher*: the teacher's pseudo masks; *stage1*: the "
             "unreliable images after stage 1 re-labelled them.")
-    return table, table[["images", "mIoU (%)"]].astype({"mIoU (%)": "float64"}), note
+    return table, table[["pseudo masks", "mIoU (%)"]].astype({"mIoU (%)": "float64"}), note
 
 
 def panel(services: Services, project: str | None, run_id: int | None, seen: dict | None) -> list:
@@ -136,7 +136,7 @@ def build(services: Services) -> None:
             quality = gr.Dataframe(pd.DataFrame(columns=QUALITY_COLUMNS), interactive=False,
                                    label="mIoU of the pseudo masks against the reference masks",
                                    elem_id="phases-quality-table")
-            chart = gr.BarPlot(None, x="images", y="mIoU (%)", title="Pseudo-mask mIoU (%)", y_lim=[0, 100],
+            chart = gr.BarPlot(None, x="pseudo masks", y="mIoU (%)", title="Pseudo-mask mIoU (%)", y_lim=[0, 100],
                                sort=None, elem_id="phases-quality-chart")
         quality_note = gr.Markdown(elem_id="phases-quality-note")
     seen = gr.State(None)

@@ -13,12 +13,13 @@ import gradio as gr
 import numpy as np
 
 from stpp.data.masks import read_mask
-from stpp.review import ReviewError, current_pseudo_masks, phase_summary, record_decision, set_reliable_ratio
+from stpp.review import (ReviewError, current_pseudo_masks, phase_summary, ranked_run_ids, record_decision,
+                         set_reliable_ratio)
 from stpp.review_views import (SHOW_CHOICES, GalleryQuery, colorize, disagreement_image, gallery_page,
                                gallery_page_ids, image_detail, merge_painted_layer, overlay)
 from stpp.store import StoreError, get_project
 from stpp.store.runs import get_run
-from ui.components import badge, hex_colour, legend_html, run_choices
+from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices
 from ui.services import Services, signed_in_user
 
 TITLE = "Review"
@@ -93,10 +94,10 @@ def detail_outputs(services: Services, run_id, image_id, ratio, opacity, shown_c
              for j, m in enumerate(detail.checkpoint_masks, start=1)]
     k = len(detail.checkpoint_masks)
     disagreement = disagreement_image(detail.image, detail.disagreement, k) if detail.disagreement is not None else None
-    editor = {"background": overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index),
+    editor = {"background": enlarge(overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index)),
               "layers": [], "composite": None}
-    return [header_text(detail, k), picture, masks, disagreement, editor, legend_html(classes.names, classes.palette,
-                                                                                       shown)]
+    return [header_text(detail, k), enlarge(picture), masks, enlarge(disagreement), editor,
+            legend_html(classes.names, classes.palette, shown)]
 
 
 def header_text(detail, k: int) -> str:
@@ -125,7 +126,7 @@ def pseudo_editor(services: Services, run_id, image_id) -> dict | None:
     if found is None:
         return None
     mask = read_mask(services.store.path(found[1]))
-    return {"background": overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index),
+    return {"background": enlarge(overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index)),
             "layers": [], "composite": None}
 
 
@@ -200,7 +201,7 @@ def build(services: Services) -> None:
         next_image = gr.Button("Next →", elem_id="review-next")
     with gr.Row():
         with gr.Column(scale=3):
-            big = gr.Image(None, label="Image with mask", interactive=False, elem_id="review-overlay", height=420)
+            big = gr.Image(None, label="Image with mask", interactive=False, format="png", elem_id="review-overlay")
         with gr.Column(scale=2):
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mask opacity", elem_id="review-opacity")
             class_toggles = gr.CheckboxGroup([], label="Classes shown", elem_id="review-classes")
@@ -209,7 +210,7 @@ def build(services: Services) -> None:
         checkpoints = gr.Gallery([], label="Teacher checkpoints' masks (single scale)", columns=3, height=240,
                                  allow_preview=False, object_fit="contain", elem_id="review-checkpoints")
         disagreement = gr.Image(None, label="Disagreement map: earlier checkpoints vs the last",
-                                interactive=False, elem_id="review-disagreement", height=240)
+                                interactive=False, format="png", elem_id="review-disagreement")
     with gr.Accordion("Correct the mask", open=False, elem_id="review-correct-panel"):
         gr.Markdown("Paint with a class colour over the pixels to change (the eraser removes paint), then save. "
                     "Painted colours snap to the nearest class colour. *Revert* starts again from the pseudo mask.")
@@ -236,7 +237,8 @@ def build(services: Services) -> None:
         return page_outputs(services, make_query(run_id, page_number, *controls))
 
     def pick_run(project_name, current):
-        return run_choices(services, project_name, current, methods=("st++", "st"))
+        ranked = ranked_run_ids(services.store, project_name) if find_project(services, project_name) else []
+        return run_choices(services, project_name, current, only=ranked)
 
     def run_changed(run_id):
         if not run_id:

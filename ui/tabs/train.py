@@ -193,14 +193,12 @@ def build(services: Services) -> None:
     """The launch form, the live panel (polled every :data:`POLL_S` s) and the project's run history."""
     defaults = form_defaults(DEFAULT_PRESET)
     devices = detect_devices()
-    names = project_choices(services)
     gr.Markdown("Train a model on a project. **SupOnly** trains on the labelled images only; **ST** adds every "
                 "unlabelled image with the teacher's pseudo masks; **ST++** first re-trains on the most reliable "
                 "half (by stability across the teacher's checkpoints), re-labels the rest, and trains again. "
                 "Training runs in its own process: you may close this page and come back.")
     with gr.Row():
-        project = gr.Dropdown(names, value=names[0] if names else None, label="Project", elem_id="train-project",
-                              scale=3)
+        project = services.project_picker(label="Project", elem_id="train-project", scale=3)
         refresh = gr.Button("Refresh projects", size="sm", scale=1)
     with gr.Accordion("New run", open=True):
         with gr.Row():
@@ -295,7 +293,6 @@ def build(services: Services) -> None:
     private = {"api_visibility": "private"}
     preset.change(fill_form, inputs=preset, outputs=form, **private)
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
-    gr.on(triggers=None, fn=refresh_projects, inputs=project, outputs=project, **private)
     launch.click(launch_run, inputs=[project, method, preset, device, *form], outputs=[message, run],
                  api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
     cancel.click(lambda r: act(services.jobs.cancel, "cancel", r), inputs=run, outputs=message,

@@ -1,0 +1,244 @@
+"""The review flow in a real browser against a real ``python app.py``: an ST++ run of the ``test``
+preset on the demo project pauses after the ranking; the Review tab shows it in stability order
+with the checkpoint masks and the disagreement map; one image is accepted (keyboard), one rejected,
+one corrected with a brush stroke; the Phases tab continues the run to stage 1's review and then
+to the end; the Export tab's VOC zip loads with torchvision."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stpp.data.masks import read_image, read_mask
+from stpp.jobs import JobRunner, worker_alive
+from stpp.review import latest_decisions, launch_run, num_reliable
+from stpp.review_views import disagreement_image, disagreement_map, overlay
+from stpp.selftrain.layout import RunLayout
+from stpp.store import get_project, open_store
+from stpp.store.export_formats import VOC_ROOT
+from stpp.store.runs import get_run, list_runs
+from test_app import ARTIFACTS, Server
+from ui.components import enlarge
+
+RUN_TIMEOUT_S = 600
+# A short teacher at the demo's own scale: seconds per stage, masks good enough to be worth a look.
+OVERRIDES = {"optim.epochs": 10, "optim.student_epochs": 1, "pseudo.tta": False, "augment.base_size": 240,
+             "augment.crop_size": 128}
+CAPTION = re.compile(r"#(\d+) · ([0-9.]+) · (reliable|unreliable)(?: · (\w+))?")
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    srv = Server(tmp_path / "workspace", tmp_path)
+    try:
+        srv.wait_until_up()
+        yield srv
+    finally:
+        srv.stop()
+        with open_store(srv.workspace) as store:
+            for run in list_runs(store, statuses=["running"]):
+                if worker_alive(run.pid, run.id):
+                    os.killpg(run.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def driver(tmp_path: Path):
+    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(binary).exists():
+            pytest.skip(f"{binary} is not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--window-size=1400,2600",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    chrome = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    chrome.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    chrome.downloads = downloads
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
+
+
+def wait_status(store, runner: JobRunner, run_id: int, status: str) -> None:
+    run = runner.wait(run_id, RUN_TIMEOUT_S, statuses=(status, "done", "failed", "cancelled"))
+    assert run.status == status, f"run {run_id} is {run.status}: {run.error}"
+
+
+def fetch_png(src: str) -> np.ndarray:
+    with urllib.request.urlopen(src, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+@pytest.mark.browser
+def test_review_correct_continue_and_export(server: Server, driver):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store = open_store(server.workspace)
+    runner = JobRunner(store, start_grace_s=300)
+    run = launch_run(runner, "camvid-demo", "st++", "test", OVERRIDES, "cpu", review=True)
+    wait_status(store, runner, run.id, "awaiting_review")
+    layout = RunLayout(store.path(get_run(store, run.id).run_dir))
+    classes = get_project(store, "camvid-demo").classes
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(driver, 120, ignored_exceptions=ignored)
+    text = lambda element_id: driver.find_element(By.ID, element_id).text  # noqa: E731
+
+    def open_tab(title: str) -> None:
+        wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == title])
+        next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == title).click()
+
+    def captions() -> list[tuple[int, str, str, str | None]]:
+        found = [CAPTION.fullmatch(e.text) for e in driver.find_elements(By.CSS_SELECTOR, "#review-gallery .caption-label")]
+        return [(int(m[1]), m[2], m[3], m[4]) for m in found if m]
+
+    def choose(element_id: str, value: str) -> None:
+        box = driver.find_element(By.CSS_SELECTOR, f"#{element_id} input")
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value)
+        box.send_keys(Keys.ENTER)
+
+    def select_thumbnail(index: int) -> None:
+        driver.find_elements(By.CSS_SELECTOR, "#review-gallery .thumbnail-item")[index].click()
+        wait.until(lambda d: f"rank {index + 1} " in text("review-selected"))
+
+    driver.get(server.url)
+    open_tab("Review")
+    wait.until(lambda d: "awaiting review" in text("review-status") and len(captions()) == 50)
+
+    # The gallery is in stability order: the captions' ranks and scores are the store's.
+    rows = store.db.execute("SELECT i.name, s.rank, s.stability FROM scores s JOIN images i ON i.id = s.image_id "
+                            "WHERE s.run_id = ? ORDER BY s.rank", [run.id]).fetchall()
+    ranked = [r[0] for r in rows]
+    cut = num_reliable(len(rows), 0.5)
+    assert captions() == [(rank, f"{score:.3f}", "reliable" if rank <= cut else "unreliable", None)
+                          for _, rank, score in rows[:50]]
+    assert "Page 1 of 2" in text("review-page-info")
+
+    # The reliable filter shows exactly the top floor(N x R).
+    choose("review-show", "reliable")
+    wait.until(lambda d: f"{cut} image(s) shown" in text("review-page-info") and len(captions()) == cut)
+    assert [c[0] for c in captions()] == list(range(1, cut + 1))
+    choose("review-show", "all")
+    wait.until(lambda d: "60 image(s) shown" in text("review-page-info") and len(captions()) == 50)
+
+    # Selecting shows the overlay, the K checkpoint masks and the disagreement map, pixel for pixel.
+    select_thumbnail(2)
+    name = ranked[2]
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#review-checkpoints .thumbnail-item")) == 3
+               and d.find_elements(By.CSS_SELECTOR, "#review-disagreement img"))
+    image = np.asarray(read_image(store.path(store.db.execute("SELECT path FROM images WHERE name = ?",
+                                                              [name]).fetchone()[0])))
+    masks = [read_mask(layout.stability_dir(j) / f"{name}.png") for j in (1, 2, 3)]
+    shown = fetch_png(driver.find_element(By.CSS_SELECTOR, "#review-disagreement img").get_attribute("src"))
+    np.testing.assert_array_equal(shown, enlarge(disagreement_image(image, disagreement_map(masks), 3)))
+    pseudo = read_mask(layout.pseudo_dir("teacher") / f"{name}.png")
+    shown = fetch_png(driver.find_element(By.CSS_SELECTOR, "#review-overlay img").get_attribute("src"))
+    np.testing.assert_array_equal(shown, enlarge(overlay(image, pseudo, classes.palette, 0.5)))
+    assert "checkpoint 3" in text("review-checkpoints") and "Disagreement:" in text("review-selected")
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "review-tab.png"))
+
+    # Accept with the keyboard (the selection moves on), reject with the button.
+    driver.find_element(By.TAG_NAME, "body").send_keys("a")
+    wait.until(lambda d: "accepted" in text("review-message") and f"rank 4 " in text("review-selected"))
+    driver.find_element(By.ID, "review-reject").click()
+    wait.until(lambda d: "rejected" in text("review-message"))
+    decisions = latest_decisions(store, "camvid-demo")
+    assert (decisions[ranked[2]].decision, decisions[ranked[3]].decision) == ("accepted", "rejected")
+    assert decisions[ranked[2]].user == "local"
+    wait.until(lambda d: captions()[2][3] == "accepted" and captions()[3][3] == "rejected")
+
+    # Correct one with a brush stroke in the lower half (the brush paints class 0, sky, by default).
+    select_thumbnail(9)
+    corrected = ranked[9]
+    driver.find_element(By.CSS_SELECTOR, "#review-correct-panel button").click()
+    canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#review-editor canvas"))[-1]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    wait.until(lambda d: "%" in text("review-editor"))  # the zoom level shows once the background is drawn
+    stroke = ActionChains(driver).move_to_element_with_offset(canvas, -80, 70).click_and_hold()
+    for dx in range(-80, 81, 8):
+        stroke = stroke.move_to_element_with_offset(canvas, dx, 70)
+    stroke.release().perform()
+    driver.find_element(By.ID, "review-save-correction").click()
+    wait.until(lambda d: "saved" in text("review-message") or "Not saved" in text("review-message"))
+    assert "Correction of image" in text("review-message"), text("review-message")
+    decision = latest_decisions(store, "camvid-demo")[corrected]
+    assert decision.decision == "corrected"
+    fixed, before = read_mask(store.path(decision.mask_path)), read_mask(layout.pseudo_dir("teacher") / f"{corrected}.png")
+    changed = fixed != before
+    assert changed.any() and set(np.unique(fixed[changed])) == {0}
+    # The change is one horizontal stroke in the lower half, painted solid along its middle line.
+    ys, xs = np.nonzero(changed)
+    assert ys.min() > fixed.shape[0] // 2 - 10 and ys.max() - ys.min() < 80 and xs.max() - xs.min() > 60
+    middle = (ys.min() + ys.max()) // 2
+    core = slice(xs.min() + 10, xs.max() - 10)
+    assert (fixed[middle, core] == 0).all()
+
+    # Phases: continue to stage 1's review, then to the end.
+    open_tab("Phases")
+    wait.until(lambda d: d.find_element(By.ID, "phases-continue").is_enabled())
+    counts = text("phases-counts")
+    assert "stage1" in counts
+    driver.find_element(By.ID, "phases-continue").click()
+    wait.until(lambda d: get_run(store, run.id).status != "awaiting_review")
+    wait_status(store, runner, run.id, "awaiting_review")
+    assert get_run(store, run.id).stage == "stage1"
+    wait.until(lambda d: "reached: ranking, stage1" in text("phases-status"))
+    wait.until(lambda d: "stage1" in text("phases-quality-table"))
+    driver.execute_script("document.getElementById('phases-quality').scrollIntoView({block: 'center'})")
+    driver.save_screenshot(str(ARTIFACTS / "quality-report.png"))
+    wait.until(lambda d: d.find_element(By.ID, "phases-finish").is_enabled())
+    driver.find_element(By.ID, "phases-finish").click()
+    wait.until(lambda d: get_run(store, run.id).status != "awaiting_review")
+    wait_status(store, runner, run.id, "done")
+    wait.until(lambda d: "done" in text("phases-status") and "stage2" in text("phases-miou"))
+
+    # Export VOC: the zip loads with torchvision, holds the corrected mask and not the rejected image.
+    open_tab("Export")
+    wait.until(lambda d: f"#{run.id} ST++" in driver.find_element(By.CSS_SELECTOR, "#export-run input")
+               .get_attribute("value"))
+    driver.find_element(By.ID, "export-build").click()
+    wait.until(lambda d: "image(s)" in text("export-message") and '"format": "voc"' in text("export-manifest"))
+    wait.until(lambda d: d.find_element(By.ID, "export-download").is_displayed())
+    driver.find_element(By.ID, "export-download").click()
+    archive = WebDriverWait(driver, 60).until(
+        lambda d: next((p for p in d.downloads.glob("*.zip")), None))
+    unzipped = archive.parent / "voc"
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(unzipped)
+    from torchvision.datasets import VOCSegmentation
+
+    dataset = VOCSegmentation(root=str(unzipped), year="2012", image_set="train")
+    names = [Path(p).stem for p in dataset.images]
+    assert ranked[3] not in names and corrected in names and ranked[2] in names
+    np.testing.assert_array_equal(np.asarray(dataset[names.index(corrected)][1]), fixed)
+    np.testing.assert_array_equal(np.asarray(dataset[names.index(ranked[2])][1]),
+                                  read_mask(layout.pseudo_dir("teacher") / f"{ranked[2]}.png"))
+    store.close()
