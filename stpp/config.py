@@ -87,6 +87,8 @@ class OptimConfig:
         base_lr: learning rate at batch 16; scaled by ``batch_size / 16``; backbone uses it,
             the head ``head_lr_mult`` times it.
         amp: mixed precision: ``auto`` (on for CUDA), ``off``, ``bf16`` or ``fp16``.
+        channels_last: memory format: ``auto`` (on for CUDA), ``on`` or ``off``.
+        last_every: epochs between ``last.pt`` writes (the mid-stage resume point).
         num_workers: DataLoader worker processes.
     """
 
@@ -99,6 +101,8 @@ class OptimConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     amp: str = "auto"
+    channels_last: str = "auto"
+    last_every: int = 1
     num_workers: int = 2
 
 

@@ -42,7 +42,9 @@ from stpp.store.export import STAGE_ORDER
 from stpp.store.files import store_mask
 from stpp.store.migrations import DECISIONS
 from stpp.store.projects import Project, get_project
-from stpp.store.runs import Run, get_run, list_events, record_event, record_scores, transition
+from stpp.jobs import JobRunner, check_trainable, resolve_run_config
+from stpp.store.runs import (Run, create_run, get_run, list_events, record_event, record_scores, refuse_unfinished,
+                             transition)
 
 LOCAL_USER = "local"
 """The user recorded with a decision when nobody is signed in."""
@@ -306,7 +308,7 @@ def record_pause(store: Store, run_id: int, pause: str) -> None:
     record_event(store, run_id, Event(PAUSE_EVENT, stage=pause, message=f"paused after {pause} for review"))
 
 
-def launch_run(runner: Any, project: int | str | Project, method: str, preset: str,
+def launch_run(runner: JobRunner, project: int | str | Project, method: str, preset: str,
                overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu", *,
                review: bool = True) -> Run:
     """Launch a project run like :meth:`stpp.jobs.JobRunner.launch`, pausing for review when asked.
@@ -317,9 +319,6 @@ def launch_run(runner: Any, project: int | str | Project, method: str, preset: s
         runner: the :class:`~stpp.jobs.JobRunner`.
         review: stop after the ranking and after each re-labelling with status ``awaiting_review``.
     """
-    from stpp.jobs import check_trainable, resolve_run_config
-    from stpp.store.runs import create_run, refuse_unfinished
-
     project = get_project(runner.store, project)
     refuse_unfinished(runner.store, project)
     check_trainable(runner.store, project, method)
@@ -331,7 +330,7 @@ def launch_run(runner: Any, project: int | str | Project, method: str, preset: s
     return get_run(runner.store, run.id)
 
 
-def continue_run(runner: Any, run_id: int, *, reliable_ratio: float | None = None,
+def continue_run(runner: JobRunner, run_id: int, *, reliable_ratio: float | None = None,
                  review_next: bool = True) -> Run:
     """Queue a run that awaits review again; its worker runs to the next pause point (or the end).
 
@@ -374,7 +373,8 @@ def set_reliable_ratio(store: Store, run_id: int, ratio: float) -> StppConfig:
     that split. A run whose stage 1 model exists keeps its R.
 
     Raises:
-        ReviewError: R outside [0, 1], a run that is not ranked, or stage 1 already trained.
+        ReviewError: R outside [0, 1], a queued or running run, a run that is not ranked, or stage 1
+            already trained.
     """
     ratio = float(ratio)
     if not 0.0 <= ratio <= 1.0:
@@ -384,6 +384,8 @@ def set_reliable_ratio(store: Store, run_id: int, ratio: float) -> StppConfig:
     if cfg.selftrain.reliable_ratio == ratio:
         return cfg
     layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    if run.status in ("queued", "running"):
+        raise ReviewError(f"run {run.id} is {run.status}: its reliable ratio can change only while it waits for review")
     if run.method != "st++" or not layout.scores_path.is_file():
         raise ReviewError(f"run {run.id} has no stability ranking: its reliable ratio cannot change")
     if layout.model_path("stage1", cfg.pseudo.num_checkpoints).exists():

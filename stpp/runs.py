@@ -77,7 +77,7 @@ def validate_config(cfg: StppConfig) -> None:
         use_channels_last(cfg, torch.device("cpu"))
     except ValueError as error:
         raise ConfigError(f"optim.channels_last: {error}") from None
-    if int(getattr(cfg.optim, "last_every", 1)) < 1:
+    if cfg.optim.last_every < 1:
         raise ConfigError(f"optim.last_every must be at least 1, not {cfg.optim.last_every}")
     for key, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
                        ("pseudo.num_checkpoints", cfg.pseudo.num_checkpoints)):

@@ -13,20 +13,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run_args, run_stpp
 from stpp.config import StppConfig
 from stpp.data.masks import read_mask
 from stpp.jobs import JobRunner
 from stpp.review import (LOCAL_USER, ReviewError, continue_run, decision_history, latest_decisions, launch_run,
-                         next_pause, num_reliable, pause_points, phase_summary, record_decision, review_plan)
+                         next_pause, num_reliable, pause_points, phase_summary, record_decision, record_review_plan,
+                         review_plan, set_reliable_ratio)
+from stpp.review_outputs import export_model_zip, predict_images
 from stpp.review_quality import quality_report
 from stpp.review_views import (GalleryQuery, colorize, disagreement_map, gallery_page, image_detail,
                                merge_painted_layer, overlay)
 from stpp.selftrain import pipeline
 from stpp.selftrain.layout import RunLayout
-from stpp.store import create_project, import_folder_dataset, open_store
+from stpp.store import StoreError, create_project, import_folder_dataset, open_store
 from stpp.store.export import export_project
 from stpp.store.export_formats import VOC_ROOT
-from stpp.store.runs import get_run
+from stpp.store.runs import create_run, get_run
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
 RUN_TIMEOUT_S = 420
@@ -57,7 +60,7 @@ def test_pause_points_agree_with_the_pipeline():
         assert pause_points(cfg) == pipeline.pause_points(cfg) == pause_points(cfg.to_dict())
 
 
-def test_reviews_decide_what_the_next_stages_train_on(store):
+def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: Path):
     runner = JobRunner(store, start_grace_s=300)
     run = launch_run(runner, "synth", "st++", "test", FAST, "cpu", review=True)
     assert review_plan(store, run.id) == ("ranking", "stage1")
@@ -137,6 +140,16 @@ def test_reviews_decide_what_the_next_stages_train_on(store):
     assert rejected not in stage2
     assert not references & {Path(r["mask"]) for r in stage2.values()}
     assert get_run(store, run.id).stage == "stage2"
+    with pytest.raises(ReviewError, match="already trained stage 1"):
+        set_reliable_ratio(store, run.id, 0.75)
+
+    samples = [synthetic_dataset / "images" / f"val_00{i}.png" for i in (0, 1)]
+    prediction = predict_images(store, run.id, samples, "stage2", device="cpu")
+    assert [read_mask(m).shape for m in prediction.masks] == [(64, 64), (64, 64)]
+    with zipfile.ZipFile(prediction.archive) as zf:
+        assert len(zf.namelist()) == 2
+    with zipfile.ZipFile(export_model_zip(store, run.id, "stage2")) as zf:
+        assert "model-stage2/model.torchscript.pt" in zf.namelist()
 
     report = quality_report(store, run.id)
     assert report.with_reference == 16
@@ -221,7 +234,33 @@ def test_overlay_blends_only_shown_classes():
     np.testing.assert_array_equal(colorize(mask, palette)[1, 0], [255, 255, 255])
 
 
-def test_continue_refuses_a_run_that_is_not_paused(store):
+def test_only_a_paused_run_continues_and_plans_fit_the_method(store):
     runner = JobRunner(store)
-    with pytest.raises(Exception, match="no run"):
+    run = create_run(store, "synth", StppConfig.from_dict({"method": "st++", "preset": "test"}))
+    with pytest.raises(ReviewError, match="not awaiting review"):
+        continue_run(runner, run.id)
+    with pytest.raises(StoreError, match="no run 99"):
         continue_run(runner, 99)
+    assert review_plan(store, run.id) == () and next_pause(store, run.id) is None
+    with pytest.raises(ReviewError, match="cannot pause after stage2"):
+        record_review_plan(store, run.id, ["ranking", "stage2"])
+    assert record_review_plan(store, run.id, ["stage1", "ranking"]) == ("ranking", "stage1")
+    assert next_pause(store, run.id) == "ranking"
+    with pytest.raises(ReviewError, match="queued"):
+        set_reliable_ratio(store, run.id, 0.3)
+
+
+def test_cli_until_pauses_a_headless_run_and_resume_finishes_it(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    fast = [f"--set={key}={value}" for key, value in FAST.items()]
+    paused = run_stpp(*run_args(synthetic_dataset, out), *fast, "--device", "cpu", "--until", "ranking")
+    assert json.loads(paused.stdout.strip().splitlines()[-1])["paused_after"] == "ranking"
+    layout = RunLayout(out)
+    assert layout.scores_path.is_file() and len(list(layout.pseudo_dir("teacher").glob("*.png"))) == 16
+    assert not (layout.checkpoints_dir / "stage1.pt").exists()
+    done = run_stpp(*run_args(synthetic_dataset, out), *fast, "--device", "cpu", "--resume")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "paused_after" not in result and set(result["metrics"]) == {"teacher", "stage1", "stage2"}
+    wrong = run_stpp(*run_args(synthetic_dataset, tmp_path / "sup", "supervised"), "--until", "ranking",
+                     check=False)
+    assert wrong.returncode == 2 and "cannot pause after 'ranking'" in wrong.stderr

@@ -345,4 +345,7 @@ def _table(settings: dict[str, _Setting], cfg: StppConfig, preset: str, device: 
     ]
     for row in [header] + rows:
         lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    if (a.amp, a.channels_last) == (b.amp, b.channels_last):
+        lines.append(f"note: on {device.type} stpp's defaults train exactly as (a) does, so the train ratio "
+                     "shows only run-to-run noise")
     return "\n".join(lines)

@@ -80,7 +80,7 @@ def use_channels_last(cfg: Any, device: torch.device) -> bool:
     and mixed-size inference pays for layout conversions; ``on``; ``off``). Configs written before the
     switch existed mean ``auto``.
     """
-    setting = str(getattr(cfg.optim, "channels_last", "auto")).lower()
+    setting = cfg.optim.channels_last.lower()
     if setting in ("auto", ""):
         return device.type == "cuda"
     if setting in ("on", "true", "1", "yes"):

@@ -354,7 +354,7 @@ class Pipeline:
 
     def _last_every(self) -> int:
         # ``optim.last_every`` (epochs between last.pt writes) where the config has it; else every epoch.
-        return max(1, int(getattr(self.cfg.optim, "last_every", 1)))
+        return max(1, self.cfg.optim.last_every)
 
     def _pseudo_sources(self, samples: Sequence[Sample], stage: str) -> list[TrainSource]:
         out_dir = self.layout.pseudo_dir(stage)

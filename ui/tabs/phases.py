@@ -81,8 +81,9 @@ def quality_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame
     if not report.rows:
         return empty, pd.DataFrame(columns=["pseudo masks", "mIoU (%)"]), (
             "No ranked image of this run has a reference mask, so pseudo-mask quality cannot be measured.")
-    rows = [[f"{r.group} · {r.labels}", r.group, r.labels, r.images, None if r.miou is None else round(r.miou, 2)]
-            for r in report.rows]
+    # Numbered, so the chart's categorical axis keeps the report's order.
+    rows = [[f"{i} {r.group} · {r.labels}", r.group, r.labels, r.images, None if r.miou is None else round(r.miou, 2)]
+            for i, r in enumerate(report.rows, start=1)]
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     note = (f"Measured on the {report.with_reference} of {report.ranked} ranked images that have a reference mask "
             "(reference masks are never used for training). *teacher*: the teacher's pseudo masks; *stage1*: the "
