@@ -353,7 +353,6 @@ class Pipeline:
         self.sink.emit(Event("stage_end", stage, message=f"{stage} trained", data=end))
 
     def _last_every(self) -> int:
-        # ``optim.last_every`` (epochs between last.pt writes) where the config has it; else every epoch.
         return max(1, self.cfg.optim.last_every)
 
     def _pseudo_sources(self, samples: Sequence[Sample], stage: str) -> list[TrainSource]:
