@@ -91,6 +91,9 @@ def test_launch_an_st_pp_run_and_watch_it_finish(server: Server, driver):
     tta = field("train-tta")
     if tta.is_selected():
         tta.click()  # seconds, not minutes, on two shared cores
+    review = field("train-review")
+    if review.is_selected():
+        review.click()  # the paper's back-to-back phases: this test waits for "done"
     assert "ST++" in driver.find_element(By.CSS_SELECTOR, "#train-method input:checked").find_element(
         By.XPATH, "..").text
     driver.find_element(By.ID, "train-launch").click()

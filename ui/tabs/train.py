@@ -16,6 +16,7 @@ import pandas as pd
 from stpp.config import ConfigError
 from stpp.jobs import (AMP_CHOICES, BACKBONE_NAMES, FORM_FIELDS, METHOD_LABELS, detect_devices, form_defaults,
                        form_overrides, preset_names)
+from stpp.review import launch_run
 from stpp.store import StoreError, list_projects
 from stpp.store.runs import (Run, estimate_eta, last_event_id, list_events, list_runs, loss_points,
                              parse_time, run_metrics)
@@ -228,7 +229,10 @@ def build(services: Services) -> None:
                               elem_id="train-amp")
             device = gr.Dropdown([(d.label, d.id) for d in devices], value=default_device(devices), label="Device",
                                  elem_id="train-device")
-        launch = gr.Button("Launch training", variant="primary", elem_id="train-launch")
+        with gr.Row():
+            review = gr.Checkbox(True, label="Review between phases (pause after the ranking and each re-labelling)",
+                                 elem_id="train-review")
+            launch = gr.Button("Launch training", variant="primary", elem_id="train-launch")
     message = gr.Markdown(elem_id="train-message")
 
     gr.Markdown("### Live run")
@@ -262,12 +266,12 @@ def build(services: Services) -> None:
         names = project_choices(services)
         return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-    def launch_run(project_name, method_value, preset_name, device_id, *form_values):
+    def launch(project_name, method_value, preset_name, device_id, review_between, *form_values):
         if not project_name:
             return "**Not launched:** choose a project first.", gr.skip()
         try:
-            started = services.jobs.launch(project_name, method_value, preset_name, form_overrides(*form_values),
-                                           device_id)
+            started = launch_run(services.jobs, project_name, method_value, preset_name, form_overrides(*form_values),
+                                 device_id, review=review_between)
         except (StoreError, ConfigError, ValueError) as error:
             gr.Warning(str(error))
             return f"**Not launched:** {error}", gr.skip()
@@ -293,7 +297,7 @@ def build(services: Services) -> None:
     private = {"api_visibility": "private"}
     preset.change(fill_form, inputs=preset, outputs=form, **private)
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
-    launch.click(launch_run, inputs=[project, method, preset, device, *form], outputs=[message, run],
+    launch.click(launch, inputs=[project, method, preset, device, review, *form], outputs=[message, run],
                  api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
     cancel.click(lambda r: act(services.jobs.cancel, "cancel", r), inputs=run, outputs=message,
                  api_name="cancel_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
