@@ -25,6 +25,7 @@ from stpp.runs import resolve_config
 from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pipeline import RunData
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
+from stpp.store.housekeeping import delete_run, prune_run_checkpoints
 from stpp.store.runs import (
     PROGRESS_SCALE,
     RunConflict,
@@ -154,6 +155,20 @@ def test_an_st_pp_run_through_the_worker_records_everything_in_the_store(store, 
     values = [v for v in (progress(Event(**{k: e[k] for k in e if k in Event.__dataclass_fields__}))
                           for e in read_events(layout.events_path)) if v is not None]
     assert values == sorted(values) and values[-1] == 1.0
+
+    # Housekeeping on the finished run: prune keeps each stage's final model, delete removes it all.
+    freed = prune_run_checkpoints(store, run.id)
+    assert freed > 0
+    assert [(c.stage, c.epoch) for c in list_checkpoints(store, run.id)] == [("teacher", 3), ("stage1", 1),
+                                                                           ("stage2", 1)]
+    assert sorted(p.name for p in layout.checkpoints_dir.iterdir()) == ["stage1.pt", "stage2.pt", "teacher_ckpt3.pt"]
+    assert layout.stability_dir(1).is_dir()
+    delete_run(store, run.id)
+    assert not layout.root.exists()
+    for table in ("runs", "events", "checkpoints", "scores"):
+        column = "id" if table == "runs" else "run_id"
+        assert store.db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", [run.id]).fetchone()[0] == 0
+    assert store.db.execute("SELECT COUNT(*) FROM masks WHERE run_id = ?", [run.id]).fetchone()[0] == 0
 
 
 def test_a_second_unfinished_run_on_a_project_is_refused(store):

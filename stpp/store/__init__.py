@@ -11,7 +11,7 @@ from stpp.store.class_edits import add_class, delete_class, merge_classes, recol
 from stpp.store.classes import ClassInfo, as_class_info, load_classes, load_labelmap, make_classes, parse_class_names
 from stpp.store.db import Store, StoreError, open_store, utc_now
 from stpp.store.demo import DEMO_PROJECT, seed_demo_project
-from stpp.store.housekeeping import (DiskUsage, delete_images, disk_usage, find_orphan_files, remove_orphan_files,
+from stpp.store.housekeeping import (DiskUsage, delete_images, delete_run, prune_run_checkpoints, disk_usage, find_orphan_files, remove_orphan_files,
                                      remove_unreferenced)
 from stpp.store.ingest import import_folder_dataset, ingest_files, normalize_role
 from stpp.store.migrations import MASK_KINDS, ROLES, RUN_STATUSES, SCHEMA_VERSION
@@ -33,10 +33,10 @@ from stpp.store.voc import import_voc_labels, import_voc_project
 __all__ = [
     "ClassInfo", "DEMO_PROJECT", "DiskUsage", "FileResult", "ImportReport", "Limits", "MASK_KINDS", "Project",
     "ProjectSummary", "ROLES", "RUN_STATUSES", "SCHEMA_VERSION", "Store", "StoreError", "add_class",
-    "as_class_info", "create_project", "delete_class", "delete_images", "delete_project", "disk_usage",
+    "as_class_info", "create_project", "delete_class", "delete_images", "delete_project", "delete_run", "disk_usage",
     "find_orphan_files", "find_project", "get_project", "import_folder_dataset", "import_voc_labels",
     "import_voc_project", "ingest_files", "list_project_summaries", "list_projects", "load_classes",
     "load_labelmap", "make_classes", "merge_classes", "normalize_role", "open_store", "parse_class_names",
-    "project_summary", "recolour_class", "remove_orphan_files", "remove_unreferenced", "rename_class",
+    "project_summary", "prune_run_checkpoints", "recolour_class", "remove_orphan_files", "remove_unreferenced", "rename_class",
     "seed_demo_project", "utc_now",
 ]

@@ -1,4 +1,4 @@
-"""Deleting images with their files, disk usage per project, and orphan files.
+"""Deleting images and runs with their files, pruning checkpoints, disk usage per project, orphan files.
 
 Rows are deleted first (one transaction), files after, and only files under the workspace's
 ``images/`` and ``masks/`` that no remaining row uses: images registered in place and run folders
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Iterable
 from stpp.store.db import Store, StoreError
 from stpp.store.files import STORE_OWNED_DIRS, is_store_owned
 from stpp.store.projects import Project, get_project
+from stpp.store.runs import get_run, relative_to_workspace
 
 ORPHAN_MIN_AGE_S = 3600.0
 """Files younger than this may belong to an import that is still running; they are left alone."""
@@ -162,3 +164,45 @@ def remove_orphan_files(store: Store, min_age_s: float = ORPHAN_MIN_AGE_S) -> in
             store.path(relpath).unlink()
             removed += 1
     return removed
+
+
+ACTIVE_RUN_STATUSES = ("queued", "running")
+
+
+def delete_run(store: Store, run_id: int) -> None:
+    """Delete a run that is not queued or running: its rows (events, checkpoints, scores, pseudo
+    masks cascade), then its run folder. Reviews keep their decisions and reviewed masks.
+    """
+    run = get_run(store, run_id)
+    if run.status in ACTIVE_RUN_STATUSES:
+        raise StoreError(f"run {run_id} is {run.status}; cancel it before deleting it")
+    with store.transaction() as db:
+        db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+    if run.run_dir:
+        shutil.rmtree(store.path(run.run_dir), ignore_errors=True)
+        store.path(f"{run.run_dir}.log").unlink(missing_ok=True)
+
+
+def prune_run_checkpoints(store: Store, run_id: int) -> int:
+    """Free a finished run's intermediate checkpoints; returns the bytes freed.
+
+    Kept: each stage's final model (the teacher's is its last checkpoint). Removed: the teacher's
+    earlier checkpoints (their stability masks stay in the run folder, so the review's checkpoint
+    views keep working) and any leftover ``last.pt``.
+    """
+    run = get_run(store, run_id)
+    if run.status != "done":
+        raise StoreError(f"run {run_id} is {run.status}: only a finished (done) run can be pruned")
+    checkpoints = store.path(run.run_dir) / "checkpoints"
+    teacher = sorted(checkpoints.glob("teacher_ckpt*.pt"), key=lambda p: int(p.stem.removeprefix("teacher_ckpt")))
+    doomed = teacher[:-1] + [p for p in [checkpoints / "last.pt"] if p.exists()]
+    relpaths = [relative_to_workspace(store, p) for p in doomed]
+    with store.transaction() as db:
+        for relpath in relpaths:
+            db.execute("DELETE FROM checkpoints WHERE run_id = ? AND path = ?", [run_id, relpath])
+    freed = 0
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
