@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from stpp.data.classes import DataError
+from stpp.store.export import ExportFilter, export_project
 from stpp.store import (ImportReport, Store, StoreError, create_project, disk_usage, find_project,
                         import_folder_dataset, import_voc_labels, import_voc_project, ingest_files,
                         list_project_summaries, load_classes, load_labelmap, open_store, parse_class_names,
@@ -87,6 +88,18 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     status = commands.add_parser("status", parents=[common], help="one project: classes, counts, runs, disk usage")
     status.add_argument("name")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    export = commands.add_parser("export", parents=[common], help="export a project as a zip (voc, coco, masks, overlays)")
+    export.add_argument("name")
+    export.add_argument("--format", dest="fmt", default="voc", choices=("voc", "coco", "masks", "overlays"))
+    export.add_argument("--out", type=Path, required=True, help="the zip file to write")
+    export.add_argument("--run", type=int, default=None, help="take pseudo masks and scores from this run")
+    export.add_argument("--stage", default=None, help="the latest stage whose pseudo masks to take")
+    export.add_argument("--only", default=None, metavar="GROUPS",
+                        help="keep only these groups: any of ground_truth,accepted,corrected,reliable,unreliable")
+    export.add_argument("--min-stability", type=float, default=None)
+    export.add_argument("--include-reference", action="store_true",
+                        help="also export reference masks (ground truth of unlabelled images) as labels")
     return project
 
 
@@ -215,6 +228,19 @@ def _status(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(store: Store, args: argparse.Namespace) -> int:
+    groups = ExportFilter.__dataclass_fields__.keys() - {"min_stability"}
+    chosen = set(groups) if args.only is None else {g.strip() for g in args.only.split(",") if g.strip()}
+    unknown = chosen - groups
+    if unknown:
+        raise StoreError(f"unknown --only group(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(groups))}")
+    selection = ExportFilter(**{g: g in chosen for g in groups}, min_stability=args.min_stability)
+    report = export_project(store, args.name, args.out, args.fmt, run_id=args.run, stage=args.stage,
+                            filter=selection, include_reference=args.include_reference)
+    print(f"wrote {report.path}: {report.exported} images ({args.fmt}); left out: {len(report.left_out)}")
+    return 0
+
+
 def _summary_dict(summary) -> dict:
     classes = summary.project.classes
     return {"name": summary.name, "id": summary.project.id, "created": summary.project.created,
@@ -233,7 +259,7 @@ def _bytes(count: int) -> str:
 
 
 _COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,
-             "list": _list, "status": _status}
+             "list": _list, "status": _status, "export": _export}
 
 if __name__ == "__main__":
     sys.exit(main())

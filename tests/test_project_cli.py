@@ -130,3 +130,24 @@ def test_runs_without_importing_torch(workspace: Path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no projects" in result.stdout
+
+
+def test_export_writes_a_voc_zip_that_torchvision_reads(capsys, workspace: Path, demo_dir: Path, tmp_path: Path):
+    import zipfile
+
+    from torchvision.datasets import VOCSegmentation
+
+    code, _, _ = cli(capsys, "import", "demo", "--data", demo_dir, "--labeled", demo_dir / "labeled.txt",
+                     "--unlabeled", demo_dir / "unlabeled.txt", "--val", demo_dir / "val.txt")
+    assert code == 0
+    code, out, _ = cli(capsys, "export", "demo", "--format", "voc", "--out", tmp_path / "demo.zip",
+                       "--only", "ground_truth")
+    assert code == 0 and "24 images" in out
+    zipfile.ZipFile(tmp_path / "demo.zip").extractall(tmp_path / "voc")
+    train = VOCSegmentation(root=str(tmp_path / "voc"), year="2012", image_set="train")
+    val = VOCSegmentation(root=str(tmp_path / "voc"), year="2012", image_set="val")
+    assert (len(train), len(val)) == (12, 12)
+    image, target = train[0]
+    assert image.size == target.size == (240, 180)
+    code, _, err = cli(capsys, "export", "demo", "--out", tmp_path / "x.zip", "--only", "everything")
+    assert code == 2 and "everything" in err and not (tmp_path / "x.zip").exists()

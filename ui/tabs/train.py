@@ -266,7 +266,7 @@ def build(services: Services) -> None:
         names = project_choices(services)
         return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-    def launch(project_name, method_value, preset_name, device_id, review_between, *form_values):
+    def start_run(project_name, method_value, preset_name, device_id, review_between, *form_values):
         if not project_name:
             return "**Not launched:** choose a project first.", gr.skip()
         try:
@@ -297,7 +297,7 @@ def build(services: Services) -> None:
     private = {"api_visibility": "private"}
     preset.change(fill_form, inputs=preset, outputs=form, **private)
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
-    launch.click(launch, inputs=[project, method, preset, device, review, *form], outputs=[message, run],
+    launch.click(start_run, inputs=[project, method, preset, device, review, *form], outputs=[message, run],
                  api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
     cancel.click(lambda r: act(services.jobs.cancel, "cancel", r), inputs=run, outputs=message,
                  api_name="cancel_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
