@@ -100,6 +100,15 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     export.add_argument("--min-stability", type=float, default=None)
     export.add_argument("--include-reference", action="store_true",
                         help="also export reference masks (ground truth of unlabelled images) as labels")
+
+    predict = commands.add_parser("predict", parents=[common], help="masks for a folder of images from a project's run")
+    predict.add_argument("name")
+    predict.add_argument("--run", type=int, default=None, help="run id (default: the project's latest finished run)")
+    predict.add_argument("--stage", default=None, help="default: the run's last finished stage")
+    predict.add_argument("--images", type=Path, required=True)
+    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    predict.add_argument("--device", default="auto")
     return project
 
 
@@ -241,6 +250,34 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(store: Store, args: argparse.Namespace) -> int:
+    # torch only for this command: the other project commands stay light.
+    from stpp.engine.device import resolve_device
+    from stpp.runs import RunError, predict_folder
+    from stpp.selftrain.layout import RunLayout
+    from stpp.store.runs import get_run, list_runs
+
+    project = find_project(store, args.name)
+    if project is None:
+        raise StoreError(f"no project named {args.name!r}")
+    if args.run is not None:
+        run = get_run(store, args.run)
+        if run.project_id != project.id:
+            raise StoreError(f"run {args.run} belongs to another project, not {args.name!r}")
+    else:
+        runs = [r for r in list_runs(store, project) if r.run_dir and r.status in ("done", "awaiting_review")]
+        if not runs:
+            raise StoreError(f"project {args.name!r} has no finished run to predict with")
+        run = max(runs, key=lambda r: r.id)
+    try:
+        written = predict_folder(RunLayout(store.path(run.run_dir)), args.images, args.out, args.stage, args.tta,
+                                 resolve_device(args.device))
+    except (RunError, ValueError) as error:
+        raise StoreError(str(error)) from None
+    print(f"wrote {len(written)} masks to {args.out} (run {run.id})")
+    return 0
+
+
 def _summary_dict(summary) -> dict:
     classes = summary.project.classes
     return {"name": summary.name, "id": summary.project.id, "created": summary.project.created,
@@ -259,7 +296,8 @@ def _bytes(count: int) -> str:
 
 
 _COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,
-             "list": _list, "status": _status, "export": _export}
+             "list": _list, "status": _status, "export": _export,
+             "predict": _predict}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,7 @@ from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pipeline import RunData
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
+from stpp.project_cli import main as project_main
 from stpp.store.runs import (
     PROGRESS_SCALE,
     RunConflict,
@@ -155,6 +156,17 @@ def test_an_st_pp_run_through_the_worker_records_everything_in_the_store(store, 
     values = [v for v in (progress(Event(**{k: e[k] for k in e if k in Event.__dataclass_fields__}))
                           for e in read_events(layout.events_path)) if v is not None]
     assert values == sorted(values) and values[-1] == 1.0
+
+    # The project CLI predicts with the project's latest finished run, like `stpp predict` on its folder.
+    images = workspace.parent / "predict-in"
+    images.mkdir()
+    for name in inputs["val"][:2]:
+        (images / f"{name}.png").write_bytes(store.path(store.db.execute(
+            "SELECT path FROM images WHERE name = ?", [name]).fetchone()[0]).read_bytes())
+    assert project_main(["project", "predict", "synth", "--images", str(images), "--out",
+                         str(workspace.parent / "predict-out"), "--workspace", str(workspace)]) == 0
+    assert sorted(p.name for p in (workspace.parent / "predict-out").iterdir()) == sorted(
+        f"{n}.png" for n in inputs["val"][:2])
 
     # Housekeeping on the finished run: prune keeps each stage's final model, delete removes it all.
     freed = prune_run_checkpoints(store, run.id)
