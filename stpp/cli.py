@@ -1,4 +1,4 @@
-"""The command line: ``python -m stpp run|eval|predict``.
+"""The command line: ``python -m stpp run|eval|predict|worker|project``.
 
 Every command calls the same engine functions as the app; this module only parses arguments,
 shows progress with tqdm and turns errors into one clear line and a non-zero exit code.
