@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import contextlib
 import itertools
 import os
 import platform
@@ -30,7 +29,6 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -39,7 +37,7 @@ from stpp.data.datasets import TrainDataset, TrainItem
 from stpp.data.transforms import WeakAugment
 from stpp.engine.device import autocast_dtype, configure_cpu_threads, resolve_device, use_channels_last
 from stpp.engine.inference import Predictor, tta_predict
-from stpp.engine.train import _limit_worker_threads, make_optimizer
+from stpp.engine.train import _limit_worker_threads, make_optimizer, train_step
 from stpp.models import build_model
 from stpp.selftrain.pseudo import _collate_by_shape, _Images, size_batches
 
@@ -201,18 +199,8 @@ def _train(model: torch.nn.Module, setting: _Setting, cfg: StppConfig, device: t
 
     def step() -> None:
         images, masks = next(batches)
-        images = images.to(device, non_blocking=True)
-        if setting.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        masks = masks.to(device, non_blocking=True)
-        autocast = torch.autocast(device.type, dtype=setting.amp) if setting.amp else contextlib.nullcontext()
-        with autocast:
-            logits = model(images)["out"]
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=cfg.data.ignore_index)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(model, optimizer, scaler, images, masks, device, setting.amp, setting.channels_last,
+                   cfg.data.ignore_index)
 
     for _ in range(warmup):
         step()

@@ -216,19 +216,9 @@ def fit(
         train_model.train()
         running = torch.zeros((), device=device)
         for batch_index, (images, masks) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(device, non_blocking=True)
             _set_poly_lr(optimizer, step, total_steps, cfg.optim.poly_power)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with autocast:
-                logits = train_model(images)["out"]
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=cfg.data.ignore_index)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = train_step(train_model, optimizer, scaler, images, masks, device, dtype, channels_last,
+                              cfg.data.ignore_index)
             running += loss.detach()
             step += 1
             if step % plan.log_every == 0 or step == total_steps:
@@ -271,6 +261,29 @@ class _StopCheck:
         if step % self.every == 0 or epoch_end:
             return any_rank(requested)
         return False
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, masks: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+               channels_last: bool, ignore_index: int) -> torch.Tensor:
+    """One SGD step on a batch: forward (under autocast when ``dtype``), cross-entropy, scaled backward.
+
+    Returns:
+        The loss, still on the device (reading it is a host sync: do it only when logging).
+    """
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = masks.to(device, non_blocking=True)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with autocast:
+        logits = model(images)["out"]
+    loss = F.cross_entropy(logits.float(), masks, ignore_index=ignore_index)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
 
 def _item_id(dataset: Dataset, index: int) -> str:
