@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -15,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from browser import headless_chrome
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -190,20 +191,11 @@ def test_browser_shows_the_demo_project(server: Server, tmp_path: Path):
         if find_project(store, "added-later") is None:
             create_project(store, "added-later", {"classes": ["a", "b"]})
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
+    with headless_chrome(tmp_path / "chrome-profile") as driver:
         driver.get(server.url)
         wait = WebDriverWait(driver, 60,
                              ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
@@ -212,9 +204,6 @@ def test_browser_shows_the_demo_project(server: Server, tmp_path: Path):
         assert "camvid-demo" in driver.find_element(By.TAG_NAME, "body").text
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "app-projects.png"))
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
 
 
 # The Projects tab's actions, without a browser ------------------------------------------------

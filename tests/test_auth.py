@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import headless_chrome
 from test_app import ARTIFACTS, Server, assert_one_line_error, http_get, run_app
 
 SECRET_PROJECT = "top-secret-roads"
@@ -151,23 +152,11 @@ def test_with_credentials_the_api_lists_the_projects(server: Server):
 
 @pytest.mark.browser
 def test_the_browser_gets_the_sign_in_page_then_the_projects(server: Server, tmp_path: Path):
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(binary).exists():
-            pytest.skip(f"{binary} is not installed")
-    from selenium import webdriver
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    chrome_options = webdriver.ChromeOptions()
-    chrome_options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        chrome_options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=chrome_options)
-    try:
+    with headless_chrome(tmp_path / "chrome-profile") as driver:
         wait = WebDriverWait(driver, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
         driver.get(server.url)
         password = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=password]"))
@@ -180,9 +169,6 @@ def test_the_browser_gets_the_sign_in_page_then_the_projects(server: Server, tmp
         wait.until(lambda d: SECRET_PROJECT in d.find_element(By.ID, "projects-table").text)
         wait.until(lambda d: f"Signed in as {USER}" in d.find_element(By.ID, "signed-in").text)
         driver.save_screenshot(str(ARTIFACTS / "auth-signed-in.png"))
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
 
 
 def test_https_with_a_certificate(tmp_path: Path):

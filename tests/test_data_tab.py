@@ -5,7 +5,6 @@ a mask of the wrong size."""
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import headless_chrome
 from test_app import ARTIFACTS, REPO, Server
 
 DEMO_DIR = REPO / "data" / "demo"
@@ -131,24 +131,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def driver(tmp_path: Path):
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(binary).exists():
-            pytest.skip(f"{binary} is not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1280,1800",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
+    with headless_chrome(tmp_path / "chrome-profile", 1280, 1800) as chrome:
         yield chrome
-    finally:
-        chrome.quit()
-        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
 
 
 class Page:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import signal
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -26,8 +24,8 @@ from stpp.review import latest_decisions, launch_run, num_reliable
 from stpp.review_views import disagreement_image, disagreement_map, overlay
 from stpp.selftrain.layout import RunLayout
 from stpp.store import get_project, open_store
-from stpp.store.export_formats import VOC_ROOT
 from stpp.store.runs import get_run, list_runs
+from browser import headless_chrome
 from test_app import ARTIFACTS, Server
 from ui.components import enlarge
 
@@ -54,30 +52,10 @@ def server(tmp_path: Path):
 
 @pytest.fixture
 def driver(tmp_path: Path):
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(binary).exists():
-            pytest.skip(f"{binary} is not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1400,2600",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    chrome = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    chrome.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    chrome.downloads = downloads
-    try:
+    with headless_chrome(tmp_path / "chrome-profile", 1400, 2600, downloads=downloads) as chrome:
         yield chrome
-    finally:
-        chrome.quit()
-        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
 
 
 def wait_status(store, runner: JobRunner, run_id: int, status: str) -> None:
@@ -167,7 +145,7 @@ def test_review_correct_continue_and_export(server: Server, driver):
 
     # Accept with the keyboard (the selection moves on), reject with the button.
     driver.find_element(By.TAG_NAME, "body").send_keys("a")
-    wait.until(lambda d: "accepted" in text("review-message") and f"rank 4 " in text("review-selected"))
+    wait.until(lambda d: "accepted" in text("review-message") and "rank 4 " in text("review-selected"))
     driver.find_element(By.ID, "review-reject").click()
     wait.until(lambda d: "rejected" in text("review-message"))
     decisions = latest_decisions(store, "camvid-demo")

@@ -4,7 +4,6 @@ project, watch it move and finish, and see a second launch refused."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from stpp.jobs import form_defaults, worker_alive
 from stpp.store import open_store
 from stpp.store.runs import list_runs
+from browser import headless_chrome
 from test_app import ARTIFACTS, Server
 
 RUN_TIMEOUT_S = 420
@@ -35,24 +35,8 @@ def server(tmp_path: Path):
 
 @pytest.fixture
 def driver(tmp_path: Path):
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(binary).exists():
-            pytest.skip(f"{binary} is not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1280,2200",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        options.add_argument(flag)
-    chrome = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
+    with headless_chrome(tmp_path / "chrome-profile", 1280, 2200) as chrome:
         yield chrome
-    finally:
-        chrome.quit()
-        shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
 
 
 @pytest.mark.browser
