@@ -218,7 +218,8 @@ PRESETS: dict[str, StppConfig] = {
     "camvid": _mobilenet_preset(
         "camvid",
         augment=AugmentConfig(base_size=480, crop_size=321),
-        optim=OptimConfig(epochs=240, student_epochs=80, batch_size=16, base_lr=0.004),
+        # Teacher epochs are two steps long: a resume point every 10 epochs, not every epoch.
+        optim=OptimConfig(epochs=240, student_epochs=80, batch_size=16, base_lr=0.004, last_every=10),
     ),
     # CamVid trained at 240x180 scale (crop 160, batch 8, no TTA, students 12 epochs) so SupOnly + ST++
     # fit about an hour on 2 CPU cores; evaluation and labelling stay at the original 480x360.

@@ -85,6 +85,9 @@ def validate_config(cfg: StppConfig) -> None:
             raise ConfigError(f"{key} must be at least 1, not {value}")
     if cfg.pseudo.num_checkpoints < 2 and cfg.method == "st++":
         raise ConfigError("st++ needs pseudo.num_checkpoints >= 2 to measure stability")
+    if cfg.optim.epochs < cfg.pseudo.num_checkpoints:
+        raise ConfigError(f"the teacher saves pseudo.num_checkpoints={cfg.pseudo.num_checkpoints} checkpoints at "
+                          f"distinct epochs: optim.epochs must be at least that, not {cfg.optim.epochs}")
     try:
         build_model(cfg.model, max(1, cfg.data.num_classes))
     except ValueError as error:

@@ -78,6 +78,7 @@ def test_empty_labeled_list(data, tmp_path, capsys):
     (["--set", "optim.nonsense=1"], ["optim.nonsense", "optim.epochs"]),
     (["--set", "optim.epochs=many"], ["optim.epochs", "many"]),
     (["--set", "model.pretrained=/no/such/weights.pth"], ["/no/such/weights.pth"]),
+    (["--set", "optim.epochs=2"], ["num_checkpoints=3", "optim.epochs"]),
 ])
 def test_bad_preset_model_or_override(data, tmp_path, capsys, extra, expected):
     _fails(capsys, _run(data, tmp_path / "out", *extra), *expected)

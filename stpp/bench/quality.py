@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             overrides = list(args.overrides) + list(variant.overrides) + [f"seed={seed}"]
             cfg = resolve_config(args.preset, variant.method, overrides, args.device, data.classes)
-            run_dir = args.out / tag / f"{_slug(variant.name)}-s{seed}"
+            # The config hash in the name keeps runs of other settings apart (each is reused only as itself).
+            run_dir = args.out / tag / f"{_slug(variant.name)}-s{seed}-{cfg.config_hash()[:8]}"
             layout = prepare_run_dir(run_dir, cfg, describe_inputs(args.data, data), resume=True)
             if teacher_source is not None:
                 _reuse_teacher(teacher_source, layout, cfg)
