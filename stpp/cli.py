@@ -24,7 +24,7 @@ from stpp.engine.distributed import init_distributed, is_main, run_on_main, shut
 from stpp.engine.events import Event
 from stpp.engine.train import StopRequested
 from stpp.models import WeightsError
-from stpp.project_cli import add_project_parser
+from stpp.project_args import add_project_parser
 from stpp.runs import (RunError, describe_inputs, evaluate_run, load_folder_run_data, predict_folder,
                        prepare_run_dir, resolve_config, run_headless)
 from stpp.selftrain.layout import RunLayout

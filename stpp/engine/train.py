@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from stpp.config import StppConfig
 from stpp.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -100,31 +100,54 @@ def make_optimizer(model: nn.Module, cfg: StppConfig) -> tuple[torch.optim.SGD, 
     return optimizer, lr
 
 
-def make_train_loader(dataset: Dataset, cfg: StppConfig, device: torch.device, seed: int) -> DataLoader:
-    """A shuffling loader of this process's share of the data.
+class EpochBatches(Sampler[list[int]]):
+    """The batches of every remaining epoch of a stage, for one DataLoader iterator per stage.
 
-    In one process it shuffles the whole set; under DDP a :class:`DistributedSampler` (seeded by
-    ``seed``, reshuffled by ``set_epoch``) gives each rank a disjoint part (padded to equal length).
-    The last partial batch is dropped once there is more than one batch.
+    Epoch ``e`` is the permutation drawn from ``seed + e`` (so a resumed stage sees the same order
+    as an uninterrupted one); under DDP it is padded to a multiple of the process count by repeating
+    its first indices and each rank takes every ``world``-th one, as
+    :class:`~torch.utils.data.DistributedSampler` does. The last partial batch of an epoch is dropped
+    once an epoch has more than one batch. Iterating the whole stage at once keeps the loader's
+    workers busy across epoch boundaries: a fresh iterator per epoch would wait for its first batch
+    every epoch, which dominates stages of two-step epochs (46 labelled images in batches of 16).
     """
-    batch = process_batch_size(cfg)
-    workers = cfg.optim.num_workers
-    sampler = None
-    length = len(dataset)
-    if world_size() > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
-        length = sampler.num_samples
+
+    def __init__(self, length: int, batch_size: int, epochs: range, seed: int, rank: int = 0, world: int = 1):
+        if length < 1:
+            raise ValueError("the training set is empty")
+        self.length, self.batch_size, self.epochs, self.seed = length, batch_size, epochs, seed
+        self.rank, self.world = rank, world
+        self.per_rank = -(-length // world)
+        full, rest = divmod(self.per_rank, batch_size)
+        self.batches_per_epoch = full if full and self.per_rank > batch_size else full + (rest > 0)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's indices of ``epoch`` in training order (before batching)."""
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        padded = (order * -(-self.per_rank * self.world // self.length))[: self.per_rank * self.world]
+        return padded[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for epoch in self.epochs:
+            indices = self.epoch_indices(epoch)
+            for start in range(0, self.batches_per_epoch * self.batch_size, self.batch_size):
+                yield indices[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch * len(self.epochs)
+
+
+def make_train_loader(dataset: Dataset, cfg: StppConfig, device: torch.device, seed: int,
+                      epochs: range) -> DataLoader:
+    """One loader over this process's share of the data for ``epochs`` (see :class:`EpochBatches`)."""
+    batches = EpochBatches(len(dataset), process_batch_size(cfg), epochs, seed, rank(), world_size())
     # Each rank's workers draw their own augmentation randomness.
     generator = torch.Generator().manual_seed(seed + rank())
     return DataLoader(
         dataset,
-        batch_size=batch,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=length > batch,
-        num_workers=workers,
+        batch_sampler=batches,
+        num_workers=cfg.optim.num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
         generator=generator,
         worker_init_fn=_limit_worker_threads,
     )
@@ -191,11 +214,8 @@ def fit(
     configure_backends(device)
     prepare_model(model, cfg, device)
     channels_last = use_channels_last(cfg, device)
-    loader = make_train_loader(dataset, cfg, device, seed)
     optimizer, _ = make_optimizer(model, cfg)
-    steps_per_epoch = len(loader)
-    total_steps = plan.epochs * steps_per_epoch
-    if steps_per_epoch == 0:
+    if len(dataset) == 0:
         raise ValueError(f"stage {plan.stage}: the training set is empty")
     if cfg.optim.batch_size % world:
         sink.emit(Event("warning", plan.stage, message=(
@@ -204,18 +224,22 @@ def fit(
     dtype = autocast_dtype(cfg.optim.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     start_epoch, step = _resume(plan, model, optimizer, scaler, sink, seed)
+    loader = make_train_loader(dataset, cfg, device, seed, range(start_epoch, plan.epochs))
+    sampler: EpochBatches = loader.batch_sampler
+    steps_per_epoch = sampler.batches_per_epoch
+    total_steps = plan.epochs * steps_per_epoch
     train_model = wrap_ddp(model, device)
     stop = _StopCheck(should_stop, plan.log_every)
+    if start_epoch < plan.epochs:
+        record_shards(plan.shards_path, f"train:{plan.stage}:epoch{start_epoch + 1}",
+                      [f"{i}:{_item_id(dataset, i)}" for i in sampler.epoch_indices(start_epoch)])
+    batches = iter(loader)
 
     for epoch in range(start_epoch, plan.epochs):
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-            if epoch == start_epoch:
-                record_shards(plan.shards_path, f"train:{plan.stage}:epoch{epoch + 1}",
-                              [f"{i}:{_item_id(dataset, i)}" for i in loader.sampler])
         train_model.train()
         running = torch.zeros((), device=device)
-        for batch_index, (images, masks) in enumerate(loader):
+        for batch_index in range(steps_per_epoch):
+            images, masks = next(batches)
             _set_poly_lr(optimizer, step, total_steps, cfg.optim.poly_power)
             loss = train_step(train_model, optimizer, scaler, images, masks, device, dtype, channels_last,
                               cfg.data.ignore_index)

@@ -1,0 +1,82 @@
+"""The ``project`` command's arguments, apart from its handlers.
+
+``python -m stpp run`` builds the whole command line, so this module imports no store code: the
+engine's commands keep working where sqlite-utils is not installed (a bare GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ROLE_CHOICES = ("labelled", "unlabelled", "validation", "labeled", "unlabeled", "val")
+
+
+def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``project`` command (and its subcommands) to a CLI's subparsers; returns its parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", type=Path, default=None,
+                        help="workspace folder (default: $STPP_HOME, else ./workspace)")
+    project = subparsers.add_parser("project", help="create, import, list and inspect projects in the store",
+                                    description="Projects in the store (the workspace's stpp.db): create, "
+                                                "import data or labels, list, status.")
+    commands = project.add_subparsers(dest="project_command", required=True, metavar="SUBCOMMAND")
+
+    create = commands.add_parser("create", parents=[common], help="create an empty project")
+    create.add_argument("name")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--classes", type=Path, metavar="FILE", help="classes.json")
+    source.add_argument("--labelmap", type=Path, metavar="FILE", help="VOC / CVAT labelmap.txt")
+    source.add_argument("--class-names", metavar="A,B,C",
+                        help="class names, comma-separated (name=#rrggbb sets a colour)")
+
+    imp = commands.add_parser("import", parents=[common], help="import a folder dataset or a VOC layout")
+    imp.add_argument("name")
+    imp.add_argument("--data", required=True, type=Path, metavar="ROOT", help="folder dataset, VOC folder or VOC .zip")
+    imp.add_argument("--labeled", type=Path, metavar="L", help="split list of labelled IDs (folder datasets)")
+    imp.add_argument("--unlabeled", type=Path, metavar="U", help="split list of unlabelled IDs")
+    imp.add_argument("--val", type=Path, metavar="V", help="split list of validation IDs")
+    imp.add_argument("--in-place", action="store_true", help="register image files where they are (no copy)")
+    imp.add_argument("--verbose", action="store_true", help="also list the files that were added")
+
+    add = commands.add_parser("add", parents=[common], help="add images (with masks): files, folders, zips")
+    add.add_argument("name")
+    add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    add.add_argument("--role", required=True, choices=ROLE_CHOICES)
+    add.add_argument("--in-place", action="store_true", help="register image files where they are (no copy)")
+    add.add_argument("--verbose", action="store_true", help="also list the files that were added")
+
+    labels = commands.add_parser("import-labels", parents=[common],
+                                 help="add a VOC layout's masks (e.g. a CVAT export) as ground truth")
+    labels.add_argument("name")
+    labels.add_argument("--data", required=True, type=Path, metavar="ROOT", help="VOC folder or .zip")
+    labels.add_argument("--verbose", action="store_true", help="also list the masks that were added")
+
+    lst = commands.add_parser("list", parents=[common], help="every project with its counts")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status = commands.add_parser("status", parents=[common], help="one project: classes, counts, runs, disk usage")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    export = commands.add_parser("export", parents=[common], help="export a project as a zip (voc, coco, masks, overlays)")
+    export.add_argument("name")
+    export.add_argument("--format", dest="fmt", default="voc", choices=("voc", "coco", "masks", "overlays"))
+    export.add_argument("--out", type=Path, required=True, help="the zip file to write")
+    export.add_argument("--run", type=int, default=None, help="take pseudo masks and scores from this run")
+    export.add_argument("--stage", default=None, help="the latest stage whose pseudo masks to take")
+    export.add_argument("--only", default=None, metavar="GROUPS",
+                        help="keep only these groups: any of ground_truth,accepted,corrected,reliable,unreliable")
+    export.add_argument("--min-stability", type=float, default=None)
+    export.add_argument("--include-reference", action="store_true",
+                        help="also export reference masks (ground truth of unlabelled images) as labels")
+
+    predict = commands.add_parser("predict", parents=[common], help="masks for a folder of images from a project's run")
+    predict.add_argument("name")
+    predict.add_argument("--run", type=int, default=None, help="run id (default: the project's latest finished run)")
+    predict.add_argument("--stage", default=None, help="default: the run's last finished stage")
+    predict.add_argument("--images", type=Path, required=True)
+    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    predict.add_argument("--device", default="auto")
+    return project
