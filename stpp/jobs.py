@@ -3,7 +3,10 @@ resume and recovery after a restart.
 
 A launched run is recorded ``queued``; :meth:`JobRunner.tick` starts queued runs while their device
 has a free slot (one training per GPU and one on the CPU by default) by spawning
-``python -m stpp worker RUN_ID --workspace W`` in a new session, so it outlives the web app. All
+``python -m stpp worker RUN_ID --workspace W`` in a new session, so it outlives the web app. A run
+over several GPUs (device ``cuda:0,1``) or several CPU processes (``cpu*2``) is spawned as
+``python -m torch.distributed.run --standalone --nproc_per_node=N -m stpp.worker RUN_ID ...``, and
+holds a slot on every GPU it uses. All
 state lives in the store and every decision is taken inside a store transaction, so several app
 processes (or a CLI next to the app) may call :meth:`~JobRunner.tick` at the same time. A worker
 that ends calls ``tick`` itself, so the queue moves on even with no page open.
@@ -24,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from stpp.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.store.db import Store, StoreError, utc_now
@@ -61,13 +64,93 @@ class LaunchError(StoreError):
     """A run that cannot be launched as asked (the message says why)."""
 
 
+DEVICE_FORMS = "auto, cpu, cpu*N (N processes), cuda, cuda:N or cuda:N,M,... (one process per GPU)"
+"""The ``device`` values a project run accepts, for error messages."""
+
+
 @dataclass(frozen=True)
-class Device:
-    """A device a run can train on.
+class DeviceSpec:
+    """A run's ``device`` setting: where it trains, and in how many processes.
+
+    One process trains on ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Several processes, started
+    by ``torchrun``, train one run with DDP: ``cuda:N,M,...`` puts one process on each listed GPU
+    (NCCL), ``cpu*N`` runs N processes on the CPU (gloo). The CPU takes a count rather than a
+    list because its processes share one device (``cpu:N`` would read as torch's device index).
 
     Attributes:
-        id: ``cpu`` or ``cuda:N`` (the config's ``device``).
-        label: what people see, e.g. ``GPU 0: NVIDIA H100 (79 GB)``.
+        kind: ``auto``, ``cpu`` or ``cuda``.
+        gpus: the GPU indices named (empty for ``auto``, ``cpu`` and a bare ``cuda``).
+        processes: how many processes train the run.
+    """
+
+    kind: str
+    gpus: tuple[int, ...] = ()
+    processes: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        """True when the run trains in several processes (under ``torchrun``)."""
+        return self.processes > 1
+
+    @property
+    def process_device(self) -> str:
+        """The device each process resolves (``cuda:LOCAL_RANK`` replaces a bare ``cuda`` under torchrun)."""
+        if self.kind == "cuda" and len(self.gpus) == 1:
+            return f"cuda:{self.gpus[0]}"
+        return self.kind
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The queue slots the run holds while it trains: each of its GPUs, or the CPU."""
+        if self.kind == "cuda":
+            return tuple(f"cuda:{index}" for index in self.gpus) or ("cuda:0",)
+        return (self.kind,)
+
+    def __str__(self) -> str:
+        if self.kind == "cuda" and self.gpus:
+            return "cuda:" + ",".join(map(str, self.gpus))
+        if self.kind == "cpu" and self.processes > 1:
+            return f"cpu*{self.processes}"
+        return self.kind
+
+
+def parse_device_spec(device: str) -> DeviceSpec:
+    """Read a run's ``device`` setting (see :class:`DeviceSpec` for the forms).
+
+    Raises:
+        ConfigError: an unknown form, a GPU listed twice, or a count or index that is not a whole
+            number (at least 1 for a count).
+    """
+    text = str(device).strip()
+    if text in ("auto", "cpu", "cuda"):
+        return DeviceSpec(text)
+    kind, star, count = text.partition("*")
+    if star and kind == "cpu":
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"device {text!r}: the number of CPU processes must be a whole number of at "
+                              f"least 1, e.g. cpu*2")
+        return DeviceSpec("cpu", processes=int(count))
+    kind, colon, indices = text.partition(":")
+    if colon and kind == "cuda":
+        items = [item.strip() for item in indices.split(",")]
+        if not all(item.isdigit() for item in items):
+            raise ConfigError(f"device {text!r}: GPUs are listed by index, e.g. cuda:0 or cuda:0,1")
+        gpus = tuple(int(item) for item in items)
+        repeated = sorted({index for index in gpus if gpus.count(index) > 1})
+        if repeated:
+            raise ConfigError(f"device {text!r} lists GPU {', '.join(map(str, repeated))} more than once")
+        return DeviceSpec("cuda", gpus, len(gpus))
+    raise ConfigError(f"unknown device {text!r}; use {DEVICE_FORMS}")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device choice a run can train on.
+
+    Attributes:
+        id: the config's ``device``: ``cpu``, ``cuda:N``, or ``cuda:0,1,...`` for one run over
+            every GPU.
+        label: what people see, e.g. ``GPU 0: NVIDIA H100 (79 GB)`` or ``all 4 GPUs (torchrun)``.
     """
 
     id: str
@@ -76,7 +159,8 @@ class Device:
 
 @functools.lru_cache(maxsize=1)
 def detect_devices() -> tuple[Device, ...]:
-    """The CPU, then every visible CUDA GPU with its name and memory.
+    """The CPU, then every visible CUDA GPU with its name and memory, then (with several GPUs)
+    one run over all of them.
 
     The GPUs are listed by a child process (``python -m stpp.worker --list-devices``), so the
     caller never imports torch or opens a CUDA context. Cached for the life of the process.
@@ -90,6 +174,9 @@ def detect_devices() -> tuple[Device, ...]:
     for gpu in gpus:
         devices.append(Device(f"cuda:{gpu['index']}", f"GPU {gpu['index']}: {gpu['name']} "
                                                       f"({gpu['memory_bytes'] / 2**30:.0f} GB)"))
+    if len(gpus) > 1:
+        devices.append(Device(str(DeviceSpec("cuda", tuple(gpu["index"] for gpu in gpus), len(gpus))),
+                              f"all {len(gpus)} GPUs (torchrun)"))
     return tuple(devices)
 
 
@@ -170,11 +257,85 @@ def worker_alive(pid: int | None, run_id: int | None = None) -> bool:
     return any("worker" in a for a in args) and str(run_id) in args
 
 
+_TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "WORLD_SIZE",
+                       "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                       "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+"""What ``torchrun`` sets for each rank (besides ``TORCHELASTIC_*``)."""
+_LAUNCH_CHANGES = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+"""What :meth:`JobRunner._spawn` sets for the ranks of a run over several processes."""
+_SAVED_ENV = "STPP_ENV_BEFORE_TORCHRUN"
+"""Holds (JSON) the values of :data:`_LAUNCH_CHANGES` from before such a launch."""
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     # The worker imports stpp from this checkout even when it is not installed.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    # Rank 0 of a torchrun worker starts the next queued run when it ends: that worker must not
+    # believe it is a rank of the ended group, nor inherit the GPUs and threads chosen for it.
+    for name in [n for n in env if n in _TORCHRUN_VARIABLES or n.startswith("TORCHELASTIC_")]:
+        del env[name]
+    saved = env.pop(_SAVED_ENV, None)
+    if saved is not None:
+        for name, value in json.loads(saved).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
     return env
+
+
+def _torchrun_env(spec: DeviceSpec) -> dict[str, str]:
+    """The environment of a run's ``torchrun``: its GPUs, and the CPU threads of each rank.
+
+    ``CUDA_VISIBLE_DEVICES`` narrows the GPUs to the run's (each rank then takes
+    ``cuda:LOCAL_RANK``); the run's indices count within the app's own ``CUDA_VISIBLE_DEVICES``
+    when one is set. An unset ``OMP_NUM_THREADS`` becomes the cores divided among the ranks
+    (torchrun would otherwise give each rank one thread).
+    """
+    env = _child_env()
+    env[_SAVED_ENV] = json.dumps({name: env.get(name) for name in _LAUNCH_CHANGES})
+    if spec.kind == "cuda" and spec.gpus:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        names = [name.strip() for name in visible.split(",")] if visible is not None else None
+        if names is not None and max(spec.gpus) >= len(names):
+            raise LaunchError(f"device {spec} names a GPU beyond CUDA_VISIBLE_DEVICES={visible}")
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(names[i] if names is not None else str(i) for i in spec.gpus)
+    if not env.get("OMP_NUM_THREADS", "").strip():
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // spec.processes))
+    return env
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (empty where ``/proc`` does not tell)."""
+    children = []
+    try:
+        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def _ranks(pid: int, run_id: int) -> list[int]:
+    """The ranks of a torchrun worker ``pid``: its children that run the worker of ``run_id`` in
+    their own process groups (as torchrun starts them); empty for a single-process worker."""
+    ranks = []
+    for child in _child_pids(pid):
+        try:
+            leads = os.getpgid(child) == child
+        except ProcessLookupError:
+            continue
+        if leads and worker_alive(child, run_id):
+            ranks.append(child)
+    return ranks
 
 
 def worker_log_path(store: Store, run_id: int) -> Path:
@@ -219,7 +380,9 @@ class JobRunner:
             method: ``supervised``, ``st`` or ``st++``.
             preset: a preset name.
             overrides: ``{"optim.epochs": 3}`` or ``["optim.epochs=3"]``.
-            device: ``cpu``, ``cuda:N``, ``cuda`` or ``auto`` (pinned to a device here).
+            device: ``cpu``, ``cuda:N``, ``cuda`` or ``auto`` (pinned to a device here), or one run
+                in several processes: ``cuda:N,M,...`` (one per GPU) or ``cpu*N``; see
+                :class:`DeviceSpec`.
 
         Raises:
             RunConflict: the project already has an unfinished run.
@@ -237,16 +400,43 @@ class JobRunner:
 
         Raises:
             RunConflict: the project already has an unfinished run.
+            ConfigError: a malformed ``device``.
         """
+        parse_device_spec(cfg.device)
         run = create_run(self.store, project, cfg)
         self.tick()
         return get_run(self.store, run.id)
 
     def _pin_device(self, device: str) -> str:
-        if device == "auto":
-            gpus = [d.id for d in detect_devices() if d.id != "cpu"]
-            return gpus[0] if gpus else "cpu"
-        return "cuda:0" if device == "cuda" else device
+        """The canonical ``device`` of a new run, with ``auto`` and ``cuda`` pinned to one device.
+
+        Raises:
+            ConfigError: a malformed device, or a GPU this machine does not have.
+        """
+        spec = parse_device_spec(device)
+        if spec.kind == "auto":
+            return self._first_device()
+        if spec.kind == "cuda":
+            present = sorted({index for d in detect_devices() for index in parse_device_spec(d.id).gpus})
+            missing = [index for index in spec.gpus or (0,) if index not in present]
+            if missing:
+                have = f"GPU {', '.join(map(str, present))}" if present else "no CUDA GPU"
+                raise ConfigError(f"device {spec}: GPU {', '.join(map(str, missing))} is not here "
+                                  f"(this machine shows {have})")
+            return str(spec) if spec.gpus else "cuda:0"
+        return str(spec)
+
+    def _first_device(self) -> str:
+        gpus = [d.id for d in detect_devices() if d.id != "cpu"]
+        return gpus[0] if gpus else "cpu"
+
+    def _slots(self, device: str) -> tuple[str, ...]:
+        """The queue slots of a recorded run's device (``auto`` is pinned as a launch would pin it)."""
+        try:
+            spec = parse_device_spec(device)
+        except ConfigError:
+            return (device,)  # its worker reports the error; the run holds no real device meanwhile
+        return (self._first_device(),) if spec.kind == "auto" else spec.slots
 
     # The queue ---------------------------------------------------------------------------------
 
@@ -265,32 +455,35 @@ class JobRunner:
         if not queued:
             return []
         # Slots are worked out before the write lock is taken ("auto" may ask a child process).
-        slots = {run.id: self._pin_device(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
+        slots = {run.id: self._slots(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
         claimed = []
         with self.store.transaction() as db:
             busy: dict[str, int] = {}
             for run_id, config in db.execute("SELECT id, config FROM runs WHERE status = 'running'"):
-                slot = slots.get(run_id) or self._pin_device(str(json.loads(config).get("device", "auto")))
-                busy[slot] = busy.get(slot, 0) + 1
+                _occupy(busy, slots.get(run_id) or self._slots(str(json.loads(config).get("device", "auto"))))
             for run in sorted(queued, key=lambda r: r.id):
-                slot = slots[run.id]
-                if busy.get(slot, 0) >= self.slots_per_device:
+                if any(busy.get(slot, 0) >= self.slots_per_device for slot in slots[run.id]):
+                    # First come, first served on every device: a run waiting for several GPUs keeps
+                    # those free from later runs, which would otherwise hold it back for ever.
+                    for slot in slots[run.id]:
+                        busy[slot] = max(busy.get(slot, 0), self.slots_per_device)
                     continue
                 # A savepoint inside the one transaction that counted the busy slots.
                 if claim_queued(self.store, run.id, pid=None, started=run.started or utc_now(), error=None):
-                    busy[slot] = busy.get(slot, 0) + 1
+                    _occupy(busy, slots[run.id])
                     claimed.append(run.id)
         return claimed
 
     def _spawn(self, run_id: int) -> bool:
         log_path = worker_log_path(self.store, run_id)
+        spec = self._device_spec(run_id)
         try:
+            env = _torchrun_env(spec) if spec.distributed else _child_env()
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(self.worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_child_env(),
-                                           start_new_session=True)
-        except OSError as error:
+                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, start_new_session=True)
+        except (OSError, LaunchError) as error:
             end_running(self.store, run_id, "failed", None, error=f"cannot start the worker: {error}", resumable=True)
             return False
         self._children[run_id] = process
@@ -300,8 +493,28 @@ class JobRunner:
         return True
 
     def worker_command(self, run_id: int) -> list[str]:
-        """The command line of a run's worker."""
-        return [self.python, "-m", "stpp", "worker", str(int(run_id)), "--workspace", str(self.store.workspace)]
+        """The command line of a run's worker: ``torchrun`` (as a module of the same interpreter) with
+        one process per GPU or per CPU process for a run over several, else one worker process."""
+        workspace = ["--workspace", str(self.store.workspace)]
+        spec = self._device_spec(run_id)
+        if spec.distributed:
+            return [self.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.processes}",
+                    "-m", "stpp.worker", str(int(run_id)), *workspace]
+        return [self.python, "-m", "stpp", "worker", str(int(run_id)), *workspace]
+
+    def _device_spec(self, run_id: int) -> DeviceSpec:
+        try:
+            return parse_device_spec(get_run(self.store, run_id).device)
+        except ConfigError:
+            return DeviceSpec("cpu")  # one worker process, which records the error as the run's
+
+    def _worker_alive(self, run: Run) -> bool:
+        process = self._children.get(run.id)
+        if process is not None and process.pid == run.pid:
+            # Started here: alive until it exits, even while still inside execve, when its command
+            # line is not yet its own and worker_alive would take it for another program.
+            return process.poll() is None
+        return worker_alive(run.pid, run.id)
 
     def _poll_children(self) -> None:
         # Reaps this process's own ended workers, which would otherwise stay zombies and look alive.
@@ -329,10 +542,10 @@ class JobRunner:
                     changed.append(get_run(self.store, run.id))
                 continue
             asked = cancel_requested_at(self.store, run.id)
-            if worker_alive(run.pid, run.id):
+            if self._worker_alive(run):
                 if asked is None or now - asked < self.grace_s:
                     continue
-                _signal_group(run.pid, signal.SIGKILL)
+                _signal_group(run.pid, signal.SIGKILL, run.id)
                 ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True,
                                     error=f"the worker did not stop within {self.grace_s:.0f} s and was killed")
             elif asked is not None:
@@ -358,9 +571,9 @@ class JobRunner:
     def cancel(self, run_id: int) -> Run:
         """Cancel a run: a queued or awaiting-review one at once, a running one by a clean stop.
 
-        The running worker is asked to stop (a store event it polls, and SIGTERM); it saves
-        ``last.pt`` after its current step and reports ``cancelled``. :meth:`tick` kills it if it is
-        still running ``grace_s`` later. Every cancelled run is resumable.
+        The running worker is asked to stop (a store event it polls, and SIGTERM, to every rank of a
+        torchrun worker); it saves ``last.pt`` after its current step and reports ``cancelled``.
+        :meth:`tick` kills it if it is still running ``grace_s`` later. Every cancelled run is resumable.
 
         Raises:
             RunStateError: the run is already done, failed or cancelled.
@@ -375,11 +588,15 @@ class JobRunner:
         if run.status != "running":
             raise RunStateError(f"run {run.id} is {run.status.replace('_', ' ')}; there is nothing to cancel")
         request_cancel(self.store, run.id)
-        if run.pid and worker_alive(run.pid, run.id):
-            try:
-                os.kill(run.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if run.pid and self._worker_alive(run):
+            # A torchrun worker's ranks are signalled, not torchrun: it would forward the signal to
+            # each rank's whole process group, and the data-loader processes it killed would fail
+            # the ranks' current step instead of letting them stop after it.
+            for pid in _ranks(run.pid, run.id) or [run.pid]:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         return get_run(self.store, run.id)
 
     def resume(self, run_id: int) -> Run:
@@ -412,15 +629,22 @@ class JobRunner:
             time.sleep(poll_s)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the worker and its data-loader processes (its process group, when it leads one)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _signal_group(pid: int, sig: int, run_id: int) -> None:
+    """Signal the worker and its data-loader processes (its process group, when it leads one), and
+    every rank of a torchrun worker with its own group (torchrun starts each in a new session)."""
+    for target in [pid, *_ranks(pid, run_id)]:  # the ranks are looked up while their parent lives
+        try:
+            if os.getpgid(target) == target:
+                os.killpg(target, sig)
+            else:
+                os.kill(target, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _occupy(busy: dict[str, int], slots: Iterable[str]) -> None:
+    for slot in slots:
+        busy[slot] = busy.get(slot, 0) + 1
 
 
 def check_trainable(store: Store, project: int | str | Project, method: str) -> None:

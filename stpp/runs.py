@@ -87,7 +87,8 @@ def validate_config(cfg: StppConfig) -> None:
         raise ConfigError("st++ needs pseudo.num_checkpoints >= 2 to measure stability")
     if cfg.optim.epochs < cfg.pseudo.num_checkpoints:
         raise ConfigError(f"the teacher saves pseudo.num_checkpoints={cfg.pseudo.num_checkpoints} checkpoints at "
-                          f"distinct epochs: optim.epochs must be at least that, not {cfg.optim.epochs}")
+                          f"distinct epochs: optim.epochs must be at least that, not {cfg.optim.epochs} "
+                          f"(or lower pseudo.num_checkpoints; st++ needs 2 or more)")
     try:
         build_model(cfg.model, max(1, cfg.data.num_classes))
     except ValueError as error:

@@ -2,17 +2,23 @@
 ``python -m stpp run``, with its progress recorded in the store.
 
 ``python -m stpp worker RUN_ID --workspace W`` (what the job runner spawns) and
-``python -m stpp.worker RUN_ID ...`` call :func:`worker_main`. The worker builds :class:`RunData`
-from the project (labelled: role ``labelled`` with a ``ground_truth`` mask; unlabelled: role
-``unlabelled``, never with a mask, so ``reference`` masks are never read; validation: role
-``validation``), trains into
-``WORKSPACE/runs/<run_id>/`` and records events, checkpoints, scores and pseudo masks through a
+``python -m stpp.worker RUN_ID ...`` call :func:`worker_main`. A run over several GPUs or CPU
+processes runs it under ``torchrun`` (``python -m torch.distributed.run ... -m stpp.worker RUN_ID``):
+every rank trains (DDP), and rank 0 alone opens the store for writing: it claims the run under
+torchrun's pid, prepares the inputs, hands them to the other ranks and records everything.
+
+The worker builds :class:`RunData` from the project (labelled: role ``labelled`` with a
+``ground_truth`` mask; unlabelled: role ``unlabelled``, never with a mask, so ``reference`` masks
+are never read; validation: role ``validation``), trains into ``WORKSPACE/runs/<run_id>/`` and
+records events, checkpoints, scores and pseudo masks through a
 :class:`~stpp.store.runs.StoreSink`. The project's latest review decisions become the run's
 ``reviewed`` and ``rejected`` images (:func:`with_reviews`); a run launched with review between
 phases stops at its next pause point (:func:`stpp.review.next_pause`) with status
-``awaiting_review``, and :func:`stpp.review.continue_run` queues it again. SIGTERM (or a cancel
-recorded in the store) stops it cleanly after the current step: status ``cancelled``, resumable. An exception leaves it ``failed`` with
-the error, resumable. Run again (after a resume) it continues from what the run folder holds.
+``awaiting_review``, and :func:`stpp.review.continue_run` queues it again. SIGTERM (to every rank
+under torchrun) or a cancel recorded in the store stops it cleanly after the current step (under
+torchrun a labelling or evaluation pass finishes first): status ``cancelled``, resumable. An
+exception leaves it ``failed`` with the error, resumable. Run again (after a resume) it continues
+from what the run folder holds.
 
 The module also answers two questions for processes that must not import torch:
 ``--list-devices`` (the visible GPUs, JSON) and ``--resolve-config`` (a project run's config,
@@ -22,6 +28,7 @@ resolved and checked; JSON request on stdin).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -30,21 +37,26 @@ import sqlite3
 import sys
 import threading
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
 from stpp.config import ConfigError, StppConfig
 from stpp.data.datasets import ClassInfo, DataError
-from stpp.engine.device import configure_cpu_threads, resolve_device
+from stpp.engine.device import configure_cpu_threads
+from stpp.engine.distributed import (broadcast_from_main, init_distributed, launched_by_torchrun, shutdown_distributed,
+                                     world_size)
 from stpp.engine.events import Event, EventSink
 from stpp.engine.train import StopRequested, snapshot_epochs
+from stpp.jobs import DeviceSpec, JobRunner, parse_device_spec, worker_alive
 from stpp.models import WeightsError
 from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
 from stpp.selftrain.layout import RunLayout
 from stpp.review import ReviewError, next_pause, record_pause, reviewed_inputs
 from stpp.selftrain.pipeline import PAUSED, RunData, Sample, stage_names
-from stpp.store.db import Store, StoreError, open_store, utc_now
+from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, open_store, utc_now
 from stpp.store.projects import Project, get_project
 from stpp.store.runs import (
     Run,
@@ -238,7 +250,7 @@ class RunProgress:
 class _StopOnFlag:
     """Forwards events, then raises :class:`StopRequested` on a labelling or evaluation tick once a
     stop was asked for: the training loop polls the flag itself (after saving ``last.pt``), those
-    passes do not, and what they wrote so far is kept for the resume."""
+    passes do not, and what they wrote so far is kept for the resume. Single-process workers only."""
 
     def __init__(self, sink: EventSink, flag: StopFlag):
         self.sink = sink
@@ -288,8 +300,6 @@ def claim_run(store: Store, run_id: int, pid: int) -> Run:
         if not claim_queued(store, run.id, pid=pid, started=run.started or utc_now(), error=None):
             raise StoreError(f"run {run.id} was taken by another worker")
     elif run.status == "running":
-        from stpp.jobs import worker_alive
-
         if run.pid not in (None, pid) and worker_alive(run.pid, run.id):
             raise StoreError(f"run {run.id} is already running (worker pid {run.pid})")
         update_run(store, run.id, pid=pid, heartbeat=utc_now())
@@ -302,21 +312,42 @@ def claim_run(store: Store, run_id: int, pid: int) -> Run:
 def worker_main(run_id: int, workspace: str | Path | None = None) -> int:
     """Run one project run to its end; the entry point of ``python -m stpp worker RUN_ID``.
 
+    Under ``torchrun`` every rank calls it: rank 0 claims the run (under torchrun's pid, which the
+    job runner recorded), records its progress and ends it; the other ranks only read the run's
+    device from the store, then train what rank 0 hands them.
+
     Args:
         run_id: the run (``queued``, or ``running`` as claimed for this process by the job runner).
         workspace: the workspace; None means ``$STPP_HOME`` or ``./workspace``.
 
     Returns:
-        0 done, 1 failed, 2 refused (no such run, bad workspace, not runnable), 130 cancelled.
+        0 done, 1 failed, 2 refused (no such run, bad workspace, not runnable), 130 cancelled (0
+        under torchrun).
     """
     configure_cpu_threads()
+    workspace = Path(workspace or os.environ.get("STPP_HOME") or "workspace")
+    if not launched_by_torchrun():
+        return _lead(run_id, workspace)
+    if int(os.environ.get("RANK", "0")) > 0:
+        code = _follow_main_rank(run_id, workspace)
+    else:
+        code = _lead(run_id, workspace)
+    # torchrun takes any other exit for a failure and terminates the ranks still running, while
+    # rank 0 may still be recording the outcome: a stop on request is a normal end there.
+    return EXIT_DONE if code == EXIT_CANCELLED else code
+
+
+def _lead(run_id: int, workspace: Path) -> int:
+    """Claim, run and record the run: the single worker process, or rank 0 under torchrun."""
     try:
-        store = open_store(workspace or os.environ.get("STPP_HOME") or "workspace")
+        store = open_store(workspace)
     except StoreError as error:
         print(f"stpp worker: error: {error}", file=sys.stderr)
         return EXIT_REFUSED
     with store:
-        pid = os.getpid()
+        # Under torchrun its pid stands for the worker: the job runner recorded it, and it lives as
+        # long as any rank does.
+        pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
         try:
             run = claim_run(store, run_id, pid)
         except StoreError as error:
@@ -334,8 +365,7 @@ def worker_main(run_id: int, workspace: str | Path | None = None) -> int:
             code = _execute(store, run, pid, flag)
         finally:
             heartbeat.stop()
-        from stpp.jobs import JobRunner
-
+            shutdown_distributed()
         try:
             JobRunner(store).tick()  # this run's slot is free: start the next queued run
         except (StoreError, sqlite3.Error) as error:
@@ -343,25 +373,103 @@ def worker_main(run_id: int, workspace: str | Path | None = None) -> int:
         return code
 
 
+@dataclass(frozen=True)
+class RankJob:
+    """What rank 0 hands the other ranks of a torchrun worker: everything they train from."""
+
+    cfg: StppConfig
+    data: RunData
+    layout: RunLayout
+    pause: str | None
+
+
+def join_device(spec: DeviceSpec) -> torch.device:
+    """This process's device; under ``torchrun`` after joining the process group (gloo or NCCL).
+
+    Raises:
+        RunError: a run over several processes started without torchrun.
+        ValueError: a device this machine does not have.
+    """
+    if spec.distributed and not launched_by_torchrun():
+        raise RunError(f"device {spec} trains in {spec.processes} processes: start the run through the job "
+                       "runner, which launches it with torchrun")
+    return init_distributed(spec.process_device)
+
+
+def read_run_device(workspace: str | Path, run_id: int) -> str:
+    """A run's ``device`` setting, read without writing to the store (not even a migration).
+
+    The ranks of a torchrun worker other than rank 0 call it to join the process group on the
+    run's backend; only rank 0 opens the store for writing.
+
+    Raises:
+        StoreError: no store in ``workspace``, or no such run.
+    """
+    db_path = Path(workspace).expanduser().absolute() / DB_NAME
+    if not db_path.is_file():
+        raise StoreError(f"no stpp store in {workspace}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True,
+                                                timeout=BUSY_TIMEOUT_S)) as conn:
+            row = conn.execute("SELECT config FROM runs WHERE id = ?", [int(run_id)]).fetchone()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read run {run_id} from {db_path}: {error}") from None
+    if row is None:
+        raise StoreError(f"no run {run_id}")
+    return str(json.loads(row[0]).get("device", "auto"))
+
+
+def _follow_main_rank(run_id: int, workspace: Path) -> int:
+    """A torchrun rank other than 0: train what rank 0 prepared; rank 0 records everything."""
+    from stpp.cli import StopFlag
+
+    flag = StopFlag()
+    try:
+        device = join_device(parse_device_spec(read_run_device(workspace, run_id)))
+    except (ConfigError, RunError, StoreError, ValueError) as error:
+        print(f"stpp worker: error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        job: RankJob | None = broadcast_from_main(None)
+        if job is None:
+            # Rank 0 did not start the run and recorded why; a failure exit here would make torchrun
+            # terminate rank 0 while it finishes.
+            return EXIT_DONE
+        run_headless(job.cfg, job.data, job.layout, device, should_stop=flag, pause_after=job.pause)
+        return EXIT_DONE
+    except (StopRequested, KeyboardInterrupt):
+        return EXIT_CANCELLED
+    except Exception:  # noqa: BLE001 - rank 0 records the run's failure; this rank only logs its own
+        traceback.print_exc()
+        return EXIT_FAILED
+    finally:
+        shutdown_distributed()
+
+
 def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
     layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
     image_ids: dict[str, int] = {}
     cfg = None
+    shared = False
     try:
+        cfg = StppConfig.from_dict(run.config)
+        device = join_device(parse_device_spec(cfg.device))
         if flag():
             raise StopRequested("start")
         project = get_project(store, run.project_id)
-        cfg = StppConfig.from_dict(run.config)
         frozen = json.loads(layout.inputs_path.read_text()) if layout.inputs_path.exists() else None
         data, image_ids = build_run_data(store, project, frozen)
         data = with_reviews(store, project, data)
         pause = next_pause(store, run.id)
-        device = resolve_device(cfg.device)
         layout = prepare_run_dir(layout.root, cfg, describe_project_inputs(project, data),
                                  resume=layout.config_path.exists())
         sink = StoreSink(store, run.id, layout, image_ids, RunProgress(cfg, data, mean_image_pixels(store, project)))
-        result = run_headless(cfg, data, layout, device, _StopOnFlag(sink, flag), should_stop=flag,
-                              pause_after=pause)
+        shared = True
+        broadcast_from_main(RankJob(cfg, data, layout, pause))
+        # Under torchrun only the training loop stops, where every rank agrees on it: rank 0 leaving a
+        # labelling pass alone would strand the other ranks in their next collective.
+        events = sink if world_size() > 1 else _StopOnFlag(sink, flag)
+        result = run_headless(cfg, data, layout, device, events, should_stop=flag, pause_after=pause)
         sync_run_outputs(store, run.id, layout, cfg, image_ids)
         if result.get(PAUSED):
             record_pause(store, run.id, result[PAUSED])
@@ -382,6 +490,9 @@ def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
         record_event(store, run.id, Event("error", message=message))
         end_running(store, run.id, "failed", pid, resumable=True, error=message)
         return EXIT_FAILED
+    finally:
+        if not shared:
+            broadcast_from_main(None)  # the other ranks of a torchrun worker wait for a job: there is none
 
 
 def sync_run_outputs(store: Store, run_id: int, layout: RunLayout, cfg: StppConfig, image_ids: dict[str, int]) -> None:

@@ -235,7 +235,7 @@ def test_run_and_eval_on_a_paper_dataset(kind: str, voc_root: Path, cityscapes_r
     out = tmp_path / "run"
     run_stpp("run", "--data", f"{kind}:{root}", "--labeled", root / "labeled.txt",
              "--unlabeled", root / "unlabeled.txt", "--val", val, "--method", "st", "--preset", "test", "--out", out, "--device", "cpu",
-             "--set", "optim.epochs=1", "--set", "optim.batch_size=2", "--set", "pseudo.tta=false")
+             "--set", "optim.epochs=3", "--set", "optim.batch_size=2", "--set", "pseudo.tta=false")
     config = json.loads((out / "config.json").read_text())
     assert tuple(config["data"]["class_names"]) == names
     assert json.loads((out / "inputs.json").read_text())["data"] == f"{kind}:{root.resolve()}"

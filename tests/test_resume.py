@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -70,6 +71,18 @@ def test_killed_mid_stage_resumes_from_last_epoch_and_ends_at_the_planned_step(s
     assert steps[-1]["step"] == steps[-1]["total"] == 40  # 20 epochs x 2 steps
     assert not last.exists()
     assert (out / "checkpoints" / "teacher_ckpt3.pt").exists()
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(synthetic_dataset: Path, tmp_path: Path):
+    # torchrun forwards SIGTERM to each rank's whole process group, DataLoader workers included.
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        stpp_command(*run_args(synthetic_dataset, out, "supervised", "test", "--set", "optim.num_workers=2")),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(out / "checkpoints" / "last.pt", process)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 130, process.stderr.read()[-3000:]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["stage"] == "teacher"
 
 
 def test_sigterm_stops_cleanly_with_a_resumable_last_checkpoint(synthetic_dataset: Path, tmp_path: Path):

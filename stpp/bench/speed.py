@@ -39,7 +39,7 @@ from stpp.data.datasets import TrainDataset, TrainItem
 from stpp.data.transforms import WeakAugment
 from stpp.engine.device import autocast_dtype, configure_cpu_threads, resolve_device, use_channels_last
 from stpp.engine.inference import Predictor, tta_predict
-from stpp.engine.train import _limit_worker_threads, make_optimizer, train_step
+from stpp.engine.train import init_loader_worker, make_optimizer, train_step
 from stpp.models import build_model
 from stpp.selftrain.pseudo import _collate_by_shape, _Images, size_batches
 
@@ -164,7 +164,7 @@ def _train_loader(pairs: list[tuple[Path, Path]], cfg: StppConfig, device: torch
     workers = cfg.optim.num_workers
     return DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      worker_init_fn=_limit_worker_threads, generator=torch.Generator().manual_seed(0))
+                      worker_init_fn=init_loader_worker, generator=torch.Generator().manual_seed(0))
 
 
 def _cycle(loader: DataLoader) -> Iterator:
@@ -239,7 +239,7 @@ def _label(model: torch.nn.Module, setting: _Setting, cfg: StppConfig, device: t
     def run(subset: list[Path]) -> None:
         sizes = [Image.open(p).size for p in subset]
         loader = DataLoader(_Images(subset), batch_sampler=size_batches(sizes, batch), collate_fn=_collate_by_shape,
-                            num_workers=workers, pin_memory=device.type == "cuda")
+                            num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=init_loader_worker)
         for groups in loader:
             for _, images in groups:
                 probs = tta_predict(predictor, images.to(device, non_blocking=True), scales, flip,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from stpp.config import IGNORE_INDEX
-from stpp.data.datasets import ClassInfo, DataError, FolderDataset, _read_mask_checked, read_split
+from stpp.data.datasets import ClassInfo, DataError, FolderDataset, _read_mask_checked, read_split, split_line_fields
 from stpp.data.masks import write_mask
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -79,10 +79,7 @@ def split_line_id(line: str) -> str:
     Raises:
         ValueError: more than two fields on the line.
     """
-    fields = line.split()
-    if len(fields) > 2:
-        raise ValueError(f"expected an ID or 'image_path mask_path', got {len(fields)} fields: {line!r}")
-    return image_id(fields[0])
+    return image_id(split_line_fields(line)[0])
 
 
 def default_cache_dir(root: Path) -> Path:

@@ -133,6 +133,18 @@ class FolderDataset:
                          palette=default_palette(num_classes), ignore_index=IGNORE_INDEX)
 
 
+def split_line_fields(line: str) -> list[str]:
+    """The fields of a split line in the paper's lists: an ID or image path, or ``image_path mask_path``.
+
+    Raises:
+        ValueError: more than two fields on the line.
+    """
+    fields = line.split()
+    if len(fields) > 2:
+        raise ValueError(f"expected an ID or 'image_path mask_path', got {len(fields)} fields: {line!r}")
+    return fields
+
+
 def read_split(path: str | Path, to_id: Callable[[str], str] | None = None) -> list[str]:
     """The IDs of a split file, one per line, in file order; blank lines are skipped.
 

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 
 from stpp.config import IGNORE_INDEX
-from stpp.data.datasets import ClassInfo, DataError, FolderDataset, _index_files, default_palette, read_split
+from stpp.data.datasets import ClassInfo, DataError, FolderDataset, _index_files, default_palette, read_split, split_line_fields
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -56,9 +56,7 @@ def split_line_id(line: str) -> str:
     Raises:
         ValueError: more than two fields on the line.
     """
-    fields = line.split()
-    if len(fields) > 2:
-        raise ValueError(f"expected an ID or 'image_path mask_path', got {len(fields)} fields: {line!r}")
+    fields = split_line_fields(line)
     first = fields[0]
     if len(fields) == 2 or "/" in first or Path(first).suffix.lower() in _IMAGE_SUFFIXES:
         return Path(first).stem

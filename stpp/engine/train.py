@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -149,13 +150,20 @@ def make_train_loader(dataset: Dataset, cfg: StppConfig, device: torch.device, s
         num_workers=cfg.optim.num_workers,
         pin_memory=device.type == "cuda",
         generator=generator,
-        worker_init_fn=_limit_worker_threads,
+        worker_init_fn=init_loader_worker,
     )
 
 
-def _limit_worker_threads(_: int) -> None:
-    # Workers only decode and augment; one intra-op thread each keeps them off the trainer's cores.
+def init_loader_worker(_: int) -> None:
+    """``worker_init_fn`` of every DataLoader of the engine: one thread, and SIGTERM left to the parent.
+
+    Workers only decode and augment; one intra-op thread each keeps them off the trainer's cores.
+    torchrun forwards SIGTERM to each rank's whole process group: a worker that died of it would fail
+    the rank's next batch instead of letting the rank finish its step and write ``last.pt``. The
+    workers still end with their parent (PyTorch's workers watch it) or when the loader shuts down.
+    """
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def prepare_model(model: nn.Module, cfg: StppConfig, device: torch.device) -> nn.Module:
@@ -399,7 +407,7 @@ def evaluate(
     indices = shard(range(total))
     workers = cfg.optim.num_workers
     loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers,
-                        pin_memory=device.type == "cuda", worker_init_fn=_limit_worker_threads if workers else None)
+                        pin_memory=device.type == "cuda", worker_init_fn=init_loader_worker)
     sink = sink if (sink is not None and is_main()) else None
     seen = []
     with cudnn_benchmark(few_sizes([dataset.image_paths[i] for i in indices]) if hasattr(dataset, "image_paths")

@@ -26,7 +26,7 @@ from stpp.engine.distributed import barrier, broadcast_from_main, gather_objects
     record_shards, shard, world_size
 from stpp.engine.events import Event, EventSink
 from stpp.engine.inference import Predictor, tta_predict
-from stpp.engine.train import header_size, process_batch_size
+from stpp.engine.train import header_size, init_loader_worker, process_batch_size
 
 _FEW_SIZES = 4
 """cuDNN autotuning is on for a pass whose images come in at most this many sizes (see ``few_sizes``)."""
@@ -153,7 +153,8 @@ def run_label_jobs(
     sizes = [header_size(job.image_path) for job in mine]
     workers = cfg.optim.num_workers
     loader = DataLoader(_Images([job.image_path for job in mine]), batch_sampler=size_batches(sizes, batch),
-                        collate_fn=_collate_by_shape, num_workers=workers, pin_memory=device.type == "cuda")
+                        collate_fn=_collate_by_shape, num_workers=workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=init_loader_worker)
     done = 0
     with ThreadPoolExecutor(max_workers=2) as writer, cudnn_benchmark(len(set(sizes)) <= _FEW_SIZES):
         writes: list[Future] = []

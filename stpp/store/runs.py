@@ -103,7 +103,8 @@ class Run:
 
     @property
     def device(self) -> str:
-        """The device the config asks for (``cpu``, ``cuda:N``, ``cuda`` or ``auto``)."""
+        """The device the config asks for (``cpu``, ``cuda:N``, ``cuda`` or ``auto``; ``cuda:N,M,...`` or
+        ``cpu*N`` for one run in several processes, see :class:`stpp.jobs.DeviceSpec`)."""
         return str(self.config.get("device", "auto"))
 
 
@@ -265,6 +266,10 @@ def transition(store: Store, run_id: int, status: str, *, expect: Iterable[str] 
             values["resumable"] = int(bool(values["resumable"]))
         assignments = ", ".join(f"{key} = ?" for key in values)
         db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*values.values(), int(run_id)])
+        if status == "queued":
+            # Marks where a stop asked of an earlier worker ends (see cancel_requested_at): the next
+            # worker must not stop on it, nor be killed for ignoring it.
+            record_event(store, run_id, Event("requeued", message=f"queued again (was {current.replace('_', ' ')})"))
     return get_run(store, run_id)
 
 
@@ -384,8 +389,9 @@ def request_cancel(store: Store, run_id: int) -> None:
 
 
 def cancel_requested_at(store: Store, run_id: int) -> float | None:
-    """When a stop was requested since the run's worker last started (seconds since the epoch), or None."""
-    latest = list_events(store, run_id, limit=1, kinds=["worker_start", "cancel_requested"])
+    """When a stop was requested since the run's worker last started or the run was queued again
+    (seconds since the epoch), or None."""
+    latest = list_events(store, run_id, limit=1, kinds=["worker_start", "requeued", "cancel_requested"])
     if latest and latest[-1].kind == "cancel_requested":
         return parse_time(latest[-1].time)
     return None
