@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -12,10 +14,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from browser import headless_chrome
+from stpp.jobs import worker_alive
+from stpp.store import open_store
+from stpp.store.runs import list_runs
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -84,6 +90,24 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def app_with_workers(tmp_path: Path) -> Iterator[Server]:
+    """A running app on a fresh workspace; on exit, the app stops and any worker still training is killed.
+
+    Workers outlive the app by design; a failed test must not leave one training.
+    """
+    srv = Server(tmp_path / "workspace", tmp_path)
+    try:
+        srv.wait_until_up()
+        yield srv
+    finally:
+        srv.stop()
+        with open_store(srv.workspace) as store:
+            for run in list_runs(store, statuses=["running"]):
+                if worker_alive(run.pid, run.id):
+                    os.killpg(run.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ to the end; the Export tab's VOC zip loads with torchvision."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -19,14 +17,14 @@ import pytest
 from PIL import Image
 
 from stpp.data.masks import read_image, read_mask
-from stpp.jobs import JobRunner, worker_alive
+from stpp.jobs import JobRunner
 from stpp.review import latest_decisions, launch_run, num_reliable
 from stpp.review_views import disagreement_image, disagreement_map, overlay
 from stpp.selftrain.layout import RunLayout
 from stpp.store import get_project, open_store
-from stpp.store.runs import get_run, list_runs
+from stpp.store.runs import get_run
 from browser import headless_chrome
-from test_app import ARTIFACTS, Server
+from test_app import ARTIFACTS, Server, app_with_workers
 from ui.components import enlarge
 
 RUN_TIMEOUT_S = 600
@@ -38,16 +36,8 @@ CAPTION = re.compile(r"#(\d+) · ([0-9.]+) · (reliable|unreliable)(?: · (\w+))
 
 @pytest.fixture
 def server(tmp_path: Path):
-    srv = Server(tmp_path / "workspace", tmp_path)
-    try:
-        srv.wait_until_up()
+    with app_with_workers(tmp_path) as srv:
         yield srv
-    finally:
-        srv.stop()
-        with open_store(srv.workspace) as store:
-            for run in list_runs(store, statuses=["running"]):
-                if worker_alive(run.pid, run.id):
-                    os.killpg(run.pid, signal.SIGKILL)
 
 
 @pytest.fixture

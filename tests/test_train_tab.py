@@ -3,34 +3,22 @@ project, watch it move and finish, and see a second launch refused."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from stpp.jobs import form_defaults, worker_alive
+from stpp.jobs import form_defaults
 from stpp.store import open_store
-from stpp.store.runs import list_runs
 from browser import headless_chrome
-from test_app import ARTIFACTS, Server
+from test_app import ARTIFACTS, Server, app_with_workers
 
 RUN_TIMEOUT_S = 420
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    srv = Server(tmp_path / "workspace", tmp_path)
-    try:
-        srv.wait_until_up()
+    with app_with_workers(tmp_path) as srv:
         yield srv
-    finally:
-        srv.stop()
-        # Workers outlive the app by design; a failed test must not leave one training.
-        with open_store(srv.workspace) as store:
-            for run in list_runs(store, statuses=["running"]):
-                if worker_alive(run.pid, run.id):
-                    os.killpg(run.pid, signal.SIGKILL)
 
 
 @pytest.fixture
