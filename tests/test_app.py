@@ -112,13 +112,8 @@ def app_with_workers(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("app")
-    srv = Server(root / "workspace", root)
-    try:
-        srv.wait_until_up()
+    with app_with_workers(tmp_path_factory.mktemp("app")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_page_is_served_and_url_printed(server: Server):
