@@ -119,8 +119,8 @@ class EpochBatches(Sampler[list[int]]):
         self.length, self.batch_size, self.epochs, self.seed = length, batch_size, epochs, seed
         self.rank, self.world = rank, world
         self.per_rank = -(-length // world)
-        full, rest = divmod(self.per_rank, batch_size)
-        self.batches_per_epoch = full if full and self.per_rank > batch_size else full + (rest > 0)
+        # A shard that fits in one batch trains as that one (short) batch.
+        self.batches_per_epoch = self.per_rank // batch_size if self.per_rank > batch_size else 1
 
     def epoch_indices(self, epoch: int) -> list[int]:
         """This rank's indices of ``epoch`` in training order (before batching)."""
