@@ -283,15 +283,16 @@ def test_train_dataset_shapes_strong_items_and_dataloader(synthetic_dataset):
     strong = CountingStrong(StrongAugment(cfg))
     train = TrainDataset(items, WeakAugment(cfg), strong)
     image, mask = train[0]
-    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
-    assert mask.shape == (48, 48) and mask.dtype == torch.long
+    # 8-bit until the training device: train_step normalises there.
+    assert image.shape == (3, 48, 48) and image.dtype == torch.uint8
+    assert mask.shape == (48, 48) and mask.dtype == torch.uint8
     assert strong.calls == 0
     train[2]
     assert strong.calls == 1
     torch.manual_seed(0)
     batches = list(DataLoader(train, batch_size=2, shuffle=True, num_workers=0))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
-    assert batches[0][0].shape == (2, 3, 48, 48) and batches[0][1].dtype == torch.long
+    assert batches[0][0].shape == (2, 3, 48, 48) and batches[0][1].dtype == torch.uint8
     assert set(torch.cat([b[1].flatten() for b in batches]).tolist()) <= {0, 1, 2, 3, 255}
     assert strong.calls == 4
     assert TrainDataset(items, WeakAugment(cfg), None)[2][0].shape == (3, 48, 48)

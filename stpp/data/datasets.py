@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from stpp.config import IGNORE_INDEX
 from stpp.data.classes import ClassInfo, DataError, default_palette, load_classes
 from stpp.data.masks import read_image, read_mask
-from stpp.data.transforms import StrongAugment, WeakAugment, normalize, to_eval_tensor
+from stpp.data.transforms import StrongAugment, WeakAugment, to_eval_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png",)
@@ -384,7 +384,12 @@ class TrainDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """``(normalised image float [3, crop, crop], mask int64 [crop, crop])``."""
+        """``(image uint8 [3, crop, crop], mask uint8 [crop, crop])``.
+
+        Samples stay 8-bit until they reach the training device (:func:`stpp.engine.train.train_step`
+        normalises them there): a fifth of the float32/int64 bytes through the loader's shared memory,
+        pinned buffers and the host-to-GPU copy.
+        """
         item = self.items[index]
         image = read_image(item.image_path)
         mask = _read_mask_checked(Path(item.mask_path), item.id)
@@ -394,7 +399,7 @@ class TrainDataset(Dataset):
         image_t, mask_t = self.weak(image, mask)
         if item.strong and self.strong is not None:
             image_t, mask_t = self.strong(image_t, mask_t)
-        return normalize(image_t), mask_t.long()
+        return image_t, mask_t
 
 
 class EvalDataset(Dataset):

@@ -9,6 +9,7 @@ global RNG, so ``torch.manual_seed`` and DataLoader worker seeding make runs rep
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -237,18 +238,25 @@ def normalize(image: Tensor) -> Tensor:
     """Scale to [0, 1] and normalise with the ImageNet mean and std.
 
     Args:
-        image: ``uint8`` (or float in [0, 1]) ``[3, H, W]`` or a batch ``[N, 3, H, W]``.
+        image: ``uint8`` (or float in [0, 1]) ``[3, H, W]`` or a batch ``[N, 3, H, W]``, on any device.
 
     Returns:
-        A float32 tensor of the same shape.
+        A float32 tensor of the same shape, on the same device.
     """
     if image.dtype == torch.uint8:
         image = image.float().div_(255)
     else:
         image = image.float()
-    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    mean, std = _imagenet_stats(image.device)
     return (image - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _imagenet_stats(device: torch.device) -> tuple[Tensor, Tensor]:
+    # Built once per device: a host-to-GPU copy of a fresh tensor every training step would sync.
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+    return mean, std
 
 
 def to_eval_tensor(image: Image.Image) -> Tensor:

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from stpp.config import StppConfig
+from stpp.data.transforms import normalize
 from stpp.engine.checkpoint import load_checkpoint, save_checkpoint
 from stpp.engine.device import (autocast_dtype, configure_backends, cudnn_benchmark, seed_everything,
                                 use_channels_last)
@@ -300,13 +301,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
                channels_last: bool, ignore_index: int) -> torch.Tensor:
     """One SGD step on a batch: forward (under autocast when ``dtype``), cross-entropy, scaled backward.
 
+    Args:
+        images: ``uint8 [N, 3, H, W]`` as the loader gives them (normalised here, on ``device``), or
+            already normalised floats.
+        masks: class indices ``[N, H, W]``, any integer type.
+
     Returns:
         The loss, still on the device (reading it is a host sync: do it only when logging).
     """
-    images = images.to(device, non_blocking=True)
+    images = normalize(images.to(device, non_blocking=True))
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    masks = masks.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True).long()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with autocast:
         logits = model(images)["out"]

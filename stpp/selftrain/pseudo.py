@@ -28,8 +28,14 @@ from stpp.engine.events import Event, EventSink
 from stpp.engine.inference import Predictor, tta_predict
 from stpp.engine.train import header_size, init_loader_worker, process_batch_size
 
-_FEW_SIZES = 4
-"""cuDNN autotuning is on for a pass whose images come in at most this many sizes (see ``few_sizes``)."""
+_AUTOTUNE_MIN_BATCHES = 50
+"""cuDNN autotuning is on for a pass with at least this many batches per image size.
+
+Every TTA scale of every size and batch shape is tuned on its first forward pass, which costs more
+than a short pass saves: CamVid's 321 images (one size, 21 batches) spent most of their labelling
+time tuning. Cityscapes (2,975 images of one size) clears the bar; Pascal VOC (hundreds of sizes)
+does not.
+"""
 
 _PENDING_WRITES = 64
 """Masks queued for writing before the labeller waits for the writers."""
@@ -152,11 +158,13 @@ def run_label_jobs(
     batch = batch_size or process_batch_size(cfg)
     sizes = [header_size(job.image_path) for job in mine]
     workers = cfg.optim.num_workers
-    loader = DataLoader(_Images([job.image_path for job in mine]), batch_sampler=size_batches(sizes, batch),
+    batches = size_batches(sizes, batch)
+    autotune = len(batches) >= _AUTOTUNE_MIN_BATCHES * len(set(sizes))
+    loader = DataLoader(_Images([job.image_path for job in mine]), batch_sampler=batches,
                         collate_fn=_collate_by_shape, num_workers=workers, pin_memory=device.type == "cuda",
                         worker_init_fn=init_loader_worker)
     done = 0
-    with ThreadPoolExecutor(max_workers=2) as writer, cudnn_benchmark(len(set(sizes)) <= _FEW_SIZES):
+    with ThreadPoolExecutor(max_workers=2) as writer, cudnn_benchmark(autotune):
         writes: list[Future] = []
         for groups in loader:
             for indices, images in groups:
