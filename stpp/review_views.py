@@ -29,6 +29,7 @@ from stpp.data.masks import atomic_save, read_image, read_mask
 from stpp.review import current_pseudo_masks, num_reliable
 from stpp.selftrain.layout import RunLayout
 from stpp.store.db import Store, StoreError
+from stpp.store.files import review_cache_relpath
 from stpp.store.projects import get_project
 from stpp.store.runs import get_run
 
@@ -186,7 +187,7 @@ def _shown_masks(store: Store, run_id: int, rows: Sequence[Sequence[Any]]) -> di
 
 def review_cache(store: Store, run_id: int) -> Path:
     """``WORKSPACE/cache/review/<run_id>``: the run's thumbnails and class-presence index."""
-    return store.path("cache") / "review" / str(int(run_id))
+    return store.path(review_cache_relpath(run_id))
 
 
 def thumbnail(store: Store, run_id: int, image_id: int, image_path: Path, mask_path: Path | None,

@@ -27,6 +27,7 @@ from stpp.selftrain.pipeline import RunData
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
 from stpp.project_cli import main as project_main
+from stpp.review_views import GalleryQuery, gallery_page, review_cache
 from stpp.store.runs import (
     PROGRESS_SCALE,
     RunConflict,
@@ -175,8 +176,11 @@ def test_an_st_pp_run_through_the_worker_records_everything_in_the_store(store, 
                                                                            ("stage2", 1)]
     assert sorted(p.name for p in layout.checkpoints_dir.iterdir()) == ["stage1.pt", "stage2.pt", "teacher_ckpt3.pt"]
     assert layout.stability_dir(1).is_dir()
+    thumbnails = review_cache(store, run.id)
+    page = gallery_page(store, GalleryQuery(run.id))
+    assert page.items and all(Path(item.thumbnail).is_relative_to(thumbnails) for item in page.items)
     delete_run(store, run.id)
-    assert not layout.root.exists()
+    assert not layout.root.exists() and not thumbnails.exists()
     for table in ("runs", "events", "checkpoints", "scores"):
         column = "id" if table == "runs" else "run_id"
         assert store.db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", [run.id]).fetchone()[0] == 0

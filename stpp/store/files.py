@@ -30,6 +30,11 @@ STORE_OWNED_DIRS = ("images", "masks")
 """Top-level workspace folders whose files belong to rows and are deleted with them."""
 
 
+def review_cache_relpath(run_id: int) -> str:
+    """Workspace-relative folder of a run's review thumbnails and class index (deleted with the run)."""
+    return f"cache/review/{int(run_id)}"
+
+
 def sha1_bytes(data: bytes) -> str:
     """The hex sha1 of ``data``."""
     return hashlib.sha1(data).hexdigest()

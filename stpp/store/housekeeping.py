@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from stpp.store.db import Store, StoreError
-from stpp.store.files import STORE_OWNED_DIRS, is_store_owned
+from stpp.store.files import STORE_OWNED_DIRS, is_store_owned, review_cache_relpath
 from stpp.store.projects import Project, get_project
 from stpp.store.runs import get_run, relative_to_workspace
 
@@ -171,7 +171,8 @@ ACTIVE_RUN_STATUSES = ("queued", "running")
 
 def delete_run(store: Store, run_id: int) -> None:
     """Delete a run that is not queued or running: its rows (events, checkpoints, scores, pseudo
-    masks cascade), then its run folder. Reviews keep their decisions and reviewed masks.
+    masks cascade), then its run folder and review thumbnails. Reviews keep their decisions and
+    reviewed masks.
     """
     run = get_run(store, run_id)
     if run.status in ACTIVE_RUN_STATUSES:
@@ -181,6 +182,7 @@ def delete_run(store: Store, run_id: int) -> None:
     if run.run_dir:
         shutil.rmtree(store.path(run.run_dir), ignore_errors=True)
         store.path(f"{run.run_dir}.log").unlink(missing_ok=True)
+    shutil.rmtree(store.path(review_cache_relpath(run_id)), ignore_errors=True)
 
 
 def prune_run_checkpoints(store: Store, run_id: int) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from stpp.store.classes import ClassInfo, as_class_info
 from stpp.store.db import Store, StoreError, utc_now
+from stpp.store.files import review_cache_relpath
 from stpp.store.migrations import MASK_KINDS, ROLES
 
 MAX_NAME_LENGTH = 100
@@ -170,10 +171,12 @@ def delete_project(store: Store, project: int | str | Project) -> None:
     """
     project = get_project(store, project)
     with store.transaction() as db:
-        run_dirs = [r["run_dir"] for r in db.query("SELECT run_dir FROM runs WHERE project_id = ?", [project.id])]
+        runs = list(db.query("SELECT id, run_dir FROM runs WHERE project_id = ?", [project.id]))
         db.execute("DELETE FROM projects WHERE id = ?", [project.id])
     for folder in [store.path("images") / str(project.id), store.path("masks") / str(project.id)]:
         shutil.rmtree(folder, ignore_errors=True)
-    for run_dir in run_dirs:
+    for run in runs:
+        shutil.rmtree(store.path(review_cache_relpath(run["id"])), ignore_errors=True)
+        run_dir = run["run_dir"]
         if run_dir and (store.path(run_dir)).resolve().is_relative_to(store.workspace.resolve() / "runs"):
             shutil.rmtree(store.path(run_dir), ignore_errors=True)
