@@ -182,7 +182,7 @@ def detect_devices() -> tuple[Device, ...]:
 
 def _run_worker_module(args: list[str], stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stpp.worker", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT, env=_child_env())
+                          timeout=timeout, cwd=REPO_ROOT, env=child_env())
 
 
 FORM_FIELDS = ("backbone", "pretrained", "epochs", "student_epochs", "batch_size", "crop_size", "reliable_ratio",
@@ -267,9 +267,10 @@ _SAVED_ENV = "STPP_ENV_BEFORE_TORCHRUN"
 """Holds (JSON) the values of :data:`_LAUNCH_CHANGES` from before such a launch."""
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a child process of the app (a worker, an export, a prediction)."""
     env = dict(os.environ)
-    # The worker imports stpp from this checkout even when it is not installed.
+    # The child imports stpp from this checkout even when it is not installed.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     # Rank 0 of a torchrun worker starts the next queued run when it ends: that worker must not
     # believe it is a rank of the ended group, nor inherit the GPUs and threads chosen for it.
@@ -293,7 +294,7 @@ def _torchrun_env(spec: DeviceSpec) -> dict[str, str]:
     when one is set. An unset ``OMP_NUM_THREADS`` becomes the cores divided among the ranks
     (torchrun would otherwise give each rank one thread).
     """
-    env = _child_env()
+    env = child_env()
     env[_SAVED_ENV] = json.dumps({name: env.get(name) for name in _LAUNCH_CHANGES})
     if spec.kind == "cuda" and spec.gpus:
         visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -478,7 +479,7 @@ class JobRunner:
         log_path = worker_log_path(self.store, run_id)
         spec = self._device_spec(run_id)
         try:
-            env = _torchrun_env(spec) if spec.distributed else _child_env()
+            env = _torchrun_env(spec) if spec.distributed else child_env()
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(self.worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,

@@ -12,7 +12,7 @@ without stpp installed.
 - ``model.json``: classes, palette, ignore index, stage, input contract and the file list.
 
 This module imports torch. The web app never imports it: it runs it as a child process
-(:func:`stpp.review_outputs.export_model_zip`), the same way it runs training in a worker.
+(:func:`stpp.review.outputs.export_model_zip`), the same way it runs training in a worker.
 """
 
 from __future__ import annotations

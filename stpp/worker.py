@@ -13,8 +13,8 @@ are never read; validation: role ``validation``), trains into ``WORKSPACE/runs/<
 records events, checkpoints, scores and pseudo masks through a
 :class:`~stpp.store.runs.StoreSink`. The project's latest review decisions become the run's
 ``reviewed`` and ``rejected`` images (:func:`with_reviews`); a run launched with review between
-phases stops at its next pause point (:func:`stpp.review.next_pause`) with status
-``awaiting_review``, and :func:`stpp.review.continue_run` queues it again. SIGTERM (to every rank
+phases stops at its next pause point (:func:`stpp.review.decisions.next_pause`) with status
+``awaiting_review``, and :func:`stpp.review.decisions.continue_run` queues it again. SIGTERM (to every rank
 under torchrun) or a cancel recorded in the store stops it cleanly after the current step (under
 torchrun a labelling or evaluation pass finishes first): status ``cancelled``, resumable. An
 exception leaves it ``failed`` with the error, resumable. Run again (after a resume) it continues
@@ -54,7 +54,7 @@ from stpp.jobs import DeviceSpec, JobRunner, parse_device_spec, worker_alive
 from stpp.models import WeightsError
 from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
 from stpp.selftrain.layout import RunLayout
-from stpp.review import ReviewError, next_pause, record_pause, reviewed_inputs
+from stpp.review.decisions import ReviewError, next_pause, record_pause, reviewed_inputs
 from stpp.selftrain.pipeline import PAUSED, RunData, Sample, stage_names
 from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, open_store, utc_now
 from stpp.store.projects import Project, get_project

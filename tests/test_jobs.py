@@ -27,7 +27,7 @@ from stpp.selftrain.pipeline import RunData
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
 from stpp.project_cli import main as project_main
-from stpp.review_views import GalleryQuery, gallery_page, review_cache
+from stpp.review.views import GalleryQuery, gallery_page, review_cache
 from stpp.store.runs import (
     PROGRESS_SCALE,
     RunConflict,

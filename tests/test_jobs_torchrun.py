@@ -22,7 +22,7 @@ from stpp.jobs import (
     Device,
     DeviceSpec,
     JobRunner,
-    _child_env,
+    child_env,
     _ranks,
     _signal_group,
     _torchrun_env,
@@ -205,7 +205,7 @@ def test_torchrun_gets_the_chosen_gpus_and_its_ranks_children_get_the_apps_envir
     rank = {**env, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}
     monkeypatch.setattr(os, "environ", rank)
-    child = _child_env()
+    child = child_env()
     assert child["CUDA_VISIBLE_DEVICES"] == "4,5,6,7" and "OMP_NUM_THREADS" not in child
     assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "TORCHELASTIC_RUN_ID", "STPP_ENV_BEFORE_TORCHRUN"} & set(child)

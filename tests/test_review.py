@@ -17,12 +17,12 @@ from helpers import run_args, run_stpp
 from stpp.config import StppConfig
 from stpp.data.masks import read_mask
 from stpp.jobs import JobRunner
-from stpp.review import (LOCAL_USER, ReviewError, continue_run, decision_history, latest_decisions, launch_run,
+from stpp.review.decisions import (LOCAL_USER, ReviewError, continue_run, decision_history, latest_decisions, launch_run,
                          next_pause, num_reliable, pause_points, phase_summary, record_decision, record_review_plan,
                          review_plan, set_reliable_ratio)
-from stpp.review_outputs import export_model_zip, predict_images
-from stpp.review_quality import quality_report
-from stpp.review_views import (GalleryQuery, colorize, disagreement_map, gallery_page, image_detail,
+from stpp.review.outputs import export_model_zip, predict_images
+from stpp.review.quality import quality_report
+from stpp.review.views import (GalleryQuery, colorize, disagreement_map, gallery_page, image_detail,
                                merge_painted_layer, overlay)
 from stpp.selftrain import pipeline
 from stpp.selftrain.layout import RunLayout

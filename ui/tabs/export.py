@@ -11,8 +11,8 @@ import json
 
 import gradio as gr
 
-from stpp.review import run_stages
-from stpp.review_outputs import export_dataset, export_model_zip
+from stpp.review.decisions import run_stages
+from stpp.review.outputs import export_dataset, export_model_zip
 from stpp.store import StoreError
 from stpp.store.export import ExportFilter
 from stpp.store.export_formats import FORMATS

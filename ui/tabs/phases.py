@@ -11,9 +11,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from stpp.review import (ReviewError, continue_run, decision_history, last_review_id, pauses_reached, phase_summary,
+from stpp.review.decisions import (ReviewError, continue_run, decision_history, last_review_id, pauses_reached, phase_summary,
                          review_plan)
-from stpp.review_quality import quality_report
+from stpp.review.quality import quality_report
 from stpp.store import StoreError
 from stpp.store.runs import get_run, last_event_id, run_metrics
 from ui.components import find_project, run_choices

@@ -13,9 +13,9 @@ import gradio as gr
 import numpy as np
 
 from stpp.data.masks import read_mask
-from stpp.review import (ReviewError, current_pseudo_masks, phase_summary, ranked_run_ids, record_decision,
+from stpp.review.decisions import (ReviewError, current_pseudo_masks, phase_summary, ranked_run_ids, record_decision,
                          set_reliable_ratio)
-from stpp.review_views import (SHOW_CHOICES, GalleryQuery, colorize, disagreement_image, gallery_page,
+from stpp.review.views import (SHOW_CHOICES, GalleryQuery, colorize, disagreement_image, gallery_page,
                                gallery_page_ids, image_detail, merge_painted_layer, overlay)
 from stpp.store import StoreError, get_project
 from stpp.store.runs import get_run

@@ -16,7 +16,7 @@ import pandas as pd
 from stpp.config import ConfigError
 from stpp.jobs import (AMP_CHOICES, BACKBONE_NAMES, FORM_FIELDS, METHOD_LABELS, detect_devices, form_defaults,
                        form_overrides, preset_names)
-from stpp.review import launch_run
+from stpp.review.decisions import launch_run
 from stpp.store import StoreError, list_projects
 from stpp.store.runs import (Run, estimate_eta, last_event_id, list_events, list_runs, loss_points,
                              parse_time, run_metrics)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stpp.data.masks import read_mask
-from stpp.review import stage_key
+from stpp.review.decisions import stage_key
 from stpp.store.db import Store
 from stpp.store.projects import get_project
 from stpp.store.runs import get_run

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from stpp.data.masks import atomic_save, read_image, read_mask
-from stpp.review import current_pseudo_masks, num_reliable
+from stpp.review.decisions import current_pseudo_masks, num_reliable
 from stpp.selftrain.layout import RunLayout
 from stpp.store.db import Store, StoreError
 from stpp.store.files import review_cache_relpath

@@ -1,7 +1,7 @@
-"""How fast a review gallery page opens on a large project: ``python -m stpp.review_bench [--images N]``.
+"""How fast a review gallery page opens on a large project: ``python -m stpp.review.bench [--images N]``.
 
 Generates a throw-away workspace with one project of N unlabelled images (240x180, like the demo),
-a ranked run and its pseudo masks, then times :func:`stpp.review_views.gallery_page` for the first
+a ranked run and its pseudo masks, then times :func:`stpp.review.views.gallery_page` for the first
 page (thumbnails made), the same page again (thumbnails cached), a page deep in the ranking and a
 class-filtered page (first: the class index is built; then cached). Prints JSON.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 
 from stpp.config import DataConfig, StppConfig
 from stpp.data.masks import write_mask
-from stpp.review_views import GalleryQuery, gallery_page
+from stpp.review.views import GalleryQuery, gallery_page
 from stpp.store import create_project, open_store, utc_now
 from stpp.store.runs import create_run
 
@@ -81,7 +81,7 @@ def time_pages(workspace: Path, run_id: int) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stpp.review_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stpp.review.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,6 @@ with the workspace); every call writes into a fresh folder.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -22,11 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from stpp.data.masks import atomic_save, read_image, read_mask
+from stpp.jobs import REPO_ROOT, child_env
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
 from stpp.store.runs import get_run
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT_S = 900
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -53,10 +52,7 @@ def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | 
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    # The child imports stpp from this checkout even when it is not installed.
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    result = subprocess.run(list(command), capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+    result = subprocess.run(list(command), capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
                             timeout=CHILD_TIMEOUT_S)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
