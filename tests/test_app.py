@@ -104,10 +104,15 @@ def app_with_workers(tmp_path: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
-        with open_store(srv.workspace) as store:
-            for run in list_runs(store, statuses=["running"]):
-                if worker_alive(run.pid, run.id):
-                    os.killpg(run.pid, signal.SIGKILL)
+        kill_running_workers(srv.workspace)
+
+
+def kill_running_workers(workspace: Path) -> None:
+    """SIGKILL the worker (process group) of every run still running in ``workspace``."""
+    with open_store(workspace) as store:
+        for run in list_runs(store, statuses=["running"]):
+            if worker_alive(run.pid, run.id):
+                os.killpg(run.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

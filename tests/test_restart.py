@@ -20,8 +20,8 @@ import pytest
 from stpp.jobs import worker_alive
 from stpp.selftrain.layout import RunLayout
 from stpp.store import create_project, import_folder_dataset, open_store
-from stpp.store.runs import get_run, list_events, list_runs
-from test_app import REPO, Server
+from stpp.store.runs import get_run, list_events
+from test_app import REPO, Server, kill_running_workers
 from test_data_tab import Page, driver  # noqa: F401 (a fixture)
 
 PROJECT = "synth"
@@ -63,10 +63,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path):
     finally:
         running.server.stop()
         # Workers outlive the app by design; a failed test must not leave one training.
-        with open_store(running.workspace) as store:
-            for run in list_runs(store, statuses=["running"]):
-                if worker_alive(run.pid, run.id):
-                    os.killpg(run.pid, signal.SIGKILL)
+        kill_running_workers(running.workspace)
 
 
 def launch(workspace: Path, epochs: int) -> int:
