@@ -15,6 +15,7 @@ from PIL import Image
 
 from stpp.data.classes import ClassInfo, DataError, format_labelmap
 from stpp.data.masks import read_mask, write_mask
+from stpp.engine.events import Event
 from stpp.store import (
     SCHEMA_VERSION,
     StoreError,
@@ -39,6 +40,9 @@ from stpp.store import (
     rename_class,
     seed_demo_project,
 )
+from stpp.store.db import APPLICATION_ID
+from stpp.store.migrations import V1
+from stpp.store.runs import list_events, record_event
 
 TABLES = {"projects", "images", "masks", "runs", "checkpoints", "events", "scores", "reviews"}
 
@@ -81,7 +85,7 @@ def test_schema_is_created_with_wal_foreign_keys_and_version(store, workspace: P
     assert {"project_id", "method", "config", "status", "resumable", "stage", "progress", "pid",
             "heartbeat", "error", "created", "started", "finished"} <= columns["runs"]
     assert {"run_id", "stage", "epoch", "path", "metrics"} <= columns["checkpoints"]
-    assert {"run_id", "time", "stage", "step", "total", "loss", "miou", "message"} <= columns["events"]
+    assert {"run_id", "time", "kind", "stage", "step", "total", "loss", "miou", "message", "data"} <= columns["events"]
     assert {"run_id", "image_id", "stability", "reliable", "rank", "checkpoint_miou"} <= columns["scores"]
     assert {"image_id", "run_id", "decision", "mask_id", "time", "user"} <= columns["reviews"]
 
@@ -159,6 +163,31 @@ def test_newer_schema_is_refused_without_modification(workspace: Path, demo_dir:
         open_store(workspace)
     assert "\n" not in str(caught.value)
     assert snapshot(workspace) == before
+
+
+def test_a_version_1_store_is_upgraded_and_its_events_keep_kind_and_message(workspace: Path):
+    # A store as stpp's first schema wrote it: the event kind packed into the message.
+    workspace.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(workspace / "stpp.db")
+    conn.executescript(V1)
+    conn.executescript(
+        "INSERT INTO projects (id, name, classes, palette, created) VALUES (1, 'old', '[\"a\"]', '[[0,0,0]]', 't');"
+        "INSERT INTO runs (id, project_id, method, config, created) VALUES (1, 1, 'st++', '{}', 't');"
+        "INSERT INTO events (run_id, time, stage, message) VALUES (1, 't', 'teacher', 'eval: teacher: val mIoU 55.26');"
+        "INSERT INTO events (run_id, time, stage, message) VALUES (1, 't', 'teacher', 'stage_end');"
+        f"PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;")
+    conn.close()
+
+    with open_store(workspace) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        old = list_events(store, 1)
+        assert [(e.kind, e.message, e.data) for e in old] == [("eval", "teacher: val mIoU 55.26", {}),
+                                                              ("stage_end", "", {})]
+        record_event(store, 1, Event("stage_end", "stage1", message="stage1 trained",
+                                     data={"peak_memory_mb": 2259.0}))
+        assert [(e.kind, e.message, e.data) for e in list_events(store, 1, kinds=["stage_end"])] == [
+            ("stage_end", "", {}), ("stage_end", "stage1 trained", {"peak_memory_mb": 2259.0})]
+        assert [e.kind for e in list_events(store, 1, kinds=["eval"])] == ["eval"]
 
 
 def test_workspace_that_is_a_file_is_refused(tmp_path: Path):

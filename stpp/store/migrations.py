@@ -133,6 +133,21 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.executescript(V1)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Events get their own ``kind`` and ``data`` (JSON) columns; v1 packed the kind into ``message``."""
+    # One statement at a time: executescript would commit the migration's transaction first.
+    for statement in (
+        "ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE events ADD COLUMN data TEXT",  # JSON object: what the event carries beyond the columns
+        # v1 wrote "kind: message", or the kind alone; a kind never contains ": ".
+        "UPDATE events SET kind = CASE WHEN instr(message, ': ') > 0 "
+        "THEN substr(message, 1, instr(message, ': ') - 1) ELSE coalesce(message, '') END, "
+        "message = CASE WHEN instr(message, ': ') > 0 THEN substr(message, instr(message, ': ') + 2) ELSE '' END",
+        "CREATE INDEX events_run_kind ON events(run_id, kind, id)",
+    ):
+        db.conn.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code writes and understands."""

@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -121,6 +121,7 @@ class RunEvent:
     loss: float | None
     miou: float | None
     message: str
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def _run(row: Mapping[str, Any]) -> Run:
@@ -318,11 +319,11 @@ def end_running(store: Store, run_id: int, status: str, pid: int | None, **field
 
 def record_event(store: Store, run_id: int, event: Event) -> int:
     """Store one event; returns its row id."""
-    text = f"{event.kind}: {event.message}" if event.message else event.kind
     with store.transaction() as db:
         return db["events"].insert({
-            "run_id": int(run_id), "time": _now_iso(event.time), "stage": event.stage or None,
-            "step": event.step, "total": event.total, "loss": event.loss, "miou": event.miou, "message": text,
+            "run_id": int(run_id), "time": _now_iso(event.time), "kind": event.kind, "stage": event.stage or None,
+            "step": event.step, "total": event.total, "loss": event.loss, "miou": event.miou,
+            "message": event.message or "", "data": json.dumps(event.data) if event.data else None,
         }).last_pk
 
 
@@ -338,15 +339,12 @@ def list_events(store: Store, run_id: int, limit: int | None = None, kinds: Iter
     sql, params = "SELECT * FROM events WHERE run_id = ? AND id > ?", [int(run_id), after_id]
     if kinds is not None:
         kinds = tuple(kinds)
-        sql += " AND (" + " OR ".join("message = ? OR message GLOB ?" for _ in kinds) + ")"
-        for kind in kinds:
-            params += [kind, f"{kind}: *"]
+        sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
+        params += list(kinds)
     sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
-    events = []
-    for row in store.db.query(sql, params):
-        kind, _, message = (row["message"] or "").partition(": ")
-        events.append(RunEvent(row["id"], row["time"], kind, row["stage"] or "", row["step"], row["total"],
-                               row["loss"], row["miou"], message))
+    events = [RunEvent(row["id"], row["time"], row["kind"], row["stage"] or "", row["step"], row["total"],
+                       row["loss"], row["miou"], row["message"] or "", json.loads(row["data"]) if row["data"] else {})
+              for row in store.db.query(sql, params)]
     return events[::-1]
 
 
