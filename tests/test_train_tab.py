@@ -112,3 +112,22 @@ def test_the_device_choices_offer_one_run_over_all_gpus(workspace: Path, monkeyp
     [dropdown] = [block for block in page.blocks.values() if getattr(block, "elem_id", None) == "train-device"]
     assert dropdown.choices == [(d.label, d.id) for d in devices]
     assert dropdown.value == "cuda:0"  # one GPU by default; all of them is a choice
+
+
+def test_the_event_log_shows_a_stage_s_peak_gpu_memory(workspace: Path, synthetic_dataset: Path):
+    from stpp.engine.events import Event
+    from stpp.runs import resolve_config
+    from stpp.store import create_project
+    from stpp.store.runs import create_run, record_event
+    from ui import Services, Settings
+    from ui.tabs import train
+
+    with open_store(workspace) as store:
+        project = create_project(store, "synth", synthetic_dataset / "classes.json")
+        run = create_run(store, project, resolve_config("test", "st++", [], "cpu", project.classes))
+        record_event(store, run.id, Event("stage_end", "teacher", message="teacher trained",
+                                          data={"peak_memory_mb": 2269.5}))
+        record_event(store, run.id, Event("eval", "teacher", miou=55.26, message="teacher: val mIoU 55.26"))
+        frame = train.events_frame(Services(store=store, settings=Settings(workspace=store.workspace)), run)
+    assert frame["event"].tolist() == ["eval", "stage_end"]  # newest first
+    assert frame["message"].tolist() == ["teacher: val mIoU 55.26", "teacher trained (peak GPU memory 2,270 MiB)"]

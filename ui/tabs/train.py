@@ -18,7 +18,7 @@ from stpp.jobs import (AMP_CHOICES, BACKBONE_NAMES, FORM_FIELDS, METHOD_LABELS, 
                        form_overrides, preset_names)
 from stpp.review.decisions import launch_run
 from stpp.store import StoreError, list_projects
-from stpp.store.runs import (Run, estimate_eta, last_event_id, list_events, list_runs, loss_points,
+from stpp.store.runs import (Run, RunEvent, estimate_eta, last_event_id, list_events, list_runs, loss_points,
                              parse_time, run_metrics)
 from ui.services import Services
 
@@ -99,9 +99,15 @@ def events_frame(services: Services, run: Run | None) -> pd.DataFrame:
     if run is None:
         return pd.DataFrame(columns=EVENT_COLUMNS)
     rows = [[e.time[11:19], e.kind, e.stage, f"{e.step}/{e.total}" if e.total and e.step is not None else "",
-             "" if e.loss is None else f"{e.loss:.4f}", "" if e.miou is None else f"{e.miou:.2f}", e.message]
+             "" if e.loss is None else f"{e.loss:.4f}", "" if e.miou is None else f"{e.miou:.2f}", event_text(e)]
             for e in reversed(list_events(services.store, run.id, limit=EVENTS_SHOWN))]
     return pd.DataFrame(rows, columns=EVENT_COLUMNS)
+
+
+def event_text(event: RunEvent) -> str:
+    """An event's message, with the peak GPU memory of the stage or pass it ends when it has one."""
+    peak = event.data.get("peak_memory_mb")
+    return event.message + (f" (peak GPU memory {peak:,.0f} MiB)" if peak is not None else "")
 
 
 def loss_frame(services: Services, run: Run | None) -> pd.DataFrame:
