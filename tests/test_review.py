@@ -22,8 +22,8 @@ from stpp.review.decisions import (LOCAL_USER, ReviewError, continue_run, decisi
                          review_plan, set_reliable_ratio)
 from stpp.review.outputs import export_model_zip, predict_images
 from stpp.review.quality import quality_report
-from stpp.review.views import (GalleryQuery, colorize, disagreement_map, gallery_page, image_detail,
-                               merge_painted_layer, overlay)
+from stpp.data.masks import colorize, overlay
+from stpp.review.views import GalleryQuery, disagreement_map, gallery_page, image_detail, merge_painted_layer
 from stpp.selftrain import pipeline
 from stpp.selftrain.layout import RunLayout
 from stpp.store import StoreError, create_project, import_folder_dataset, open_store

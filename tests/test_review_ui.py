@@ -19,7 +19,8 @@ from PIL import Image
 from stpp.data.masks import read_image, read_mask
 from stpp.jobs import JobRunner
 from stpp.review.decisions import latest_decisions, launch_run, num_reliable
-from stpp.review.views import disagreement_image, disagreement_map, overlay
+from stpp.data.masks import overlay
+from stpp.review.views import disagreement_image, disagreement_map
 from stpp.selftrain.layout import RunLayout
 from stpp.store import get_project, open_store
 from stpp.store.runs import get_run

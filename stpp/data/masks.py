@@ -1,4 +1,5 @@
-"""Mask and image files: class-index PNGs in, palette PNGs out, always written atomically."""
+"""Mask and image files (class-index PNGs in, palette PNGs out, always written atomically), and masks
+as pictures: class colours alone or blended over their image."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+
+IGNORE_COLOUR = (255, 255, 255)
+"""How :func:`colorize` shows ignored pixels."""
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -60,3 +64,32 @@ def atomic_save(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """A class-index mask as an RGB image (ignore white, values without a colour black)."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+    lut[ignore_index] = IGNORE_COLOUR
+    return lut[np.asarray(mask, dtype=np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], opacity: float = 0.5,
+            classes: Sequence[int] | None = None, ignore_index: int = 255) -> np.ndarray:
+    """The image with the mask's class colours blended in.
+
+    Args:
+        image: RGB (H, W, 3) uint8.
+        mask: class indices (H, W).
+        opacity: 0 (image only) to 1 (colours only).
+        classes: only these classes are coloured (all when None); ignore pixels are never coloured.
+    """
+    image = np.asarray(image, dtype=np.uint8)[..., :3]
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[1]}x{image.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ")
+    coloured = mask != ignore_index
+    if classes is not None:
+        coloured &= np.isin(mask, np.asarray(list(classes), dtype=np.int64))
+    alpha = float(np.clip(opacity, 0.0, 1.0)) * coloured[..., None]
+    blended = image * (1.0 - alpha) + colorize(mask, palette, ignore_index) * alpha
+    return np.round(blended).astype(np.uint8)

@@ -6,7 +6,8 @@
   10,000-image run costs what a page of a small one does.
 - :func:`image_detail`: one image large: its shown mask, the K teacher checkpoints' single-scale
   masks read from the run's ``stability/ckpt<j>/`` (never predicted here) and the disagreement map.
-- :func:`overlay`, :func:`colorize`, :func:`disagreement_map`: the pictures.
+- :func:`disagreement_map`, :func:`disagreement_image`: where the checkpoints disagree (the class
+  colours themselves: :func:`stpp.data.masks.colorize` and :func:`~stpp.data.masks.overlay`).
 - :func:`merge_painted_layer`: a painted editor layer snapped to the palette and merged into a mask.
 
 The *shown mask* of an image is its latest reviewed mask when a person accepted or corrected it,
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from stpp.data.masks import atomic_save, read_image, read_mask
+from stpp.data.masks import atomic_save, overlay, read_image, read_mask
 from stpp.review.decisions import current_pseudo_masks, num_reliable
 from stpp.selftrain.layout import RunLayout
 from stpp.store.db import Store, StoreError
@@ -38,7 +39,6 @@ THUMB_SIZE = 160
 THUMB_OPACITY = 0.5
 SHOW_CHOICES = ("all", "reliable", "unreliable", "accepted", "rejected", "corrected", "not reviewed")
 """Gallery filters on the split (at the previewed ratio) and on the latest decision."""
-IGNORE_COLOUR = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -224,35 +224,6 @@ def class_presence(store: Store, run_id: int, mask_paths: Sequence[str]) -> dict
 
 
 # Pictures ------------------------------------------------------------------------------------------
-
-
-def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """A class-index mask as an RGB image (ignore white, values without a colour black)."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
-    lut[ignore_index] = IGNORE_COLOUR
-    return lut[np.asarray(mask, dtype=np.uint8)]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], opacity: float = 0.5,
-            classes: Sequence[int] | None = None, ignore_index: int = 255) -> np.ndarray:
-    """The image with the mask's class colours blended in.
-
-    Args:
-        image: RGB (H, W, 3) uint8.
-        mask: class indices (H, W).
-        opacity: 0 (image only) to 1 (colours only).
-        classes: only these classes are coloured (all when None); ignore pixels are never coloured.
-    """
-    image = np.asarray(image, dtype=np.uint8)[..., :3]
-    if image.shape[:2] != mask.shape:
-        raise ValueError(f"image {image.shape[1]}x{image.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ")
-    coloured = mask != ignore_index
-    if classes is not None:
-        coloured &= np.isin(mask, np.asarray(list(classes), dtype=np.int64))
-    alpha = float(np.clip(opacity, 0.0, 1.0)) * coloured[..., None]
-    blended = image * (1.0 - alpha) + colorize(mask, palette, ignore_index) * alpha
-    return np.round(blended).astype(np.uint8)
 
 
 def disagreement_map(masks: Sequence[np.ndarray]) -> np.ndarray:

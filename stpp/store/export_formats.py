@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 
-from stpp.data.masks import palette_bytes
+from stpp.data.masks import overlay, palette_bytes
 from stpp.store.classes import ClassInfo
 
 VOC_ROOT = "VOCdevkit/VOC2012"
@@ -239,14 +239,10 @@ class OverlaysWriter(FormatWriter):
     """``overlays/NAME.jpg``: the image with its mask blended in the class colours (ignore left as is)."""
 
     def add(self, image: ExportImage, mask: np.ndarray) -> None:
-        rgb = np.asarray(image.decode(), dtype=np.float32)
-        colours = np.zeros((256, 3), dtype=np.float32)
-        colours[: self.classes.num_classes] = np.asarray(self.classes.palette, dtype=np.float32)
-        labelled = (mask < self.classes.num_classes)[..., None]
-        blended = np.where(labelled, (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours[mask], rgb)
+        blended = overlay(np.asarray(image.decode()), mask, self.classes.palette, OVERLAY_ALPHA,
+                          classes=range(self.classes.num_classes))
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8)).save(
-            buffer, format="JPEG", quality=OVERLAY_QUALITY)
+        Image.fromarray(blended).save(buffer, format="JPEG", quality=OVERLAY_QUALITY)
         _put(self.zf, f"overlays/{image.name}.jpg", buffer.getvalue(), compress=False)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from stpp.data.masks import read_mask
+from stpp.data.masks import overlay, read_mask
 from stpp.store import ImportReport, Project, Store, StoreError, find_project, ingest_files, project_summary
 from ui.services import Services
 
@@ -91,15 +91,15 @@ def page_count(total: int, size: int = PAGE_SIZE) -> int:
 # Thumbnails -------------------------------------------------------------------------------------
 
 
-def thumbnail(services: Services, project: Project, item: Thumb, overlay: bool) -> Path:
-    """The cached JPEG thumbnail of an image, its mask blended in the class colours when ``overlay``.
+def thumbnail(services: Services, project: Project, item: Thumb, with_mask: bool) -> Path:
+    """The cached JPEG thumbnail of an image, its mask blended in the class colours when ``with_mask``.
 
     Named by the image's and mask's content hashes and the palette, so a new mask or a recoloured
     class makes a new thumbnail and nothing stale is shown.
     """
     palette = project.classes.palette
     mask_key = "plain"
-    if overlay and item.mask_path:
+    if with_mask and item.mask_path:
         mask_key = f"{item.mask_hash[:16]}-{hashlib.sha1(json.dumps(palette).encode()).hexdigest()[:8]}"
     path = services.settings.thumbnail_dir / str(project.id) / f"{item.hash}-{mask_key}.jpg"
     if not path.is_file():
@@ -115,12 +115,7 @@ def write_thumbnail(image_path: Path, mask_path: Path | None, palette: Sequence[
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR)
     if mask_path is not None:
         mask = np.asarray(Image.fromarray(read_mask(mask_path)).resize(image.size, Image.Resampling.NEAREST))
-        colours = np.zeros((256, 3), dtype=np.float32)
-        colours[: len(palette)] = np.asarray(palette, dtype=np.float32)
-        rgb = np.asarray(image, dtype=np.float32)
-        labelled = (mask < len(palette))[..., None]
-        blended = np.where(labelled, (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours[mask], rgb)
-        image = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+        image = Image.fromarray(overlay(np.asarray(image), mask, palette, OVERLAY_ALPHA, classes=range(len(palette))))
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: a page loading at the same time never reads half a file.
     partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -136,8 +131,8 @@ def gallery_page(services: Services, name: str | None, role: str, page: float | 
     total = count_images(services.store, project, role)
     page = min(max(1, int(page or 1)), page_count(total))
     items = page_of_images(services.store, project, role, page)
-    overlay = role != "unlabelled"  # reference masks measure pseudo masks; they are not the data's labels
-    gallery = [(str(thumbnail(services, project, item, overlay)), f"{item.name} ({item.width}×{item.height})")
+    with_mask = role != "unlabelled"  # reference masks measure pseudo masks; they are not the data's labels
+    gallery = [(str(thumbnail(services, project, item, with_mask)), f"{item.name} ({item.width}×{item.height})")
                for item in items]
     first = (page - 1) * PAGE_SIZE + 1
     shown = f"{first}–{first + len(items) - 1} of {total}" if items else f"none of {total}"
