@@ -59,3 +59,15 @@ def test_quality_bench_writes_its_results_table(camvid_slice: Path, tmp_path: Pa
     (st_run,) = (tmp_path / "runs" / "camvid-1_8-test").glob("st-s0-*")  # named by its config hash
     st_events = (st_run / "events.jsonl").read_text()
     assert '"stage_skipped"' in st_events and '"teacher"' in st_events
+
+
+def test_ablations_are_chosen_by_name(capsys: pytest.CaptureFixture):
+    from stpp.bench.quality import ABLATIONS, ablation_variants, main
+
+    assert ablation_variants(None) == []
+    assert ablation_variants("all") == list(ABLATIONS.values())
+    assert [v.overrides for v in ablation_variants("sda-off,r25")] == [("augment.strong_unlabeled=false",),
+                                                                     ("selftrain.reliable_ratio=0.25",)]
+    with pytest.raises(SystemExit) as exited:  # refused before any data is read
+        main(["--data", "/nonexistent", "--split", "1_8", "--ablations", "sda-off,nope"])
+    assert exited.value.code == 2 and "unknown ablation nope; choose from: all, sda-off" in capsys.readouterr().err

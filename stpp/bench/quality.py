@@ -1,7 +1,7 @@
 """SupOnly vs ST vs ST++ on a folder dataset with standard splits, plus pseudo-mask quality.
 
 ``python -m stpp.bench quality --data ROOT --split 1_8 --preset camvid-cpu [--methods ...]
-[--seeds 0,1] [--ablations] [--out DIR] [--results FILE]``
+[--seeds 0,1] [--ablations [NAMES]] [--out DIR] [--results FILE]``
 
 ``--split 1_8`` means ``ROOT/splits/1_8/{labeled,unlabeled}.txt``; validation is ``ROOT/splits/val.txt``.
 Each (method, seed) is an ordinary headless run folder under ``--out``; finished runs are reused and
@@ -51,13 +51,26 @@ class Variant:
     overrides: tuple[str, ...] = ()
 
 
-ABLATIONS = (
-    Variant("st++ (SDA off)", "st++", ("augment.strong_unlabeled=false",)),
-    Variant("st++ (random split)", "st++", ("selftrain.split=random",)),
-    Variant("st (pixel selection 0.5)", "st", ("selftrain.pixel_threshold=0.5",)),
-    Variant("st++ (R = 25%)", "st++", ("selftrain.reliable_ratio=0.25",)),
-    Variant("st++ (R = 75%)", "st++", ("selftrain.reliable_ratio=0.75",)),
-)
+ABLATIONS = {
+    "sda-off": Variant("st++ (SDA off)", "st++", ("augment.strong_unlabeled=false",)),
+    "random-split": Variant("st++ (random split)", "st++", ("selftrain.split=random",)),
+    "pixel-0.5": Variant("st (pixel selection 0.5)", "st", ("selftrain.pixel_threshold=0.5",)),
+    "r25": Variant("st++ (R = 25%)", "st++", ("selftrain.reliable_ratio=0.25",)),
+    "r75": Variant("st++ (R = 75%)", "st++", ("selftrain.reliable_ratio=0.75",)),
+}
+"""The paper's ablations, by the name ``--ablations`` takes."""
+
+
+def ablation_variants(names: str | None) -> list[Variant]:
+    """The ablation rows ``--ablations`` asks for: None none, ``all`` every one, else a comma list of names."""
+    if names is None:
+        return []
+    if names == "all":
+        return list(ABLATIONS.values())
+    unknown = [n for n in names.split(",") if n not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation {', '.join(unknown)}; choose from: all, {', '.join(ABLATIONS)}")
+    return [ABLATIONS[n] for n in names.split(",")]
 
 
 @dataclass
@@ -78,13 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="camvid-cpu")
     parser.add_argument("--methods", default="supervised,st,st++")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--ablations", action="store_true", help="add the paper's ablation rows")
+    parser.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
+                        help=f"add the paper's ablation rows: all (the default), or some of {', '.join(ABLATIONS)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs"))
     parser.add_argument("--results", type=Path, default=None,
                         help="JSON results file (default: benchmarks/results/<dataset>-<split>-<preset>.json)")
     args = parser.parse_args(argv)
+    try:
+        variants = [Variant(m, m) for m in args.methods.split(",")] + ablation_variants(args.ablations)
+    except ValueError as error:
+        parser.error(str(error))
     configure_cpu_threads()
 
     split_dir = args.data / "splits" / args.split
@@ -92,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     data = load_folder_run_data(args.data, labeled, unlabeled, val)
     device = resolve_device(args.device)
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = [Variant(m, m) for m in args.methods.split(",")] + (list(ABLATIONS) if args.ablations else [])
     dataset_name = args.data.resolve().name
     tag = f"{dataset_name}-{args.split}-{args.preset}"
 
