@@ -37,7 +37,7 @@ checks|quality)
             --results "$OUT/camvid-1_8-camvid.json" > "$OUT/quality.log" 2>&1
         echo "quality exit $?"; tail -30 "$OUT/quality.log"
         tar czf "$OUT/runs_meta.tgz" $(find benchmarks/runs -name events.jsonl -o -name metrics.json \
-            -o -name scores.csv -o -name config.json) 2>/dev/null
+            -o -name scores.csv -o -name config.json -o -path '*/pseudo/*.png') 2>/dev/null
     fi
     ;;
 *)
