@@ -302,8 +302,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     """One SGD step on a batch: forward (under autocast when ``dtype``), cross-entropy, scaled backward.
 
     Args:
-        images: ``uint8 [N, 3, H, W]`` as the loader gives them (normalised here, on ``device``), or
-            already normalised floats.
+        images: ``uint8 [N, 3, H, W]`` as the loader gives them, or floats in [0, 1]; normalised
+            here, on ``device``.
         masks: class indices ``[N, H, W]``, any integer type.
 
     Returns:
