@@ -27,7 +27,6 @@ VOC_ROOT = "VOCdevkit/VOC2012"
 """Where the VOC layout sits in the zip: torchvision's ``VOCSegmentation(root, year="2012")`` reads it."""
 JPEG_QUALITY = 95
 OVERLAY_QUALITY = 90
-OVERLAY_ALPHA = 0.5
 SPLITS = ("train", "val")
 
 
@@ -239,7 +238,7 @@ class OverlaysWriter(FormatWriter):
     """``overlays/NAME.jpg``: the image with its mask blended in the class colours (ignore left as is)."""
 
     def add(self, image: ExportImage, mask: np.ndarray) -> None:
-        blended = overlay(np.asarray(image.decode()), mask, self.classes.palette, OVERLAY_ALPHA,
+        blended = overlay(np.asarray(image.decode()), mask, self.classes.palette,
                           classes=range(self.classes.num_classes))
         buffer = io.BytesIO()
         Image.fromarray(blended).save(buffer, format="JPEG", quality=OVERLAY_QUALITY)

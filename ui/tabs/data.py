@@ -37,7 +37,6 @@ REPORT_ROWS = 2000
 STATUS_ORDER = {"failed": 0, "skipped": 1, "added": 2}
 PAGE_SIZE = 24
 THUMBNAIL_PX = 192
-OVERLAY_ALPHA = 0.5
 _IMAGES = ("SELECT i.id, i.name, i.path, i.hash, i.width, i.height, m.path AS mask_path, m.hash AS mask_hash "
            "FROM images i LEFT JOIN masks m ON m.id = (SELECT max(id) FROM masks WHERE image_id = i.id AND kind = ?) "
            "WHERE i.project_id = ? AND i.role = ? ORDER BY i.name LIMIT ? OFFSET ?")
@@ -115,7 +114,7 @@ def write_thumbnail(image_path: Path, mask_path: Path | None, palette: Sequence[
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR)
     if mask_path is not None:
         mask = np.asarray(Image.fromarray(read_mask(mask_path)).resize(image.size, Image.Resampling.NEAREST))
-        image = Image.fromarray(overlay(np.asarray(image), mask, palette, OVERLAY_ALPHA, classes=range(len(palette))))
+        image = Image.fromarray(overlay(np.asarray(image), mask, palette, classes=range(len(palette))))
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: a page loading at the same time never reads half a file.
     partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
