@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+from stpp.core.layout import default_workspace
+
 # Offline by default; set before gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: 127.0.0.1; any other address needs --auth or --insecure)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
-    parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("STPP_HOME") or "workspace"),
+    parser.add_argument("--workspace", type=Path, default=default_workspace(),
                         help="workspace folder for the store and its files (default: $STPP_HOME or ./workspace)")
     parser.add_argument("--no-demo", action="store_true", help="do not seed the camvid-demo project")
     parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",

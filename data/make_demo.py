@@ -24,7 +24,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stpp.data.masks import atomic_save, read_image, read_mask, write_mask  # noqa: E402
+from stpp.core.masks import atomic_save, read_image, read_mask, write_mask  # noqa: E402
 
 SIZE = (240, 180)
 JPEG_QUALITY = 90

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,18 +15,28 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from stpp.config import METHODS, PRESETS, ConfigError
-from stpp.data.datasets import DataError
+from stpp.core.classes import DataError
+from stpp.core.config import METHODS, PRESETS, ConfigError
+from stpp.core.events import Event
+from stpp.core.layout import RunLayout
+from stpp.core.method import STAGES, every_pause_point
 from stpp.engine.autobatch import auto_batch_size
 from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.distributed import init_distributed, is_main, run_on_main, shutdown_distributed
-from stpp.engine.events import Event
+from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested
 from stpp.models import WeightsError
 from stpp.project_args import add_project_parser
-from stpp.runs import (RunError, describe_inputs, evaluate_run, load_folder_run_data, predict_folder,
-                       prepare_run_dir, resolve_config, run_headless)
-from stpp.selftrain.layout import RunLayout
+from stpp.runs import (
+    RunError,
+    describe_inputs,
+    evaluate_run,
+    load_folder_run_data,
+    predict_folder,
+    prepare_run_dir,
+    resolve_config,
+    run_headless,
+)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -62,23 +71,6 @@ class TqdmSink:
         self.bar, self.key = None, None
 
 
-class StopFlag:
-    """Set by SIGTERM / SIGINT: the training loop finishes its step, writes ``last.pt`` and stops."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stpp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
     run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--resume", action="store_true", help="continue the run already in --out")
-    run.add_argument("--until", choices=("ranking", "stage1", "stage2"), default=None,
+    run.add_argument("--until", choices=every_pause_point(), default=None,
                      help="stop for review after this point (the ranking, or a stage's re-labelling); --resume continues")
     run.add_argument("--auto-batch", action="store_true",
                      help="on GPU: halve the preset's batch until a training step fits in memory (lr follows)")
@@ -108,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--data", required=True, type=Path)
     ev.add_argument("--split", required=True, type=Path, help="text file of IDs to evaluate on")
-    ev.add_argument("--stage", default=None, help="teacher, st, stage1, stage2, stage3 (default: the last)")
+    ev.add_argument("--stage", default=None, help=f"{', '.join(STAGES)} (default: the last)")
     ev.add_argument("--device", default="auto")
 
     pr = commands.add_parser("predict", help="write palette-PNG masks for a folder of images")
@@ -132,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cpu_threads()
     if args.command == "worker":
-        from stpp.worker import worker_main
+        from stpp.worker.main import worker_main
 
         return worker_main(args.run_id, args.workspace)
     if args.command == "project":

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from stpp.config import PRESETS, ConfigError, StppConfig, get_preset
+from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
+from stpp.core.devices import DeviceSpec, parse_device_spec
+from stpp.core.method import METHOD_LABELS, pause_points
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.projects import Project, get_project
 from stpp.store.runs import (
@@ -53,94 +55,10 @@ DEFAULT_GRACE_S = 30.0
 START_GRACE_S = 120.0
 """Seconds a claimed run may wait for its worker's pid before it counts as failed to start."""
 
-METHOD_LABELS = {"supervised": "SupOnly", "st": "ST", "st++": "ST++"}
-"""Display names of the methods."""
-BACKBONE_NAMES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101")
-"""The backbones of :data:`stpp.models.BACKBONES`, listed without importing torch."""
-AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 
 
 class LaunchError(StoreError):
     """A run that cannot be launched as asked (the message says why)."""
-
-
-DEVICE_FORMS = "auto, cpu, cpu*N (N processes), cuda, cuda:N or cuda:N,M,... (one process per GPU)"
-"""The ``device`` values a project run accepts, for error messages."""
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """A run's ``device`` setting: where it trains, and in how many processes.
-
-    One process trains on ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Several processes, started
-    by ``torchrun``, train one run with DDP: ``cuda:N,M,...`` puts one process on each listed GPU
-    (NCCL), ``cpu*N`` runs N processes on the CPU (gloo). The CPU takes a count rather than a
-    list because its processes share one device (``cpu:N`` would read as torch's device index).
-
-    Attributes:
-        kind: ``auto``, ``cpu`` or ``cuda``.
-        gpus: the GPU indices named (empty for ``auto``, ``cpu`` and a bare ``cuda``).
-        processes: how many processes train the run.
-    """
-
-    kind: str
-    gpus: tuple[int, ...] = ()
-    processes: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        """True when the run trains in several processes (under ``torchrun``)."""
-        return self.processes > 1
-
-    @property
-    def process_device(self) -> str:
-        """The device each process resolves (``cuda:LOCAL_RANK`` replaces a bare ``cuda`` under torchrun)."""
-        if self.kind == "cuda" and len(self.gpus) == 1:
-            return f"cuda:{self.gpus[0]}"
-        return self.kind
-
-    @property
-    def slots(self) -> tuple[str, ...]:
-        """The queue slots the run holds while it trains: each of its GPUs, or the CPU."""
-        if self.kind == "cuda":
-            return tuple(f"cuda:{index}" for index in self.gpus) or ("cuda:0",)
-        return (self.kind,)
-
-    def __str__(self) -> str:
-        if self.kind == "cuda" and self.gpus:
-            return "cuda:" + ",".join(map(str, self.gpus))
-        if self.kind == "cpu" and self.processes > 1:
-            return f"cpu*{self.processes}"
-        return self.kind
-
-
-def parse_device_spec(device: str) -> DeviceSpec:
-    """Read a run's ``device`` setting (see :class:`DeviceSpec` for the forms).
-
-    Raises:
-        ConfigError: an unknown form, a GPU listed twice, or a count or index that is not a whole
-            number (at least 1 for a count).
-    """
-    text = str(device).strip()
-    if text in ("auto", "cpu", "cuda"):
-        return DeviceSpec(text)
-    kind, star, count = text.partition("*")
-    if star and kind == "cpu":
-        if not count.isdigit() or int(count) < 1:
-            raise ConfigError(f"device {text!r}: the number of CPU processes must be a whole number of at "
-                              f"least 1, e.g. cpu*2")
-        return DeviceSpec("cpu", processes=int(count))
-    kind, colon, indices = text.partition(":")
-    if colon and kind == "cuda":
-        items = [item.strip() for item in indices.split(",")]
-        if not all(item.isdigit() for item in items):
-            raise ConfigError(f"device {text!r}: GPUs are listed by index, e.g. cuda:0 or cuda:0,1")
-        gpus = tuple(int(item) for item in items)
-        repeated = sorted({index for index in gpus if gpus.count(index) > 1})
-        if repeated:
-            raise ConfigError(f"device {text!r} lists GPU {', '.join(map(str, repeated))} more than once")
-        return DeviceSpec("cuda", gpus, len(gpus))
-    raise ConfigError(f"unknown device {text!r}; use {DEVICE_FORMS}")
 
 
 @dataclass(frozen=True)
@@ -373,8 +291,11 @@ class JobRunner:
     # Launching ---------------------------------------------------------------------------------
 
     def launch(self, project: int | str | Project, method: str, preset: str,
-               overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu") -> Run:
+               overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu", *,
+               review: bool = False) -> Run:
         """Resolve the config, record a ``queued`` run and start it if its device is free.
+
+        The one launch path of the app, the CLI and the API.
 
         Args:
             project: id, name or :class:`Project`.
@@ -384,6 +305,9 @@ class JobRunner:
             device: ``cpu``, ``cuda:N``, ``cuda`` or ``auto`` (pinned to a device here), or one run
                 in several processes: ``cuda:N,M,...`` (one per GPU) or ``cpu*N``; see
                 :class:`DeviceSpec`.
+            review: stop for a person's review at every pause point of the method (after the
+                ranking and after each re-labelling) with status ``awaiting_review``; the plan is
+                in the run row before the worker starts.
 
         Raises:
             RunConflict: the project already has an unfinished run.
@@ -394,9 +318,9 @@ class JobRunner:
         refuse_unfinished(self.store, project)  # before the slower config check
         check_trainable(self.store, project, method)
         cfg = resolve_run_config(project, method, preset, overrides, self._pin_device(device))
-        return self.submit(project, cfg)
+        return self.submit(project, cfg, pause_points(cfg) if review else ())
 
-    def submit(self, project: int | str | Project, cfg: StppConfig) -> Run:
+    def submit(self, project: int | str | Project, cfg: StppConfig, review_plan: Sequence[str] = ()) -> Run:
         """Record a ``queued`` run with an already resolved config and start it if its device is free.
 
         Raises:
@@ -404,7 +328,7 @@ class JobRunner:
             ConfigError: a malformed ``device``.
         """
         parse_device_spec(cfg.device)
-        run = create_run(self.store, project, cfg)
+        run = create_run(self.store, project, cfg, review_plan)
         self.tick()
         return get_run(self.store, run.id)
 

@@ -30,11 +30,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from stpp.data.masks import atomic_save
+from stpp.core.layout import RunLayout
+from stpp.core.masks import atomic_save
 from stpp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stpp.engine.checkpoint import load_model
 from stpp.runs import RunError, read_run_config, stage_model_path
-from stpp.selftrain.layout import RunLayout
 
 TRACE_SIZE = 96
 """Side of the example input the model is traced with (other sizes work: shapes are traced symbolically)."""

@@ -24,18 +24,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from stpp.data.classes import DataError
+from stpp.core.classes import DataError
+from stpp.core.layout import default_workspace
+from stpp.core.units import format_bytes
 from stpp.project_args import add_project_parser
+from stpp.store import (
+    ImportReport,
+    Store,
+    StoreError,
+    create_project,
+    disk_usage,
+    find_project,
+    import_folder_dataset,
+    import_voc_labels,
+    import_voc_project,
+    ingest_files,
+    list_project_summaries,
+    load_classes,
+    load_labelmap,
+    open_store,
+    parse_class_names,
+    project_summary,
+)
 from stpp.store.export import ExportFilter, export_project
-from stpp.store import (ImportReport, Store, StoreError, create_project, disk_usage, find_project,
-                        import_folder_dataset, import_voc_labels, import_voc_project, ingest_files,
-                        list_project_summaries, load_classes, load_labelmap, open_store, parse_class_names,
-                        project_summary)
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -53,8 +68,8 @@ def run_project_command(args: argparse.Namespace) -> int:
 
 
 def workspace_path(given: Path | None) -> Path:
-    """``--workspace``, else ``$STPP_HOME``, else ``./workspace``."""
-    return given if given is not None else Path(os.environ.get("STPP_HOME") or "workspace")
+    """``--workspace``, else :func:`~stpp.core.layout.default_workspace`."""
+    return given if given is not None else default_workspace()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,8 +177,8 @@ def _status(store: Store, args: argparse.Namespace) -> int:
     for run in runs:
         stage = f", stage {run['stage']}" if run["stage"] else ""
         print(f"  run {run['id']}: {run['method']}, {run['status']}{stage}, {run['progress'] * 100:.0f}%")
-    print(f"disk: {_bytes(usage.images)} images, {_bytes(usage.masks)} masks, {_bytes(usage.runs)} runs "
-          f"({_bytes(usage.total)} in the workspace); {_bytes(usage.in_place)} registered in place")
+    print(f"disk: {format_bytes(usage.images)} images, {format_bytes(usage.masks)} masks, {format_bytes(usage.runs)} runs "
+          f"({format_bytes(usage.total)} in the workspace); {format_bytes(usage.in_place)} registered in place")
     return EXIT_OK
 
 
@@ -182,9 +197,9 @@ def _export(store: Store, args: argparse.Namespace) -> int:
 
 def _predict(store: Store, args: argparse.Namespace) -> int:
     # torch only for this command: the other project commands stay light.
+    from stpp.core.layout import RunLayout
     from stpp.engine.device import resolve_device
     from stpp.runs import RunError, predict_folder
-    from stpp.selftrain.layout import RunLayout
     from stpp.store.runs import get_run, list_runs
 
     project = find_project(store, args.name)
@@ -212,17 +227,6 @@ def _summary_dict(summary) -> dict:
     classes = summary.project.classes
     return {"name": summary.name, "id": summary.project.id, "created": summary.project.created,
             "classes": classes.to_dict(), "images": summary.images, "masks": summary.masks, "runs": summary.runs}
-
-
-def _bytes(count: int) -> str:
-    if count < 1024:
-        return f"{count} B"
-    value, unit = float(count), "B"
-    for unit in ("KB", "MB", "GB", "TB"):
-        value /= 1024
-        if value < 1024:
-            break
-    return f"{value:.1f} {unit}"
 
 
 _COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,

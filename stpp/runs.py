@@ -14,19 +14,26 @@ from typing import Callable, Sequence
 
 import torch
 
-from stpp.config import METHODS, ConfigError, DataConfig, StppConfig, apply_overrides, get_preset
+from stpp.core.config import METHODS, ConfigError, DataConfig, StppConfig, apply_overrides, get_preset
+from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
+from stpp.core.layout import RunLayout
+from stpp.core.masks import atomic_save
 from stpp.data.cityscapes import CityscapesDataset
-from stpp.data.datasets import (ClassInfo, DataError, EvalDataset, FolderDataset, check_run_inputs, image_size,
-                                read_split)
-from stpp.data.masks import atomic_save
+from stpp.data.datasets import (
+    ClassInfo,
+    DataError,
+    EvalDataset,
+    FolderDataset,
+    check_run_inputs,
+    image_size,
+    read_split,
+)
 from stpp.data.voc import VOCDataset
 from stpp.engine.checkpoint import load_model
 from stpp.engine.device import use_channels_last
 from stpp.engine.distributed import is_main
-from stpp.engine.events import Event, EventSink, JsonlSink, MultiSink
 from stpp.engine.train import evaluate
 from stpp.models import build_model
-from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pipeline import Pipeline, RunData, Sample, stage_names
 from stpp.selftrain.pseudo import LabelJob, run_label_jobs
 
@@ -283,5 +290,5 @@ def predict_folder(layout: RunLayout, images_dir: Path, out_dir: Path, stage: st
     use_tta = cfg.pseudo.tta if tta is None else tta
     jobs = [LabelJob(path.stem, path, out_dir / path.relative_to(images_dir).with_suffix(".png")) for path in images]
     run_label_jobs(model, jobs, cfg, cfg.data.palette, device, sink if sink is not None else MultiSink([]),
-                   f"predict:{stage}", use_tta, skip_existing=False)
+                   Activity.prediction(stage), use_tta, skip_existing=False)
     return [job.target for job in jobs]

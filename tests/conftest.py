@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from browser import headless_chrome
+
 from stpp.jobs import worker_alive
 from stpp.store import open_store
 from stpp.store.runs import list_runs
@@ -245,7 +245,7 @@ def services(workspace: Path):
 def test_class_table_reads_hex_and_rgb_colours_and_fills_missing_ones():
     import pandas as pd
 
-    from stpp.data.classes import DataError, default_palette
+    from stpp.core.classes import DataError, default_palette
     from ui.tabs.projects import CLASS_COLUMNS, classes_frame, classes_from_frame
 
     frame = pd.DataFrame([["sky", "#8080FF"], ["", ""], [" road ", "128, 64,128"], ["car", None]],
@@ -261,7 +261,7 @@ def test_class_table_reads_hex_and_rgb_colours_and_fills_missing_ones():
 
 
 def test_class_files_are_read_with_the_line_at_fault(tmp_path: Path):
-    from stpp.data.classes import DataError
+    from stpp.core.classes import DataError
     from ui.tabs.projects import read_class_file
 
     assert read_class_file(REPO / "data" / "demo" / "classes.json").num_classes == 11
@@ -276,7 +276,7 @@ def test_class_files_are_read_with_the_line_at_fault(tmp_path: Path):
 def test_create_open_demo_and_delete_with_confirmation(services):
     import pandas as pd
 
-    from stpp.config import get_preset
+    from stpp.core.config import get_preset
     from stpp.store import StoreError, find_project, list_projects
     from stpp.store.runs import create_run
     from ui.tabs.projects import CLASS_COLUMNS, create, delete, open_demo, usage_markdown

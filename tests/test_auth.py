@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from browser import headless_chrome
 from test_app import ARTIFACTS, Server, assert_one_line_error, http_get, run_app
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import headless_chrome
+from PIL import Image
 from test_app import ARTIFACTS, REPO, Server
 
 DEMO_DIR = REPO / "data" / "demo"
@@ -155,8 +154,7 @@ class Page:
 
         ``message`` (a string, or a callable evaluated on failure) explains a timeout.
         """
-        from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
-                                                TimeoutException)
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
         wait = WebDriverWait(self.driver, timeout or self.timeout, poll_frequency=0.25,

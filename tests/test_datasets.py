@@ -10,15 +10,26 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import CLASSES, PALETTE
 from torch.utils.data import DataLoader
 
-from stpp.config import AugmentConfig
-from stpp.data.datasets import (ClassInfo, DataError, EvalDataset, FolderDataset, RunInputs, TrainDataset,
-                                TrainItem, check_run_inputs, collate_single, default_palette, load_classes,
-                                read_split)
-from stpp.data.masks import read_mask
+from stpp.core.config import AugmentConfig
+from stpp.core.masks import read_mask
+from stpp.data.datasets import (
+    ClassInfo,
+    DataError,
+    EvalDataset,
+    FolderDataset,
+    RunInputs,
+    TrainDataset,
+    TrainItem,
+    check_run_inputs,
+    collate_single,
+    default_palette,
+    load_classes,
+    read_split,
+)
 from stpp.data.transforms import StrongAugment, WeakAugment
-from synthetic import CLASSES, PALETTE
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, run_args
+
+from stpp.core.events import read_events
 from stpp.data.datasets import read_split
-from stpp.engine.events import read_events
 
 # Enough teacher steps for a model that predicts more than one class, few enough to stay quick.
 FAST = ["--set", "optim.epochs=9", "--set", "optim.student_epochs=1", "--device", "cpu"]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stpp.config import get_preset
-from stpp.data.masks import read_mask, write_mask
+from stpp.core.config import get_preset
+from stpp.core.masks import read_mask, write_mask
 from stpp.store import create_project, import_folder_dataset, open_store, seed_demo_project, utc_now
 from stpp.store.export import ExportError, ExportFilter, export_project
 from stpp.store.export_formats import VOC_ROOT, class_folder_names

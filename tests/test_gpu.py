@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import run_args, run_stpp
 from torch import nn
 
-from helpers import run_args, run_stpp
-from stpp.config import StppConfig, get_preset
+from stpp.core.config import StppConfig, get_preset
+from stpp.core.events import Activity, ListSink, read_events
+from stpp.core.masks import read_mask
 from stpp.data.datasets import FolderDataset, TrainDataset, TrainItem, read_split
-from stpp.data.masks import read_mask
 from stpp.data.transforms import StrongAugment, WeakAugment
 from stpp.engine.autobatch import BatchTooLarge, auto_batch_size, halve_until_fits
 from stpp.engine.device import autocast_dtype, use_channels_last
-from stpp.engine.events import ListSink, read_events
 from stpp.engine.inference import Predictor, tta_predict
 from stpp.engine.train import FitPlan, fit, prepare_model
 from stpp.models import build_model
@@ -151,11 +151,11 @@ def test_batched_labelling_on_gpu(synthetic_dataset: Path, tmp_path: Path):
     ids = read_split(synthetic_dataset / "unlabeled.txt")
     paths = [dataset.image_path(i) for i in ids]
     sink = ListSink()
-    label_images(model, ids, paths, tmp_path / "gpu", cfg, [(0, 0, 0)] * 4, device, sink, "label:teacher", tta=True,
+    label_images(model, ids, paths, tmp_path / "gpu", cfg, [(0, 0, 0)] * 4, device, sink, Activity.labelling("teacher"), tta=True,
                  single_scale_dir=tmp_path / "gpu_single")
     label_images(model.cpu().to(memory_format=torch.contiguous_format), ids, paths, tmp_path / "cpu",
                  replace(cfg, optim=replace(cfg.optim, amp="off")), [(0, 0, 0)] * 4, torch.device("cpu"), ListSink(),
-                 "label:teacher", tta=True)
+                 Activity.labelling("teacher"), tta=True)
     agree = [np.mean(read_mask(tmp_path / "gpu" / f"{i}.png") == read_mask(tmp_path / "cpu" / f"{i}.png")) for i in ids]
     assert np.mean(agree) > 0.98
     assert {p.stem for p in (tmp_path / "gpu_single").glob("*.png")} == set(ids)

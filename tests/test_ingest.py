@@ -16,11 +16,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stpp.data.classes import format_labelmap, make_classes
-from stpp.data.masks import read_image, read_mask
-from stpp.store import (Limits, create_project, delete_images, disk_usage, find_orphan_files, get_project,
-                        import_voc_labels, import_voc_project, ingest_files, open_store, project_summary,
-                        StoreError, remove_orphan_files, seed_demo_project)
+from stpp.core.classes import format_labelmap, make_classes
+from stpp.core.masks import read_image, read_mask
+from stpp.store import (
+    Limits,
+    StoreError,
+    create_project,
+    delete_images,
+    disk_usage,
+    find_orphan_files,
+    get_project,
+    import_voc_labels,
+    import_voc_project,
+    ingest_files,
+    open_store,
+    project_summary,
+    remove_orphan_files,
+    seed_demo_project,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = ["background", "road", "car"]

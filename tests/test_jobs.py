@@ -18,21 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from stpp.config import StppConfig
-from stpp.engine.events import Event, read_events
-from stpp.jobs import BACKBONE_NAMES, JobRunner, worker_alive, worker_log_path
+from stpp.core.config import StppConfig
+from stpp.core.events import Event, read_events
+from stpp.core.layout import RunLayout
+from stpp.jobs import JobRunner, worker_alive, worker_log_path
+from stpp.project_cli import main as project_main
+from stpp.review.views import GalleryQuery, gallery_page, review_cache
 from stpp.runs import resolve_config
-from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pipeline import RunData
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
-from stpp.project_cli import main as project_main
-from stpp.review.views import GalleryQuery, gallery_page, review_cache
 from stpp.store.runs import (
     PROGRESS_SCALE,
     RunConflict,
     RunStateError,
-    StoreSink,
     claim_queued,
     count_rows,
     create_run,
@@ -45,7 +44,10 @@ from stpp.store.runs import (
     run_metrics,
     update_run,
 )
-from stpp.worker import RunProgress, build_run_data, worker_main
+from stpp.worker.inputs import build_run_data
+from stpp.worker.main import worker_main
+from stpp.worker.progress import RunProgress
+from stpp.worker.sink import StoreSink
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
 RUN_TIMEOUT_S = 420
@@ -327,12 +329,6 @@ def test_reference_masks_never_reach_the_run_data(store):
     assert (len(data.labeled), len(data.unlabeled), len(data.val)) == (8, 16, 8)
     assert all(s.mask_path is None for s in data.unlabeled)
     assert all("ground_truth" in str(s.mask_path) for s in data.labeled + data.val)
-
-
-def test_backbone_choices_match_the_model_registry():
-    from stpp.models import BACKBONES
-
-    assert set(BACKBONE_NAMES) == set(BACKBONES)
 
 
 def test_eta_comes_from_the_progress_made_since_the_worker_started(store):

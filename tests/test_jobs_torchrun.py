@@ -16,21 +16,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_jobs import FAST, RUN_TIMEOUT_S, config, log_of, store, wait_for  # noqa: F401 - store is a fixture
 
-from stpp.config import ConfigError
+from stpp.core.config import ConfigError
+from stpp.core.devices import DeviceSpec, parse_device_spec
+from stpp.core.layout import RunLayout
 from stpp.jobs import (
     Device,
-    DeviceSpec,
     JobRunner,
-    child_env,
     _ranks,
     _signal_group,
     _torchrun_env,
+    child_env,
     detect_devices,
-    parse_device_spec,
     worker_alive,
 )
-from stpp.selftrain.layout import RunLayout
 from stpp.store import create_project
 from stpp.store.runs import (
     cancel_requested_at,
@@ -44,8 +44,7 @@ from stpp.store.runs import (
     run_metrics,
     transition,
 )
-from stpp.worker import read_run_device
-from test_jobs import FAST, RUN_TIMEOUT_S, config, log_of, store, wait_for  # noqa: F401 - store is a fixture
+from stpp.worker.main import read_run_device
 
 TWO_CPU_PROCESSES = "cpu*2"
 

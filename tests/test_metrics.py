@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from stpp.engine.metrics import ConfusionMatrix, mask_miou
+from stpp.core.metrics import mask_miou
+from stpp.engine.metrics import ConfusionMatrix
 
 
 def test_miou_from_hand_computed_confusion_matrix():

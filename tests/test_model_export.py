@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from stpp.config import DataConfig, StppConfig, get_preset
+from stpp.core.config import DataConfig, StppConfig, get_preset
+from stpp.core.layout import RunLayout
 from stpp.data.transforms import normalize
 from stpp.engine.checkpoint import load_model, save_checkpoint
 from stpp.model_export import export_model, main, zip_export
 from stpp.models import build_model
 from stpp.runs import RunError
-from stpp.selftrain.layout import RunLayout
 
 
 @pytest.fixture

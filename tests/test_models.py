@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from stpp.config import ModelConfig
+from stpp.core.config import ModelConfig
 from stpp.models import ARCHS, BACKBONES, WeightsError, build_model, list_models
 from stpp.models.heads import ASPP, DeepLabV2Head
 from stpp.models.mobilenet import MobileNetV2Backbone
@@ -43,7 +43,7 @@ def _seed_and_one_thread():
 def test_list_models() -> None:
     names = list_models()
     assert names["archs"] == ["deeplabv3plus", "pspnet", "deeplabv2"]
-    assert names["backbones"] == ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"]
+    assert names["backbones"] == ["mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101"]
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
@@ -118,7 +118,7 @@ def test_head_rates_follow_output_stride() -> None:
 def test_unknown_names_list_the_options() -> None:
     with pytest.raises(ValueError, match="unknown model.arch 'unet'.*deeplabv3plus, pspnet, deeplabv2"):
         build_model(_cfg(arch="unet"), NUM_CLASSES)
-    with pytest.raises(ValueError, match="unknown model.backbone 'vgg16'.*resnet18.*mobilenet_v2"):
+    with pytest.raises(ValueError, match="unknown model.backbone 'vgg16'.*mobilenet_v2.*resnet18"):
         build_model(_cfg(backbone="vgg16"), NUM_CLASSES)
     with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
         build_model(_cfg(backbone="resnet18", output_stride=32), NUM_CLASSES)

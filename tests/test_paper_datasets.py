@@ -7,13 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_stpp
 from PIL import Image
 
-from helpers import run_stpp
-from stpp.data.cityscapes import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_TO_TRAIN_ID, CityscapesDataset,
-                                  to_train_ids)
+from stpp.core.masks import read_mask
+from stpp.data.cityscapes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    LABEL_TO_TRAIN_ID,
+    CityscapesDataset,
+    to_train_ids,
+)
 from stpp.data.datasets import DataError, check_run_inputs
-from stpp.data.masks import read_mask
 from stpp.data.voc import VOC_CLASSES, VOCDataset
 from stpp.runs import describe_inputs, load_folder_run_data, open_dataset
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_args, run_stpp
-from stpp.config import StppConfig, get_preset
+
+from stpp.core.config import StppConfig, get_preset
+from stpp.core.events import Activity, ListSink, read_events
+from stpp.core.masks import read_mask
 from stpp.data.datasets import EvalDataset, FolderDataset, read_split
-from stpp.data.masks import read_mask
 from stpp.engine.checkpoint import load_model
-from stpp.engine.events import ListSink, read_events
 from stpp.engine.inference import Predictor, tta_predict
 from stpp.engine.train import evaluate
 from stpp.models import build_model
@@ -163,7 +163,7 @@ def test_teacher_labels_and_last_stability_masks_come_from_one_pass(stpp_run: Pa
     model = load_model(stpp_run / "checkpoints" / "teacher_ckpt3.pt")
     cfg = StppConfig.from_dict(json.loads((stpp_run / "config.json").read_text()))
     label_images(model, unlabeled, [dataset.image_path(i) for i in unlabeled], tmp_path, cfg, cfg.data.palette,
-                 torch.device("cpu"), ListSink(), "check", tta=False)
+                 torch.device("cpu"), ListSink(), Activity.labelling("teacher"), tta=False)
     same = [np.mean(read_mask(tmp_path / f"{i}.png") == read_mask(stpp_run / "stability" / "ckpt3" / f"{i}.png"))
             for i in unlabeled]
     assert np.mean(same) > 0.999

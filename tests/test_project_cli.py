@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stpp.data.classes import load_classes
+from stpp.core.classes import load_classes
 from stpp.project_cli import add_project_parser, main, run_project_command
 from stpp.store import open_store, project_summary
 

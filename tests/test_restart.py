@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from stpp.jobs import worker_alive
-from stpp.selftrain.layout import RunLayout
-from stpp.store import create_project, import_folder_dataset, open_store
-from stpp.store.runs import get_run, list_events
 from test_app import REPO, Server, kill_running_workers
 from test_data_tab import Page, driver  # noqa: F401 (a fixture)
+
+from stpp.core.layout import RunLayout
+from stpp.jobs import worker_alive
+from stpp.store import create_project, import_folder_dataset, open_store
+from stpp.store.runs import get_run, list_events
 
 PROJECT = "synth"
 RUN_TIMEOUT_S = 420

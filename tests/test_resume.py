@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from helpers import REPO, run_args, run_stpp, stpp_command
-from stpp.engine.events import read_events
+
+from stpp.core.events import read_events
 
 FAST = ["--set", "optim.student_epochs=2"]
 

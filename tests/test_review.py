@@ -11,25 +11,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_args, run_stpp
 from PIL import Image
 
-from helpers import run_args, run_stpp
-from stpp.config import StppConfig
-from stpp.data.masks import read_mask
+from stpp.core.config import StppConfig
+from stpp.core.layout import RunLayout
+from stpp.core.masks import colorize, overlay, read_mask
+from stpp.core.method import num_reliable
 from stpp.jobs import JobRunner
-from stpp.review.decisions import (LOCAL_USER, ReviewError, continue_run, decision_history, latest_decisions, launch_run,
-                         next_pause, num_reliable, pause_points, phase_summary, record_decision, record_review_plan,
-                         review_plan, set_reliable_ratio)
+from stpp.review.decisions import (
+    LOCAL_USER,
+    ReviewError,
+    continue_run,
+    decision_history,
+    latest_decisions,
+    next_pause,
+    phase_summary,
+    record_decision,
+    set_reliable_ratio,
+)
 from stpp.review.outputs import export_model_zip, predict_images
 from stpp.review.quality import quality_report
-from stpp.data.masks import colorize, overlay
 from stpp.review.views import GalleryQuery, disagreement_map, gallery_page, image_detail, merge_painted_layer
-from stpp.selftrain import pipeline
-from stpp.selftrain.layout import RunLayout
 from stpp.store import StoreError, create_project, import_folder_dataset, open_store
 from stpp.store.export import export_project
 from stpp.store.export_formats import VOC_ROOT
-from stpp.store.runs import create_run, get_run
+from stpp.store.runs import RunStateError, create_run, get_run, set_review_plan
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
 RUN_TIMEOUT_S = 420
@@ -54,16 +61,10 @@ def image_id(store, name: str) -> int:
     return store.db.execute("SELECT id FROM images WHERE name = ?", [name]).fetchone()[0]
 
 
-def test_pause_points_agree_with_the_pipeline():
-    for method, stage3 in (("supervised", False), ("st", False), ("st++", False), ("st++", True)):
-        cfg = StppConfig.from_dict({"method": method, "selftrain": {"stage3": stage3}})
-        assert pause_points(cfg) == pipeline.pause_points(cfg) == pause_points(cfg.to_dict())
-
-
 def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: Path):
     runner = JobRunner(store, start_grace_s=300)
-    run = launch_run(runner, "synth", "st++", "test", FAST, "cpu", review=True)
-    assert review_plan(store, run.id) == ("ranking", "stage1")
+    run = runner.launch("synth", "st++", "test", FAST, "cpu", review=True)
+    assert run.review_plan == ("ranking", "stage1")
     run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"))
     assert run.status == "awaiting_review", run.error
     layout = RunLayout(store.path(run.run_dir))
@@ -241,10 +242,11 @@ def test_only_a_paused_run_continues_and_plans_fit_the_method(store):
         continue_run(runner, run.id)
     with pytest.raises(StoreError, match="no run 99"):
         continue_run(runner, 99)
-    assert review_plan(store, run.id) == () and next_pause(store, run.id) is None
-    with pytest.raises(ReviewError, match="cannot pause after stage2"):
-        record_review_plan(store, run.id, ["ranking", "stage2"])
-    assert record_review_plan(store, run.id, ["stage1", "ranking"]) == ("ranking", "stage1")
+    assert run.review_plan == () and next_pause(store, run.id) is None
+    with pytest.raises(RunStateError, match="cannot pause after stage2"):
+        set_review_plan(store, run.id, ["ranking", "stage2"])
+    assert set_review_plan(store, run.id, ["stage1", "ranking"]) == ("ranking", "stage1")
+    assert get_run(store, run.id).review_plan == ("ranking", "stage1")
     assert next_pause(store, run.id) == "ranking"
     with pytest.raises(ReviewError, match="queued"):
         set_reliable_ratio(store, run.id, 0.3)

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import headless_chrome
 from PIL import Image
+from test_app import ARTIFACTS, Server, app_with_workers
 
-from stpp.data.masks import read_image, read_mask
+from stpp.core.layout import RunLayout
+from stpp.core.masks import overlay, read_image, read_mask
+from stpp.core.method import num_reliable
 from stpp.jobs import JobRunner
-from stpp.review.decisions import latest_decisions, launch_run, num_reliable
-from stpp.data.masks import overlay
+from stpp.review.decisions import latest_decisions
 from stpp.review.views import disagreement_image, disagreement_map
-from stpp.selftrain.layout import RunLayout
 from stpp.store import get_project, open_store
 from stpp.store.runs import get_run
-from browser import headless_chrome
-from test_app import ARTIFACTS, Server, app_with_workers
 from ui.components import enlarge
 
 RUN_TIMEOUT_S = 600
@@ -69,7 +69,7 @@ def test_review_correct_continue_and_export(server: Server, driver):
 
     store = open_store(server.workspace)
     runner = JobRunner(store, start_grace_s=300)
-    run = launch_run(runner, "camvid-demo", "st++", "test", OVERRIDES, "cpu", review=True)
+    run = runner.launch("camvid-demo", "st++", "test", OVERRIDES, "cpu", review=True)
     wait_status(store, runner, run.id, "awaiting_review")
     layout = RunLayout(store.path(get_run(store, run.id).run_dir))
     classes = get_project(store, "camvid-demo").classes

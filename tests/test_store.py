@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stpp.data.classes import ClassInfo, DataError, format_labelmap
-from stpp.data.masks import read_mask, write_mask
-from stpp.engine.events import Event
+from stpp.core.classes import ClassInfo, DataError, format_labelmap
+from stpp.core.events import Event
+from stpp.core.masks import read_mask, write_mask
 from stpp.store import (
     SCHEMA_VERSION,
     StoreError,
@@ -278,7 +278,8 @@ def test_malformed_labelmap_is_refused_with_the_line(tmp_path: Path):
 
 
 def test_classes_from_every_source_are_one_class_info(tmp_path: Path, demo_dir: Path):
-    from stpp.data.datasets import ClassInfo as DatasetClassInfo, load_classes as dataset_load_classes
+    from stpp.data.datasets import ClassInfo as DatasetClassInfo
+    from stpp.data.datasets import load_classes as dataset_load_classes
 
     assert DatasetClassInfo is ClassInfo and dataset_load_classes is load_classes
     info = load_classes(demo_dir / "classes.json")

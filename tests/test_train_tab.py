@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from browser import headless_chrome
+from test_app import ARTIFACTS, Server, app_with_workers
 
 from stpp.jobs import form_defaults
 from stpp.store import open_store
-from browser import headless_chrome
-from test_app import ARTIFACTS, Server, app_with_workers
 
 RUN_TIMEOUT_S = 420
 
@@ -115,7 +115,7 @@ def test_the_device_choices_offer_one_run_over_all_gpus(workspace: Path, monkeyp
 
 
 def test_the_event_log_shows_a_stage_s_peak_gpu_memory(workspace: Path, synthetic_dataset: Path):
-    from stpp.engine.events import Event
+    from stpp.core.events import Event
     from stpp.runs import resolve_config
     from stpp.store import create_project
     from stpp.store.runs import create_run, record_event

@@ -8,9 +8,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
 
-from stpp.config import AugmentConfig
-from stpp.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, StrongAugment, WeakAugment, normalize,
-                                  to_eval_tensor)
+from stpp.core.config import AugmentConfig
+from stpp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, StrongAugment, WeakAugment, normalize, to_eval_tensor
 
 # Far-apart flat colours, one per class: a pixel's class is the nearest colour.
 COLOURS = np.array([(128, 128, 128), (230, 30, 30), (30, 210, 30), (30, 50, 230), (240, 230, 40)])

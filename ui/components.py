@@ -7,11 +7,10 @@ from typing import Sequence
 
 import gradio as gr
 
+from stpp.core.method import METHOD_LABELS
 from stpp.store import Project, StoreError, list_projects
 from stpp.store.runs import Run, list_runs
 from ui.services import Services
-
-METHOD_NAMES = {"supervised": "SupOnly", "st": "ST", "st++": "ST++"}
 
 
 def hex_colour(rgb: Sequence[int]) -> str:
@@ -48,7 +47,7 @@ def find_project(services: Services, name: str | None) -> Project | None:
 
 def run_label(run: Run) -> str:
     """``#3 ST++ (test) · awaiting review``."""
-    return f"#{run.id} {METHOD_NAMES.get(run.method, run.method)} ({run.preset}) · {run.status.replace('_', ' ')}"
+    return f"#{run.id} {METHOD_LABELS.get(run.method, run.method)} ({run.preset}) · {run.status.replace('_', ' ')}"
 
 
 def project_runs(services: Services, project: str | None, methods: Sequence[str] | None = None) -> list[Run]:

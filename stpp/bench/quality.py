@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stpp.config import StppConfig
+from stpp.core.config import StppConfig
+from stpp.core.events import read_events
+from stpp.core.layout import RunLayout
+from stpp.core.masks import atomic_save, read_mask
+from stpp.core.metrics import mask_miou
 from stpp.data.datasets import FolderDataset
-from stpp.data.masks import atomic_save, read_mask
 from stpp.engine.device import configure_cpu_threads, resolve_device
-from stpp.engine.events import read_events
-from stpp.engine.metrics import ConfusionMatrix, mask_miou
+from stpp.engine.metrics import ConfusionMatrix
 from stpp.runs import describe_inputs, load_folder_run_data, prepare_run_dir, resolve_config, run_headless
-from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pipeline import read_scores, stage_names
 
 

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from stpp.config import PRESETS, StppConfig, apply_overrides, get_preset
+from stpp.core.config import PRESETS, StppConfig, apply_overrides, get_preset
 from stpp.data.datasets import TrainDataset, TrainItem
 from stpp.data.transforms import WeakAugment
 from stpp.engine.device import autocast_dtype, configure_cpu_threads, resolve_device, use_channels_last

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stpp.config import IGNORE_INDEX
+from stpp.core.config import IGNORE_INDEX
+from stpp.core.masks import write_mask
 from stpp.data.datasets import ClassInfo, DataError, FolderDataset, _read_mask_checked, read_split, split_line_fields
-from stpp.data.masks import write_mask
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"

@@ -5,7 +5,7 @@ A folder dataset (``DESIGN.md``, "Folder dataset") is ``ROOT/images/**/ID.<ext>`
 split lists are text files with one ID per line. Everything that can be wrong with a user's data is
 reported as a :class:`DataError` that names the file (or the ID and its file) and the problem, and
 :func:`check_run_inputs` finds it before any training starts. Class metadata (:class:`ClassInfo`,
-:func:`load_classes`, :class:`DataError`) lives in :mod:`stpp.data.classes` and is re-exported here.
+:func:`load_classes`, :class:`DataError`) lives in :mod:`stpp.core.classes` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from stpp.config import IGNORE_INDEX
-from stpp.data.classes import ClassInfo, DataError, default_palette, load_classes
-from stpp.data.masks import read_image, read_mask
+from stpp.core.classes import ClassInfo, DataError, default_palette, load_classes
+from stpp.core.config import IGNORE_INDEX
+from stpp.core.masks import read_image, read_mask
 from stpp.data.transforms import StrongAugment, WeakAugment, to_eval_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from stpp.config import IGNORE_INDEX, AugmentConfig
+from stpp.core.config import IGNORE_INDEX, AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

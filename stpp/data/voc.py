@@ -18,8 +18,16 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from stpp.config import IGNORE_INDEX
-from stpp.data.datasets import ClassInfo, DataError, FolderDataset, _index_files, default_palette, read_split, split_line_fields
+from stpp.core.config import IGNORE_INDEX
+from stpp.data.datasets import (
+    ClassInfo,
+    DataError,
+    FolderDataset,
+    _index_files,
+    default_palette,
+    read_split,
+    split_line_fields,
+)
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -14,10 +14,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from stpp.config import StppConfig
+from stpp.core.config import StppConfig
+from stpp.core.events import Event
+from stpp.core.method import scaled_lr
 from stpp.engine.device import autocast_dtype, configure_backends, is_out_of_memory, use_channels_last
 from stpp.engine.distributed import min_over_ranks, world_size
-from stpp.engine.events import Event
 from stpp.engine.train import make_optimizer, prepare_model, process_batch_size
 
 
@@ -124,7 +125,7 @@ def auto_batch_size(cfg: StppConfig, device: torch.device, num_classes: int,
         torch.cuda.empty_cache()
     fitted = min_over_ranks(fitted)
     batch = fitted * world_size()
-    lr = cfg.optim.base_lr * batch / 16
+    lr = scaled_lr(cfg.optim.base_lr, batch)
     data = {"auto_batch": True, "preset_batch": original, "batch_size": batch, "batch_per_process": fitted,
             "lr": lr, "out_of_memory_at": [b * world_size() for b in failed]}
     if batch == original:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from stpp.data.masks import atomic_save
+from stpp.core.masks import atomic_save
 
 
 def save_checkpoint(path: str | Path, **content: Any) -> Path:
@@ -34,7 +34,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Rebuild the model a checkpoint was saved from (its config says how) in eval mode."""
-    from stpp.config import StppConfig
+    from stpp.core.config import StppConfig
     from stpp.models import build_model
 
     state = load_checkpoint(path)

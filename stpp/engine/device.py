@@ -10,6 +10,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from stpp.core.config import AMP_CHOICES
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` are checked."""
@@ -44,7 +46,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    raise ValueError(f"unknown amp setting {amp!r}; use auto, off, bf16 or fp16")
+    raise ValueError(f"unknown amp setting {amp!r}; use {', '.join(AMP_CHOICES)}")
 
 
 def seed_everything(seed: int) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stpp.config import EvalConfig
+from stpp.core.config import EvalConfig
 from stpp.engine.device import is_out_of_memory
 
 

@@ -1,11 +1,13 @@
-"""Confusion matrix, per-class IoU and mIoU, accumulated over a whole set."""
+"""The confusion matrix an evaluation pass accumulates on torch tensors (so ranks can sum it);
+IoU, mIoU and the summary are read with :mod:`stpp.core.metrics`."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from stpp.config import IGNORE_INDEX
+from stpp.core import metrics
+from stpp.core.config import IGNORE_INDEX
 
 
 class ConfusionMatrix:
@@ -37,48 +39,17 @@ class ConfusionMatrix:
         """Add another matrix (e.g. another rank's shard) into this one."""
         self.matrix += other.matrix
 
-    def iou(self) -> torch.Tensor:
-        """IoU per class (float64); NaN for a class absent from both truth and prediction."""
-        h = self.matrix.double()
-        diag = torch.diag(h)
-        union = h.sum(1) + h.sum(0) - diag
-        return torch.where(union > 0, diag / union.clamp(min=1), torch.full_like(diag, float("nan")))
+    def iou(self) -> np.ndarray:
+        """IoU per class; NaN for a class absent from both truth and prediction."""
+        return metrics.class_iou(self.matrix.numpy())
 
     def miou(self) -> float:
         """Mean IoU over the classes seen in truth or prediction."""
-        return float(torch.nanmean(self.iou()))
+        return metrics.mean_iou(self.matrix.numpy())
 
     def pixel_accuracy(self) -> float:
-        total = int(self.matrix.sum())
-        return float(torch.diag(self.matrix).sum()) / total if total else float("nan")
+        return metrics.pixel_accuracy(self.matrix.numpy())
 
     def summary(self, class_names: tuple[str, ...] | list[str] | None = None) -> dict:
-        """JSON-ready figures in percent: ``{"miou", "pixel_accuracy", "per_class": {name: iou}}``."""
-        names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
-        per_class = {
-            name: (None if np.isnan(v) else round(100 * v, 2)) for name, v in zip(names, self.iou().tolist())
-        }
-        return {
-            "miou": round(100 * self.miou(), 2),
-            "pixel_accuracy": round(100 * self.pixel_accuracy(), 2),
-            "per_class": per_class,
-        }
-
-
-def mask_miou(a: np.ndarray, b: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
-    """Mean IoU between two masks over the classes present in either (NaN-free when any class is).
-
-    This is the per-image agreement of the stability score: classes absent from both masks drop out
-    (nanmean), as in the paper's code. Pixels that are ``ignore_index`` in either mask are skipped.
-    """
-    a = np.asarray(a, dtype=np.int64).ravel()
-    b = np.asarray(b, dtype=np.int64).ravel()
-    keep = (a != ignore_index) & (b != ignore_index)
-    a, b = a[keep], b[keep]
-    hist = np.bincount(a * num_classes + b, minlength=num_classes**2).reshape(num_classes, num_classes)
-    diag = np.diag(hist)
-    union = hist.sum(0) + hist.sum(1) - diag
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float(np.mean(diag[present] / union[present]))
+        """JSON-ready figures in percent (see :func:`stpp.core.metrics.summary`)."""
+        return metrics.summary(self.matrix.numpy(), class_names)

@@ -15,14 +15,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from stpp.config import StppConfig
+from stpp.core.config import StppConfig
+from stpp.core.events import Event, EventSink, NullSink
+from stpp.core.method import scaled_lr
 from stpp.data.transforms import normalize
 from stpp.engine.checkpoint import load_checkpoint, save_checkpoint
-from stpp.engine.device import (autocast_dtype, configure_backends, cudnn_benchmark, seed_everything,
-                                use_channels_last)
-from stpp.engine.distributed import (all_reduce_sum_, any_rank, barrier, broadcast_from_main, gather_objects,
-                                     is_main, rank, record_shards, shard, world_size)
-from stpp.engine.events import Event, EventSink, NullSink
+from stpp.engine.device import autocast_dtype, configure_backends, cudnn_benchmark, seed_everything, use_channels_last
+from stpp.engine.distributed import (
+    all_reduce_sum_,
+    any_rank,
+    barrier,
+    broadcast_from_main,
+    gather_objects,
+    is_main,
+    rank,
+    record_shards,
+    shard,
+    world_size,
+)
 from stpp.engine.inference import Predictor
 from stpp.engine.metrics import ConfusionMatrix
 
@@ -91,7 +101,7 @@ def make_optimizer(model: nn.Module, cfg: StppConfig) -> tuple[torch.optim.SGD, 
     Returns:
         The optimizer and the backbone learning rate.
     """
-    lr = cfg.optim.base_lr * global_batch_size(cfg) / 16
+    lr = scaled_lr(cfg.optim.base_lr, global_batch_size(cfg))
     # DeepLabv2's head trains at the backbone's rate (the paper's code); the others at 10x.
     head_lr = lr * (model.head_lr_mult or cfg.optim.head_lr_mult)
     groups = [

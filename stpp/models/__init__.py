@@ -11,7 +11,9 @@ from functools import partial
 
 from torch import nn
 
-from stpp.config import ModelConfig
+from stpp.core.config import ARCHS as ARCH_NAMES
+from stpp.core.config import BACKBONES as BACKBONE_NAMES
+from stpp.core.config import ModelConfig
 from stpp.models.heads import DeepLabV2Head, DeepLabV3PlusHead, PSPHead
 from stpp.models.mobilenet import MobileNetV2Backbone
 from stpp.models.model import SegmentationModel
@@ -27,20 +29,12 @@ def _mobilenet_v2(output_stride: int, deep_stem: bool) -> MobileNetV2Backbone:
     return MobileNetV2Backbone(output_stride)
 
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "deeplabv3plus": DeepLabV3PlusHead,
-    "pspnet": PSPHead,
-    "deeplabv2": DeepLabV2Head,
-}
+ARCHS: dict[str, Callable[..., nn.Module]] = dict(zip(ARCH_NAMES, (DeepLabV3PlusHead, PSPHead, DeepLabV2Head),
+                                                      strict=True))
 """Head classes by name; each takes ``(low_channels, high_channels, num_classes, output_stride)``."""
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": partial(ResNetBackbone, "resnet18"),
-    "resnet34": partial(ResNetBackbone, "resnet34"),
-    "resnet50": partial(ResNetBackbone, "resnet50"),
-    "resnet101": partial(ResNetBackbone, "resnet101"),
-    "mobilenet_v2": _mobilenet_v2,
-}
+    name: _mobilenet_v2 if name == "mobilenet_v2" else partial(ResNetBackbone, name) for name in BACKBONE_NAMES}
 """Backbone factories by name; each takes ``(output_stride, deep_stem)``."""
 
 

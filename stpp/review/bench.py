@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stpp.config import DataConfig, StppConfig
-from stpp.data.masks import write_mask
+from stpp.core.config import DataConfig, StppConfig
+from stpp.core.masks import write_mask
 from stpp.review.views import GalleryQuery, gallery_page
 from stpp.store import create_project, open_store, utc_now
 from stpp.store.runs import create_run

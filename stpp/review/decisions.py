@@ -13,12 +13,11 @@ The worker turns the latest decisions into :class:`~stpp.selftrain.pipeline.RunD
 ``reviewed`` (accepted and corrected: labelled from the next stage on, never re-labelled) and
 ``rejected`` (see :func:`reviewed_inputs`).
 
-A run launched with "review between phases" (:func:`launch_run` with ``review=True``) records a
-*review plan*, the pause points it stops at with status ``awaiting_review``: ``ranking`` (teacher
-trained, stability ranked, teacher labels written) and, for ST++, ``stage1`` (stage 1 trained and the
-unreliable images re-labelled) and ``stage2`` when stage 3 follows. The plan and each pause reached are
-store events, so :func:`next_pause` tells a (re)started worker where to stop next, and
-:func:`continue_run` queues a paused run again. Nothing here imports torch: the web app calls it.
+A run launched with "review between phases" (:meth:`stpp.jobs.JobRunner.launch` with
+``review=True``) has a *review plan* in its row: the pause points (:func:`stpp.core.method.pause_points`)
+where it stops with status ``awaiting_review``. Each pause reached is a store event, so
+:func:`next_pause` tells a (re)started worker where to stop next, and :func:`continue_run` queues a
+paused run again. Nothing here imports torch: the web app calls it.
 """
 
 from __future__ import annotations
@@ -26,33 +25,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stpp.config import StppConfig
-from stpp.data.masks import atomic_save, read_mask
-from stpp.engine.events import Event
-from stpp.selftrain.layout import RunLayout
+from stpp.core.config import StppConfig
+from stpp.core.events import Event
+from stpp.core.layout import RunLayout
+from stpp.core.masks import atomic_save, read_mask
+from stpp.core.method import num_reliable, stage_after_pause, stage_order
+from stpp.jobs import JobRunner
 from stpp.store.db import Store, StoreError, utc_now
-from stpp.store.export import STAGE_ORDER
 from stpp.store.files import store_mask
 from stpp.store.migrations import DECISIONS
 from stpp.store.projects import Project, get_project
-from stpp.jobs import JobRunner, check_trainable, resolve_run_config
-from stpp.store.runs import (Run, create_run, get_run, list_events, record_event, record_scores, refuse_unfinished,
-                             transition)
+from stpp.store.runs import Run, get_run, list_events, record_event, record_scores, set_review_plan, transition
 
 LOCAL_USER = "local"
 """The user recorded with a decision when nobody is signed in."""
-PAUSE_POINTS = ("ranking", "stage1", "stage2")
-"""Where a reviewed run may stop, in the order a run reaches them."""
-PLAN_EVENT = "review_plan"
 PAUSE_EVENT = "awaiting_review"
-_PLAN_PREFIX = "pause after: "
 
 
 class ReviewError(StoreError):
@@ -98,11 +91,6 @@ def _decision(row: Sequence[Any]) -> Decision:
 # Masks shown ---------------------------------------------------------------------------------------
 
 
-def stage_key(stage: str | None) -> int:
-    """Position of a stage in labelling order (unknown stages last)."""
-    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
-
-
 def current_pseudo_masks(store: Store, run_id: int, image_ids: Sequence[int] | None = None) -> dict[int, tuple[str, str]]:
     """image id -> (stage, workspace-relative path) of the run's latest-stage pseudo mask.
 
@@ -117,7 +105,7 @@ def current_pseudo_masks(store: Store, run_id: int, image_ids: Sequence[int] | N
         params += [int(i) for i in image_ids]
     best: dict[int, tuple[str, str]] = {}
     for image_id, stage, path in store.db.execute(sql, params):
-        if image_id not in best or stage_key(stage) > stage_key(best[image_id][0]):
+        if image_id not in best or stage_order(stage) > stage_order(best[image_id][0]):
             best[image_id] = (stage, path)
     return best
 
@@ -255,43 +243,6 @@ def reviewed_inputs(store: Store, project: int | str | Project,
 # Pauses --------------------------------------------------------------------------------------------
 
 
-def pause_points(cfg: StppConfig | Mapping[str, Any]) -> tuple[str, ...]:
-    """The pause points a run of this config passes, in order (none for SupOnly)."""
-    values = cfg.to_dict() if isinstance(cfg, StppConfig) else cfg
-    method = values.get("method")
-    if method == "st":
-        return ("ranking",)
-    if method == "st++":
-        return ("ranking", "stage1") + (("stage2",) if values.get("selftrain", {}).get("stage3") else ())
-    return ()
-
-
-def record_review_plan(store: Store, run_id: int, pauses: Sequence[str]) -> tuple[str, ...]:
-    """Set where a run pauses for review from now on (the latest plan wins); returns the plan kept.
-
-    Raises:
-        ReviewError: a pause point the run's method does not pass.
-    """
-    run = get_run(store, run_id)
-    valid = pause_points(run.config)
-    unknown = [p for p in pauses if p not in valid]
-    if unknown:
-        raise ReviewError(f"a {run.method} run cannot pause after {', '.join(unknown)}; "
-                          f"its pause points: {', '.join(valid) or 'none'}")
-    plan = tuple(p for p in valid if p in pauses)
-    record_event(store, run.id, Event(PLAN_EVENT, message=_PLAN_PREFIX + (", ".join(plan) or "none")))
-    return plan
-
-
-def review_plan(store: Store, run_id: int) -> tuple[str, ...]:
-    """The pause points of the run's latest review plan (none when it was launched without review)."""
-    events = list_events(store, run_id, limit=1, kinds=[PLAN_EVENT])
-    if not events:
-        return ()
-    text = events[-1].message.removeprefix(_PLAN_PREFIX).strip()
-    return tuple(p.strip() for p in text.split(",") if p.strip() and p.strip() != "none")
-
-
 def pauses_reached(store: Store, run_id: int) -> tuple[str, ...]:
     """The pause points the run has stopped at so far, in order."""
     return tuple(dict.fromkeys(e.stage for e in list_events(store, run_id, kinds=[PAUSE_EVENT])))
@@ -300,34 +251,12 @@ def pauses_reached(store: Store, run_id: int) -> tuple[str, ...]:
 def next_pause(store: Store, run_id: int) -> str | None:
     """Where the run stops next: the first planned pause point it has not reached yet, or None."""
     reached = set(pauses_reached(store, run_id))
-    return next((p for p in review_plan(store, run_id) if p not in reached), None)
+    return next((p for p in get_run(store, run_id).review_plan if p not in reached), None)
 
 
 def record_pause(store: Store, run_id: int, pause: str) -> None:
     """Record that the run stopped at ``pause`` for review (the worker calls it before its status changes)."""
     record_event(store, run_id, Event(PAUSE_EVENT, stage=pause, message=f"paused after {pause} for review"))
-
-
-def launch_run(runner: JobRunner, project: int | str | Project, method: str, preset: str,
-               overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu", *,
-               review: bool = True) -> Run:
-    """Launch a project run like :meth:`stpp.jobs.JobRunner.launch`, pausing for review when asked.
-
-    The plan is recorded before the queue is ticked, so the worker sees it from its first start.
-
-    Args:
-        runner: the :class:`~stpp.jobs.JobRunner`.
-        review: stop after the ranking and after each re-labelling with status ``awaiting_review``.
-    """
-    project = get_project(runner.store, project)
-    refuse_unfinished(runner.store, project)
-    check_trainable(runner.store, project, method)
-    cfg = resolve_run_config(project, method, preset, overrides, runner._pin_device(device))
-    run = create_run(runner.store, project, cfg)
-    if review:
-        record_review_plan(runner.store, run.id, pause_points(cfg))
-    runner.tick()
-    return get_run(runner.store, run.id)
 
 
 def continue_run(runner: JobRunner, run_id: int, *, reliable_ratio: float | None = None,
@@ -351,18 +280,13 @@ def continue_run(runner: JobRunner, run_id: int, *, reliable_ratio: float | None
     if reliable_ratio is not None:
         set_reliable_ratio(store, run.id, reliable_ratio)
     if not review_next:
-        record_review_plan(store, run.id, [])
+        set_review_plan(store, run.id, [])
     transition(store, run.id, "queued", expect=["awaiting_review"], error=None, pid=None, finished=None)
     runner.tick()
     return get_run(store, run.id)
 
 
 # The reliable ratio --------------------------------------------------------------------------------
-
-
-def num_reliable(count: int, ratio: float) -> int:
-    """floor(N x R): how many of ``count`` ranked images are reliable at ratio R."""
-    return int(math.floor(count * float(ratio) + 1e-9))
 
 
 def set_reliable_ratio(store: Store, run_id: int, ratio: float) -> StppConfig:
@@ -459,7 +383,7 @@ def phase_summary(store: Store, run_id: int, ratio: float | None = None) -> Phas
     counts = {d: sum(v == d for v in decisions.values()) for d in DECISIONS}
     pauses = pauses_reached(store, run.id)
     pause = pauses[-1] if run.status == "awaiting_review" and pauses else None
-    nxt = {"ranking": "stage1", "stage1": "stage2", "stage2": "stage3"}.get(pause) if pause else None
+    nxt = stage_after_pause(cfg, pause) if pause else None
     return PhaseSummary(nxt, labelled, len(ranked), reliable, len(pool) - reliable, counts["accepted"],
                         counts["rejected"], counts["corrected"], ratio, pause)
 
@@ -470,7 +394,7 @@ def run_stages(store: Store, run_id: int, models_only: bool = False) -> list[str
     if not models_only:
         sql += " UNION SELECT DISTINCT stage FROM masks WHERE run_id = ? AND kind = 'pseudo' AND stage IS NOT NULL"
     rows = store.db.execute(sql, [int(run_id)] * (1 if models_only else 2)).fetchall()
-    return sorted({r[0] for r in rows}, key=stage_key)
+    return sorted({r[0] for r in rows}, key=stage_order)
 
 
 def last_review_id(store: Store, project: int | str | Project) -> int:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stpp.data.masks import atomic_save, read_image, read_mask
+from stpp.core.masks import atomic_save, read_image, read_mask
 from stpp.jobs import REPO_ROOT, child_env
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stpp.data.masks import read_mask
-from stpp.review.decisions import stage_key
+from stpp.core.masks import read_mask
+from stpp.core.method import stage_order
+from stpp.core.metrics import class_iou, confusion_matrix, mean_iou, percent
 from stpp.store.db import Store
 from stpp.store.projects import get_project
 from stpp.store.runs import get_run
@@ -50,22 +51,9 @@ class QualityReport:
     rows: tuple[QualityRow, ...]
 
 
-def confusion(reference: np.ndarray, predicted: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """The (num_classes, num_classes) confusion matrix, rows = reference, ignore pixels skipped."""
-    if reference.shape != predicted.shape:
-        raise ValueError(f"masks of different sizes: {reference.shape} and {predicted.shape}")
-    valid = (reference != ignore_index) & (reference < num_classes) & (predicted < num_classes)
-    index = reference[valid].astype(np.int64) * num_classes + predicted[valid].astype(np.int64)
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def iou_from_confusion(matrix: np.ndarray) -> tuple[float | None, list[float | None]]:
     """(mIoU, per-class IoU) in percent; classes with an empty union are None and left out of the mean."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
-    iou = [None if u == 0 else float(100.0 * t / u) for t, u in zip(tp, union)]
-    present = [v for v in iou if v is not None]
-    return (float(np.mean(present)) if present else None), iou
+    return percent(mean_iou(matrix)), [percent(v) for v in class_iou(matrix).tolist()]
 
 
 def quality_report(store: Store, run_id: int) -> QualityReport:
@@ -92,7 +80,7 @@ def quality_report(store: Store, run_id: int) -> QualityReport:
     teacher = pseudo.get("teacher", {})
     groups.append(("reliable", "teacher", sorted(i for i in teacher if i in reliable)))
     groups.append(("unreliable", "teacher", sorted(i for i in teacher if i not in reliable)))
-    for stage in sorted((s for s in pseudo if s != "teacher"), key=stage_key):
+    for stage in sorted((s for s in pseudo if s != "teacher"), key=stage_order):
         ids = sorted(pseudo[stage])
         group = "unreliable" if not set(ids) & reliable else "all"
         groups.append((group, stage, ids))
@@ -102,7 +90,7 @@ def quality_report(store: Store, run_id: int) -> QualityReport:
             continue
         matrix = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
         for image_id in ids:
-            matrix += confusion(read_mask(store.path(references[image_id])),
+            matrix += confusion_matrix(read_mask(store.path(references[image_id])),
                                 read_mask(store.path(pseudo[stage][image_id])), classes.num_classes,
                                 classes.ignore_index)
         miou, iou = iou_from_confusion(matrix)

@@ -7,7 +7,7 @@
 - :func:`image_detail`: one image large: its shown mask, the K teacher checkpoints' single-scale
   masks read from the run's ``stability/ckpt<j>/`` (never predicted here) and the disagreement map.
 - :func:`disagreement_map`, :func:`disagreement_image`: where the checkpoints disagree (the class
-  colours themselves: :func:`stpp.data.masks.colorize` and :func:`~stpp.data.masks.overlay`).
+  colours themselves: :func:`stpp.core.masks.colorize` and :func:`~stpp.core.masks.overlay`).
 - :func:`merge_painted_layer`: a painted editor layer snapped to the palette and merged into a mask.
 
 The *shown mask* of an image is its latest reviewed mask when a person accepted or corrected it,
@@ -26,9 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from stpp.data.masks import atomic_save, overlay, read_image, read_mask
-from stpp.review.decisions import current_pseudo_masks, num_reliable
-from stpp.selftrain.layout import RunLayout
+from stpp.core.layout import RunLayout
+from stpp.core.masks import atomic_save, overlay, read_image, read_mask
+from stpp.core.method import num_reliable
+from stpp.review.decisions import current_pseudo_masks
 from stpp.store.db import Store, StoreError
 from stpp.store.files import review_cache_relpath
 from stpp.store.projects import get_project
@@ -143,7 +144,7 @@ def gallery_page(store: Store, query: GalleryQuery) -> GalleryPage:
         ValueError: an unknown ``show`` filter.
     """
     run = get_run(store, query.run_id)
-    ratio = float(run.config.get("selftrain", {}).get("reliable_ratio", 0.5) if query.ratio is None else query.ratio)
+    ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
     ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
     cut = num_reliable(ranked, ratio)
     where, params = _where(query, cut)
@@ -327,7 +328,7 @@ def image_detail(store: Store, run_id: int, image_id: int, ratio: float | None =
 def gallery_page_ids(store: Store, query: GalleryQuery) -> list[int]:
     """The image ids of every image matching the query, in display order (no thumbnails made)."""
     run = get_run(store, query.run_id)
-    ratio = float(run.config.get("selftrain", {}).get("reliable_ratio", 0.5) if query.ratio is None else query.ratio)
+    ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
     ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
     where, params = _where(query, num_reliable(ranked, ratio))
     order = f" ORDER BY s.rank {'ASC' if query.most_stable_first else 'DESC'}"

@@ -18,17 +18,18 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from stpp.config import StppConfig
+from stpp.core.config import StppConfig
+from stpp.core.events import Activity, Event, EventSink, NullSink
+from stpp.core.layout import RunLayout
+from stpp.core.masks import atomic_save, read_mask
+from stpp.core.method import RANKING, STAGES, pause_points, scaled_lr, stage_names
 from stpp.data.datasets import ClassInfo, EvalDataset, TrainDataset, TrainItem
-from stpp.data.masks import atomic_save, read_mask
 from stpp.data.transforms import StrongAugment, WeakAugment
 from stpp.engine.checkpoint import fingerprint, load_model
 from stpp.engine.device import peak_memory_mb, reset_peak_memory, seed_everything
 from stpp.engine.distributed import barrier, broadcast_from_main, is_main, max_over_ranks, run_on_main, world_size
-from stpp.engine.events import Event, EventSink, NullSink
 from stpp.engine.train import FitPlan, evaluate, fit, global_batch_size, process_batch_size, snapshot_epochs
 from stpp.models import build_model
-from stpp.selftrain.layout import RunLayout
 from stpp.selftrain.pseudo import label_images
 from stpp.selftrain.stability import ImageScore, rank_images
 
@@ -86,26 +87,6 @@ PAUSED = "paused_after"
 """Key of :meth:`Pipeline.run`'s result naming where a run stopped for review."""
 
 
-def pause_points(cfg: StppConfig) -> tuple[str, ...]:
-    """Where a run of this config can stop for review, in order (see :meth:`Pipeline.run`)."""
-    if cfg.method == "st":
-        return ("ranking",)
-    if cfg.method == "st++":
-        return ("ranking", "stage1") + (("stage2",) if cfg.selftrain.stage3 else ())
-    return ()
-
-
-def stage_names(cfg: StppConfig) -> list[str]:
-    """The stages a method runs, in order."""
-    if cfg.method == "supervised":
-        return ["teacher"]
-    if cfg.method == "st":
-        return ["teacher", "st"]
-    if cfg.method == "st++":
-        return ["teacher", "stage1", "stage2"] + (["stage3"] if cfg.selftrain.stage3 else [])
-    raise ValueError(f"unknown method {cfg.method!r}; choose supervised, st or st++")
-
-
 class Pipeline:
     """Runs the stages of ``cfg.method`` for one run folder.
 
@@ -148,7 +129,7 @@ class Pipeline:
             raise ValueError(f"a {cfg.method} run cannot pause after {pause_after!r}; "
                              f"choose one of: {', '.join(pause_points(cfg)) or 'none'}")
         self.sink.emit(Event("run_start", message=f"{cfg.method} with preset {cfg.preset} on {self.device}",
-                             data={"stages": stage_names(cfg)}))
+                             data={"stages": list(stage_names(cfg))}))
         self.train_teacher()
         if cfg.method != "supervised":
             pool = self.data.pseudo_pool()
@@ -156,8 +137,8 @@ class Pipeline:
                 self.write_stability_masks(pool)
                 scores = self.rank_stability(pool)
             self.pseudo_label_with_teacher(pool)
-            if pause_after == "ranking":
-                return self._pause("ranking")
+            if pause_after == RANKING:
+                return self._pause(RANKING)
             teacher_labels = self._pseudo_sources(pool, "teacher")
             if cfg.method == "st":
                 self.train_student("st", teacher_labels)
@@ -213,12 +194,13 @@ class Pipeline:
             model = self._load_model(self.layout.teacher_checkpoint(j))
             if j == k and self._teacher_labels_in_stability_pass():
                 label_images(model, ids, paths, self.layout.pseudo_dir("teacher"), self.cfg,
-                             self.data.classes.palette, self.device, self.sink, f"stability{j}+label:teacher",
+                             self.data.classes.palette, self.device, self.sink, Activity.stability(j, labels_too=True),
                              tta=self.cfg.pseudo.tta, pixel_threshold=self.cfg.selftrain.pixel_threshold,
                              single_scale_dir=self.layout.stability_dir(j), shards_path=self.layout.shards_path)
             else:
                 label_images(model, ids, paths, self.layout.stability_dir(j), self.cfg, self.data.classes.palette,
-                             self.device, self.sink, f"stability{j}", tta=False, shards_path=self.layout.shards_path)
+                             self.device, self.sink, Activity.stability(j), tta=False,
+                             shards_path=self.layout.shards_path)
             del model
 
     def _teacher_labels_in_stability_pass(self) -> bool:
@@ -232,7 +214,7 @@ class Pipeline:
 
     def _rank_stability(self, pool: Sequence[Sample]) -> list[ImageScore]:
         if self.layout.scores_path.exists():
-            self._skip("ranking", "scores.csv exists")
+            self._skip(Activity.ranking(), "scores.csv exists")
             return read_scores(self.layout.scores_path)
         k = self.cfg.pseudo.num_checkpoints
         scores = rank_images(
@@ -245,7 +227,7 @@ class Pipeline:
         )
         write_scores(self.layout.scores_path, scores)
         reliable = sum(s.reliable for s in scores)
-        self.sink.emit(Event("ranking", "ranking", step=len(scores), total=len(scores),
+        self.sink.emit(Event("ranking", Activity.ranking(), step=len(scores), total=len(scores),
                              message=f"{reliable} of {len(scores)} images reliable",
                              data={"reliable": reliable, "unreliable": len(scores) - reliable}))
         return scores
@@ -278,7 +260,7 @@ class Pipeline:
             return
         model = self._load_model(model_path)
         label_images(model, [s.id for s in samples], [s.image_path for s in samples], out_dir, self.cfg,
-                     self.data.classes.palette, self.device, self.sink, f"label:{stage}", tta=self.cfg.pseudo.tta,
+                     self.data.classes.palette, self.device, self.sink, Activity.labelling(stage), tta=self.cfg.pseudo.tta,
                      pixel_threshold=self.cfg.selftrain.pixel_threshold, shards_path=self.layout.shards_path)
 
     def train_student(self, stage: str, pseudo: Sequence[TrainSource]) -> Path:
@@ -339,10 +321,10 @@ class Pipeline:
                              data={"init_fingerprint": fingerprint(model), "weights": model.weights_note,
                                    "items": len(items), "epochs": plan.epochs, "world_size": world_size(),
                                    "batch_size": global_batch_size(cfg), "batch_per_process": process_batch_size(cfg),
-                                   "lr": cfg.optim.base_lr * global_batch_size(cfg) / 16}))
+                                   "lr": scaled_lr(cfg.optim.base_lr, global_batch_size(cfg))}))
         dataset = TrainDataset(items, WeakAugment(cfg.augment, cfg.data.ignore_index),
                                StrongAugment(cfg.augment, cfg.data.ignore_index))
-        seed = cfg.seed + 1000 * (["teacher", "st", "stage1", "stage2", "stage3"].index(stage) + 1)
+        seed = cfg.seed + 1000 * (STAGES.index(stage) + 1)
         seed_everything(seed)
         reset_peak_memory(self.device)
         fit(model, dataset, cfg, plan, self.device, self.sink, seed, self.should_stop)
@@ -362,7 +344,7 @@ class Pipeline:
     def _load_model(self, path: Path) -> torch.nn.Module:
         return load_model(path, self.device)
 
-    def _skip(self, stage: str, why: str) -> None:
+    def _skip(self, stage: str | Activity, why: str) -> None:
         self.sink.emit(Event("stage_skipped", stage, message=f"{stage} skipped: {why}"))
 
 

@@ -18,13 +18,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from stpp.config import StppConfig
-from stpp.data.masks import read_image, write_mask
+from stpp.core.config import StppConfig
+from stpp.core.events import Activity, Event, EventSink
+from stpp.core.masks import read_image, write_mask
 from stpp.data.transforms import to_eval_tensor
 from stpp.engine.device import autocast_dtype, cudnn_benchmark, peak_memory_mb, reset_peak_memory, use_channels_last
-from stpp.engine.distributed import barrier, broadcast_from_main, gather_objects, is_main, max_over_ranks, \
-    record_shards, shard, world_size
-from stpp.engine.events import Event, EventSink
+from stpp.engine.distributed import (
+    barrier,
+    broadcast_from_main,
+    gather_objects,
+    is_main,
+    max_over_ranks,
+    record_shards,
+    shard,
+    world_size,
+)
 from stpp.engine.inference import Predictor, tta_predict
 from stpp.engine.train import header_size, init_loader_worker, process_batch_size
 
@@ -74,7 +82,7 @@ def label_images(
     palette: Sequence[Sequence[int]],
     device: torch.device,
     sink: EventSink,
-    stage: str,
+    activity: Activity,
     tta: bool,
     pixel_threshold: float = 0.0,
     *,
@@ -92,7 +100,7 @@ def label_images(
         palette: class colours of the written palette PNGs.
         device: where to run.
         sink: receives ``labels`` events (rank 0).
-        stage: the pass named in the events.
+        activity: what the ``labels`` events are about.
         tta: average softmax over ``cfg.pseudo.tta_scales`` and flips; else one single-scale pass.
         pixel_threshold: when > 0, pixels whose top probability is below it become ignore (255).
         single_scale_dir: also write the plain single-scale argmax of every image here (needs 1.0
@@ -108,7 +116,7 @@ def label_images(
     jobs = [LabelJob(i, Path(p), out_dir / f"{i}.png",
                      Path(single_scale_dir) / f"{i}.png" if single_scale_dir is not None else None)
             for i, p in zip(image_ids, image_paths)]
-    run_label_jobs(model, jobs, cfg, palette, device, sink, stage, tta, pixel_threshold,
+    run_label_jobs(model, jobs, cfg, palette, device, sink, activity, tta, pixel_threshold,
                    batch_size=batch_size, shards_path=shards_path)
     return [job.target for job in jobs]
 
@@ -121,7 +129,7 @@ def run_label_jobs(
     palette: Sequence[Sequence[int]],
     device: torch.device,
     sink: EventSink,
-    stage: str,
+    activity: Activity,
     tta: bool,
     pixel_threshold: float = 0.0,
     *,
@@ -185,21 +193,21 @@ def run_label_jobs(
                         writes.append(writer.submit(write_mask, job.single_scale_target, singles[row], palette))
                 before, done = done, done + len(indices)
                 if main_sink is not None and done // 10 != before // 10:
-                    main_sink.emit(Event("labels", stage, step=min(len(pending), done * world_size()),
-                                         total=len(pending), message=f"labelling ({stage})"))
+                    main_sink.emit(Event("labels", activity, step=min(len(pending), done * world_size()),
+                                         total=len(pending), message=f"labelling ({activity})"))
             if len(writes) > _PENDING_WRITES:
                 writes = _drain(writes, keep=_PENDING_WRITES // 2)
         _drain(writes, keep=0)
     counts = gather_objects(done)
     peak = max_over_ranks(peak_memory_mb(device))
-    record_shards(shards_path, stage, [job.image_id for job in mine])
+    record_shards(shards_path, str(activity), [job.image_id for job in mine])
     barrier()
     if main_sink is not None:
         data: dict[str, Any] = {"per_rank": counts, "batch_size": batch, "views": len(scales) * (2 if flip else 1)}
         if peak is not None:
             data["peak_memory_mb"] = peak
-        main_sink.emit(Event("labels", stage, step=len(pending), total=len(pending),
-                             message=f"labelled {len(pending)} images ({stage})", data=data))
+        main_sink.emit(Event("labels", activity, step=len(pending), total=len(pending),
+                             message=f"labelled {len(pending)} images ({activity})", data=data))
     return len(pending)
 
 

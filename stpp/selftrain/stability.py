@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from stpp.engine.metrics import mask_miou
+from stpp.core.method import num_reliable
+from stpp.core.metrics import mask_miou
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def rank_images(
         random.Random(seed).shuffle(scored)
     else:
         raise ValueError(f"unknown split {split!r}; choose 'stability' or 'random'")
-    num_reliable = int(np.floor(len(scored) * reliable_ratio + 1e-9))
+    cut = num_reliable(len(scored), reliable_ratio)
     return [
-        ImageScore(image_id, score, per_ckpt, rank=index + 1, reliable=index < num_reliable)
+        ImageScore(image_id, score, per_ckpt, rank=index + 1, reliable=index < cut)
         for index, (image_id, score, per_ckpt) in enumerate(scored)
     ]

@@ -11,20 +11,28 @@ from stpp.store.class_edits import add_class, delete_class, merge_classes, recol
 from stpp.store.classes import ClassInfo, as_class_info, load_classes, load_labelmap, make_classes, parse_class_names
 from stpp.store.db import Store, StoreError, open_store, utc_now
 from stpp.store.demo import DEMO_PROJECT, seed_demo_project
-from stpp.store.housekeeping import (DiskUsage, delete_images, delete_run, prune_run_checkpoints, disk_usage, find_orphan_files, remove_orphan_files,
-                                     remove_unreferenced)
+from stpp.store.housekeeping import (
+                                     DiskUsage,
+                                     delete_images,
+                                     delete_run,
+                                     disk_usage,
+                                     find_orphan_files,
+                                     prune_run_checkpoints,
+                                     remove_orphan_files,
+                                     remove_unreferenced,
+)
 from stpp.store.ingest import import_folder_dataset, ingest_files, normalize_role
 from stpp.store.migrations import MASK_KINDS, ROLES, RUN_STATUSES, SCHEMA_VERSION
 from stpp.store.projects import (
-    Project,
-    ProjectSummary,
-    create_project,
-    delete_project,
-    find_project,
-    get_project,
-    list_project_summaries,
-    list_projects,
-    project_summary,
+                                     Project,
+                                     ProjectSummary,
+                                     create_project,
+                                     delete_project,
+                                     find_project,
+                                     get_project,
+                                     list_project_summaries,
+                                     list_projects,
+                                     project_summary,
 )
 from stpp.store.report import FileResult, ImportReport
 from stpp.store.sources import Limits

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from stpp.data.classes import ClassInfo, DataError, default_palette, make_classes
-from stpp.data.masks import read_mask
+from stpp.core.classes import ClassInfo, DataError, default_palette, make_classes
+from stpp.core.masks import read_mask
 from stpp.store.db import Store, StoreError
 from stpp.store.files import store_mask
 from stpp.store.housekeeping import remove_unreferenced

@@ -1,6 +1,6 @@
 """A project's classes in whatever form the caller has them, as the store's :class:`ClassInfo`.
 
-The class model and its file formats live in :mod:`stpp.data.classes` (re-exported here); this
+The class model and its file formats live in :mod:`stpp.core.classes` (re-exported here); this
 module only turns them into store errors. Editing a project's classes is in
 :mod:`stpp.store.class_edits`.
 """
@@ -10,9 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from stpp.config import IGNORE_INDEX
-from stpp.data.classes import (ClassInfo, DataError, classes_from_dict, default_palette, load_classes,
-                               load_labelmap, make_classes, parse_class_names)
+from stpp.core.classes import (
+    ClassInfo,
+    DataError,
+    classes_from_dict,
+    default_palette,
+    load_classes,
+    load_labelmap,
+    make_classes,
+    parse_class_names,
+)
+from stpp.core.config import IGNORE_INDEX
 from stpp.store.db import StoreError
 
 __all__ = ["ClassInfo", "as_class_info", "classes_from_dict", "default_palette", "load_classes", "load_labelmap",

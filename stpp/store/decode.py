@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stpp.data.classes import ClassInfo
+from stpp.core.classes import ClassInfo
 
 IGNORE_COLOURS = ((255, 255, 255), (224, 224, 192))
 """Colours read as the ignore value in RGB masks (stpp's own, Pascal VOC's), unless a class uses them."""

@@ -58,12 +58,12 @@ import numpy as np
 from PIL import Image
 
 from stpp import __version__
-from stpp.data.masks import atomic_save, read_mask
+from stpp.core.masks import atomic_save, read_mask
+from stpp.core.method import stage_order
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.export_formats import FORMATS, VOC_ROOT, ExportImage, upright_jpeg
 from stpp.store.projects import Project, get_project
 
-STAGE_ORDER = ("teacher", "st", "stage1", "stage2", "stage3")
 """Stages in the order their models label images; a later stage's pseudo mask supersedes an earlier one."""
 SOURCES = ("ground_truth", "reference", "accepted", "corrected", "pseudo")
 
@@ -235,7 +235,7 @@ def _get_run(store: Store, project: Project, run_id: int | None) -> dict[str, An
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
-    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
+    return (stage_order(stage), stage)
 
 
 def _run_stages(store: Store, run_id: int) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 
-from stpp.data.masks import overlay, palette_bytes
+from stpp.core.masks import overlay, palette_bytes
 from stpp.store.classes import ClassInfo
 
 VOC_ROOT = "VOCdevkit/VOC2012"

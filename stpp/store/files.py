@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stpp.data.masks import atomic_save, palette_bytes, write_mask
+from stpp.core.masks import atomic_save, palette_bytes, write_mask
 
 STORE_OWNED_DIRS = ("images", "masks")
 """Top-level workspace folders whose files belong to rows and are deleted with them."""

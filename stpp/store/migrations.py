@@ -7,13 +7,15 @@ SQLite's ``PRAGMA user_version``. Never edit a released migration: append a new 
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import sqlite_utils
 
+from stpp.core.config import METHODS
+
 ROLES = ("labelled", "unlabelled", "validation")
 MASK_KINDS = ("ground_truth", "reference", "pseudo", "reviewed")
-RUN_METHODS = ("supervised", "st", "st++")
 RUN_STATUSES = ("queued", "running", "awaiting_review", "done", "failed", "cancelled")
 DECISIONS = ("accepted", "rejected", "corrected")
 
@@ -49,7 +51,7 @@ CREATE INDEX images_project_hash ON images(project_id, hash);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-    method TEXT NOT NULL {_check("method", RUN_METHODS)},
+    method TEXT NOT NULL {_check("method", METHODS)},
     preset TEXT,
     config TEXT NOT NULL,                  -- the full resolved config, JSON
     config_hash TEXT,
@@ -148,6 +150,20 @@ def _v2(db: sqlite_utils.Database) -> None:
         db.conn.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Runs keep their review plan (where they pause for review) in a column; v2 kept it as the text of
+    ``review_plan`` events (``"pause after: ranking, stage1"`` or ``"... none"``)."""
+    # JSON list of pause points; NULL: launched without review.
+    db.conn.execute("ALTER TABLE runs ADD COLUMN review_plan TEXT")
+    latest = db.conn.execute(
+        "SELECT run_id, message FROM events WHERE id IN (SELECT max(id) FROM events WHERE kind = 'review_plan' "
+        "GROUP BY run_id)").fetchall()
+    for run_id, message in latest:
+        text = (message or "").removeprefix("pause after: ").strip()
+        plan = [p.strip() for p in text.split(",") if p.strip() and p.strip() != "none"]
+        db.conn.execute("UPDATE runs SET review_plan = ? WHERE id = ?", [json.dumps(plan), run_id])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code writes and understands."""

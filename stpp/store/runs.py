@@ -7,10 +7,8 @@ run's files live in ``WORKSPACE/runs/<run_id>/`` (the headless run-folder layout
 :class:`StoreSink` records, as they appear, the events, the checkpoints, the stability scores and the
 pseudo masks of that folder, so the app reads everything from the store.
 
-A project has at most one unfinished run (queued, running or awaiting review) at a time.
-
-The v1 ``events`` table has no column for the event kind, so the kind leads the ``message`` column
-(``"kind: text"``) and :func:`list_events` splits it off again.
+A project has at most one unfinished run (queued, running or awaiting review) at a time. A run's
+review plan (the pause points where it stops for review) is a column of its row.
 """
 
 from __future__ import annotations
@@ -18,15 +16,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from stpp.engine.events import Event
-from stpp.selftrain.layout import RunLayout
+from stpp.core.config import StppConfig
+from stpp.core.events import Event
+from stpp.core.method import pause_points
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.files import sha1_bytes
 from stpp.store.projects import Project, get_project
@@ -45,9 +43,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "done": frozenset(),
 }
 """Allowed status changes: ``failed``/``cancelled`` go back to ``queued`` only when resumable."""
-
-STEP_EVENT_INTERVAL_S = 1.0
-"""Step events closer together than this are not recorded (the last step of a stage always is)."""
 
 PROGRESS_SCALE = 10_000
 """A ``worker_start`` event stores the run's progress at that moment as ``step / PROGRESS_SCALE``."""
@@ -71,6 +66,7 @@ class Run:
         config: the full resolved config (a dict, as saved in ``config.json``).
         progress: 0..1 over the whole run.
         run_dir: the run folder, relative to the workspace.
+        review_plan: the pause points where the run stops for review, in run order (empty: none).
     """
 
     id: int
@@ -90,11 +86,17 @@ class Run:
     created: str
     started: str | None
     finished: str | None
+    review_plan: tuple[str, ...] = ()
 
     @property
     def unfinished(self) -> bool:
         """Queued, running or awaiting review: the project's one unfinished run."""
         return self.status in UNFINISHED
+
+    @property
+    def cfg(self) -> StppConfig:
+        """The config as the typed :class:`~stpp.core.config.StppConfig`."""
+        return StppConfig.from_dict(self.config)
 
     @property
     def can_resume(self) -> bool:
@@ -104,13 +106,13 @@ class Run:
     @property
     def device(self) -> str:
         """The device the config asks for (``cpu``, ``cuda:N``, ``cuda`` or ``auto``; ``cuda:N,M,...`` or
-        ``cpu*N`` for one run in several processes, see :class:`stpp.jobs.DeviceSpec`)."""
+        ``cpu*N`` for one run in several processes, see :class:`stpp.core.devices.DeviceSpec`)."""
         return str(self.config.get("device", "auto"))
 
 
 @dataclass(frozen=True)
 class RunEvent:
-    """One recorded event (see :class:`stpp.engine.events.Event`)."""
+    """One recorded event (see :class:`stpp.core.events.Event`)."""
 
     id: int
     time: str
@@ -128,6 +130,7 @@ def _run(row: Mapping[str, Any]) -> Run:
     values = dict(row)
     values["config"] = json.loads(values["config"])
     values["resumable"] = bool(values["resumable"])
+    values["review_plan"] = tuple(json.loads(values["review_plan"])) if values["review_plan"] else ()
     return Run(**values)
 
 
@@ -146,18 +149,22 @@ def parse_time(value: str) -> float:
 # Rows and status -----------------------------------------------------------------------------------
 
 
-def create_run(store: Store, project: int | str | Project, config: Any) -> Run:
+def create_run(store: Store, project: int | str | Project, config: StppConfig,
+               review_plan: Sequence[str] = ()) -> Run:
     """Record a new ``queued`` run of ``project`` with a resolved config.
 
     Args:
         store: the open store.
         project: id, name or :class:`Project`.
-        config: the resolved :class:`stpp.config.StppConfig` (``data`` filled in).
+        config: the resolved config (``data`` filled in).
+        review_plan: the pause points where the run stops for review (see :func:`set_review_plan`).
 
     Raises:
         RunConflict: the project already has a queued, running or awaiting-review run.
+        RunStateError: a pause point the method does not pass.
     """
     project = get_project(store, project)
+    plan = _checked_plan(config, review_plan)
     with store.transaction() as db:
         _refuse_unfinished(db, project)
         run_id = db["runs"].insert({
@@ -166,6 +173,7 @@ def create_run(store: Store, project: int | str | Project, config: Any) -> Run:
             "preset": config.preset,
             "config": json.dumps(config.to_dict(), sort_keys=True),
             "config_hash": config.config_hash(),
+            "review_plan": json.dumps(plan) if plan else None,
             "status": "queued",
             "resumable": 0,
             "progress": 0.0,
@@ -173,6 +181,28 @@ def create_run(store: Store, project: int | str | Project, config: Any) -> Run:
         }).last_pk
         db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [f"runs/{run_id}", run_id])
     return get_run(store, run_id)
+
+
+def set_review_plan(store: Store, run_id: int, pauses: Sequence[str]) -> tuple[str, ...]:
+    """Set where a run stops for review from now on; returns the plan kept, in run order.
+
+    Raises:
+        RunStateError: a pause point the run's method does not pass.
+    """
+    run = get_run(store, run_id)
+    plan = _checked_plan(run.cfg, pauses)
+    with store.transaction() as db:
+        db.execute("UPDATE runs SET review_plan = ? WHERE id = ?", [json.dumps(plan) if plan else None, run.id])
+    return plan
+
+
+def _checked_plan(cfg: StppConfig, pauses: Sequence[str]) -> tuple[str, ...]:
+    valid = pause_points(cfg)
+    unknown = [p for p in pauses if p not in valid]
+    if unknown:
+        raise RunStateError(f"a {cfg.method} run cannot pause after {', '.join(unknown)}; "
+                            f"its pause points: {', '.join(valid) or 'none'}")
+    return tuple(p for p in valid if p in pauses)
 
 
 def refuse_unfinished(store: Store, project: int | str | Project) -> None:
@@ -221,12 +251,6 @@ def list_runs(store: Store, project: int | str | Project | None = None,
         params.extend(statuses)
     sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
     return [_run(row) for row in store.db.query(sql, params)]
-
-
-def unfinished_run(store: Store, project: int | str | Project) -> Run | None:
-    """The project's queued, running or awaiting-review run, if any."""
-    runs = list_runs(store, project, UNFINISHED)
-    return runs[-1] if runs else None
 
 
 def transition(store: Store, run_id: int, status: str, *, expect: Iterable[str] | None = None,
@@ -545,91 +569,3 @@ def count_rows(store: Store, table: str, run_id: int, **where: Any) -> int:
         raise ValueError(f"not a per-run table: {table}")
     sql = f"SELECT count(*) FROM {table} WHERE run_id = ?" + "".join(f" AND {key} = ?" for key in where)
     return int(store.db.execute(sql, [int(run_id), *where.values()]).fetchone()[0])
-
-
-# The sink ------------------------------------------------------------------------------------------
-
-
-class StoreSink:
-    """An :class:`~stpp.engine.events.EventSink` that records a project run's progress in the store.
-
-    Every event becomes an ``events`` row, except step events closer than
-    :data:`STEP_EVENT_INTERVAL_S` to the last recorded one (a stage's last step is always kept).
-    With each recorded event the run row's stage, progress and heartbeat are updated. ``checkpoint``
-    events add ``checkpoints`` rows, ``eval`` events attach the mIoU to the stage's final checkpoint,
-    the end of the ranking stores ``scores.csv``, and pseudo masks get ``masks`` rows as each
-    labelling pass reports them.
-
-    A store that stays locked beyond its busy timeout loses that event (logged), never the run.
-
-    Args:
-        store: the open store (the worker's).
-        run_id: the run.
-        layout: the run folder.
-        image_ids: image name (the run's sample ids) to image row id.
-        progress: maps an event to the progress over the whole run (0..1), or None when it says
-            nothing new; the recorded progress never goes down.
-        clock: seconds, for the step-event throttle (tests pass a fake one).
-    """
-
-    def __init__(self, store: Store, run_id: int, layout: RunLayout, image_ids: Mapping[str, int],
-                 progress: Callable[[Event], float | None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.store = store
-        self.run_id = int(run_id)
-        self.layout = layout
-        self.image_ids = dict(image_ids)
-        self.progress_of = progress
-        self.clock = clock
-        self.progress = 0.0
-        self._last_step_at: float | None = None
-        self._last_step_stage = ""
-
-    def emit(self, event: Event) -> None:
-        progress = self.progress_of(event) if self.progress_of is not None else None
-        if progress is not None:
-            self.progress = max(self.progress, min(1.0, progress))
-        if not self._keep(event):
-            return
-        try:
-            self._record(event)
-        except sqlite3.OperationalError as error:
-            log.warning("run %s: event %s not recorded: %s", self.run_id, event.kind, error)
-
-    def _keep(self, event: Event) -> bool:
-        if event.kind != "step":
-            return True
-        now = self.clock()
-        last_of_stage = event.total is not None and event.step == event.total
-        if (last_of_stage or self._last_step_at is None or event.stage != self._last_step_stage
-                or now - self._last_step_at >= STEP_EVENT_INTERVAL_S):
-            self._last_step_at, self._last_step_stage = now, event.stage
-            return True
-        return False
-
-    def _record(self, event: Event) -> None:
-        record_event(self.store, self.run_id, event)
-        fields: dict[str, Any] = {"heartbeat": utc_now(), "progress": self.progress}
-        if event.stage:
-            fields["stage"] = event.stage
-        update_run(self.store, self.run_id, **fields)
-        if event.kind == "checkpoint" and event.data.get("path"):
-            record_checkpoint(self.store, self.run_id, event.stage, event.data["path"], event.data.get("epoch"))
-        elif event.kind == "eval" and event.miou is not None:
-            set_stage_metrics(self.store, self.run_id, event.stage, {"miou": event.miou})
-        elif event.kind == "ranking" or (event.kind == "stage_skipped" and event.stage == "ranking"):
-            if self.layout.scores_path.exists():
-                record_scores(self.store, self.run_id, self.layout.scores_path, self.image_ids)
-        elif event.kind == "labels" and event.stage.startswith("label:"):
-            stage = event.stage.partition(":")[2]
-            record_pseudo_masks(self.store, self.run_id, stage, self.layout.pseudo_dir(stage), self.image_ids)
-        elif event.kind in ("stage_start", "run_end"):
-            self.record_all_pseudo_masks()
-
-    def record_all_pseudo_masks(self) -> int:
-        """Record every pseudo mask in the run folder that has no row yet (masks copied, not predicted)."""
-        root = self.layout.root / "pseudo"
-        if not root.is_dir():
-            return 0
-        return sum(record_pseudo_masks(self.store, self.run_id, folder.name, folder, self.image_ids)
-                   for folder in sorted(root.iterdir()) if folder.is_dir())

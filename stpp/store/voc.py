@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stpp.data.classes import ClassInfo, DataError, parse_classes_json, parse_labelmap, voc_classes
+from stpp.core.classes import ClassInfo, DataError, parse_classes_json, parse_labelmap, voc_classes
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.decode import DecodeError, decode_mask
 from stpp.store.files import store_mask

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from stpp.data.masks import overlay, read_mask
+from stpp.core.masks import overlay, read_mask
 from stpp.store import ImportReport, Project, Store, StoreError, find_project, ingest_files, project_summary
 from ui.services import Services
 

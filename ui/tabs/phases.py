@@ -11,8 +11,14 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from stpp.review.decisions import (ReviewError, continue_run, decision_history, last_review_id, pauses_reached, phase_summary,
-                         review_plan)
+from stpp.review.decisions import (
+    ReviewError,
+    continue_run,
+    decision_history,
+    last_review_id,
+    pauses_reached,
+    phase_summary,
+)
 from stpp.review.quality import quality_report
 from stpp.store import StoreError
 from stpp.store.runs import get_run, last_event_id, run_metrics
@@ -36,7 +42,7 @@ def run_text(services: Services, run_id: int | None) -> str:
     if not run_id:
         return "Choose a project and a run."
     run = get_run(services.store, int(run_id))
-    plan = review_plan(services.store, run.id)
+    plan = run.review_plan
     reached = pauses_reached(services.store, run.id)
     lines = [f"**Run {run.id}** ({run.method}, preset `{run.preset}`) is **{run.status.replace('_', ' ')}**"
              + (f" · stage `{run.stage}`" if run.stage else "") + f" · {100 * run.progress:.0f}%"]

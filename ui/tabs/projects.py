@@ -16,9 +16,19 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from stpp.data.classes import ClassInfo, DataError, default_palette, make_classes, parse_classes_json, parse_labelmap
-from stpp.store import (DEMO_PROJECT, StoreError, create_project, delete_project, disk_usage, find_project,
-                        get_project, list_project_summaries, seed_demo_project)
+from stpp.core.classes import ClassInfo, DataError, default_palette, make_classes, parse_classes_json, parse_labelmap
+from stpp.core.units import format_bytes
+from stpp.store import (
+    DEMO_PROJECT,
+    StoreError,
+    create_project,
+    delete_project,
+    disk_usage,
+    find_project,
+    get_project,
+    list_project_summaries,
+    seed_demo_project,
+)
 from stpp.store.runs import list_runs
 from ui.services import Services, signed_in_user
 
@@ -56,7 +66,7 @@ def classes_from_frame(frame: pd.DataFrame | None) -> ClassInfo:
     A colour is ``#rrggbb`` or ``r,g,b``; an empty one gets the VOC colour of its index.
 
     Raises:
-        DataError: no class, a bad colour, or anything :func:`~stpp.data.classes.make_classes` refuses.
+        DataError: no class, a bad colour, or anything :func:`~stpp.core.classes.make_classes` refuses.
     """
     rows = [] if frame is None else frame.fillna("").astype(str).values.tolist()
     rows = [(row[0].strip(), row[1].strip() if len(row) > 1 else "") for row in rows if row and row[0].strip()]
@@ -99,16 +109,6 @@ def swatches_html(frame: pd.DataFrame | None) -> str:
     return " ".join(f'<span style="display:inline-block;margin:2px 8px 2px 0"><span style="display:inline-block;'
                     f'width:14px;height:14px;vertical-align:middle;border:1px solid #999;background:rgb{colour}">'
                     f'</span> {html.escape(name)}</span>' for name, colour in zip(classes.names, classes.palette))
-
-
-def format_bytes(count: int) -> str:
-    """``512 B``, ``3.4 MB``, ``1.2 GB``."""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
 
 
 def usage_markdown(services: Services, name: str | None) -> str:

@@ -12,12 +12,24 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 
-from stpp.data.masks import read_mask
-from stpp.review.decisions import (ReviewError, current_pseudo_masks, phase_summary, ranked_run_ids, record_decision,
-                         set_reliable_ratio)
-from stpp.data.masks import colorize, overlay
-from stpp.review.views import (SHOW_CHOICES, GalleryQuery, disagreement_image, gallery_page, gallery_page_ids,
-                               image_detail, merge_painted_layer)
+from stpp.core.masks import colorize, overlay, read_mask
+from stpp.review.decisions import (
+    ReviewError,
+    current_pseudo_masks,
+    phase_summary,
+    ranked_run_ids,
+    record_decision,
+    set_reliable_ratio,
+)
+from stpp.review.views import (
+    SHOW_CHOICES,
+    GalleryQuery,
+    disagreement_image,
+    gallery_page,
+    gallery_page_ids,
+    image_detail,
+    merge_painted_layer,
+)
 from stpp.store import StoreError, get_project
 from stpp.store.runs import get_run
 from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices

@@ -13,13 +13,21 @@ import time
 import gradio as gr
 import pandas as pd
 
-from stpp.config import ConfigError
-from stpp.jobs import (AMP_CHOICES, BACKBONE_NAMES, FORM_FIELDS, METHOD_LABELS, detect_devices, form_defaults,
-                       form_overrides, preset_names)
-from stpp.review.decisions import launch_run
+from stpp.core.config import AMP_CHOICES, BACKBONES, ConfigError
+from stpp.core.method import METHOD_LABELS, STAGES
+from stpp.jobs import FORM_FIELDS, detect_devices, form_defaults, form_overrides, preset_names
 from stpp.store import StoreError, list_projects
-from stpp.store.runs import (Run, RunEvent, estimate_eta, last_event_id, list_events, list_runs, loss_points,
-                             parse_time, run_metrics)
+from stpp.store.runs import (
+    Run,
+    RunEvent,
+    estimate_eta,
+    last_event_id,
+    list_events,
+    list_runs,
+    loss_points,
+    parse_time,
+    run_metrics,
+)
 from ui.services import Services
 
 TITLE = "Train"
@@ -27,7 +35,6 @@ POLL_S = 2.0
 DEFAULT_PRESET = "tiny"
 EVENTS_SHOWN = 12
 STALE_HEARTBEAT_S = 60
-STAGE_POSITION = {"teacher": 1, "st": 2, "stage1": 2, "stage2": 3, "stage3": 4}
 EVENT_COLUMNS = ["time", "event", "stage", "step", "loss", "mIoU", "message"]
 HISTORY_COLUMNS = ["run", "method", "preset", "device", "status", "stage", "progress", "val mIoU", "created",
                    "finished", "error"]
@@ -127,8 +134,9 @@ def miou_frame(services: Services, run: Run | None) -> pd.DataFrame:
     """Validation mIoU of the run after each stage."""
     metrics = run_metrics(services.store, run.id) if run is not None else {}
     # Numbered so the categorical axis keeps the stage order (teacher first).
-    rows = [[f"{STAGE_POSITION[stage]} {stage}", miou] for stage, miou in metrics.items()
-            if miou is not None and stage in STAGE_POSITION]
+    evaluated = sorted((stage for stage, miou in metrics.items() if miou is not None and stage in STAGES),
+                       key=STAGES.index)
+    rows = [[f"{position} {stage}", metrics[stage]] for position, stage in enumerate(evaluated, start=1)]
     return pd.DataFrame(rows, columns=MIOU_COLUMNS).astype({"stage": "object", "mIoU": "float64"})
 
 
@@ -214,7 +222,7 @@ def build(services: Services) -> None:
             stage3 = gr.Checkbox(defaults["stage3"], label="ST++ stage 3 (re-label all, train again)",
                                  elem_id="train-stage3")
             preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset")
-            backbone = gr.Dropdown(list(BACKBONE_NAMES), value=defaults["backbone"], label="Backbone (DeepLabv3+)",
+            backbone = gr.Dropdown(list(BACKBONES), value=defaults["backbone"], label="Backbone (DeepLabv3+)",
                                    elem_id="train-backbone")
         with gr.Row():
             epochs = gr.Number(defaults["epochs"], label="Teacher epochs", precision=0, minimum=1,
@@ -276,8 +284,8 @@ def build(services: Services) -> None:
         if not project_name:
             return "**Not launched:** choose a project first.", gr.skip()
         try:
-            started = launch_run(services.jobs, project_name, method_value, preset_name, form_overrides(*form_values),
-                                 device_id, review=review_between)
+            started = services.jobs.launch(project_name, method_value, preset_name, form_overrides(*form_values),
+                                           device_id, review=review_between)
         except (StoreError, ConfigError, ValueError) as error:
             gr.Warning(str(error))
             return f"**Not launched:** {error}", gr.skip()

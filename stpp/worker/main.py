@@ -1,29 +1,5 @@
-"""The training worker: one project run, read from the store, trained by the same pipeline as
-``python -m stpp run``, with its progress recorded in the store.
-
-``python -m stpp worker RUN_ID --workspace W`` (what the job runner spawns) and
-``python -m stpp.worker RUN_ID ...`` call :func:`worker_main`. A run over several GPUs or CPU
-processes runs it under ``torchrun`` (``python -m torch.distributed.run ... -m stpp.worker RUN_ID``):
-every rank trains (DDP), and rank 0 alone opens the store for writing: it claims the run under
-torchrun's pid, prepares the inputs, hands them to the other ranks and records everything.
-
-The worker builds :class:`RunData` from the project (labelled: role ``labelled`` with a
-``ground_truth`` mask; unlabelled: role ``unlabelled``, never with a mask, so ``reference`` masks
-are never read; validation: role ``validation``), trains into ``WORKSPACE/runs/<run_id>/`` and
-records events, checkpoints, scores and pseudo masks through a
-:class:`~stpp.store.runs.StoreSink`. The project's latest review decisions become the run's
-``reviewed`` and ``rejected`` images (:func:`with_reviews`); a run launched with review between
-phases stops at its next pause point (:func:`stpp.review.decisions.next_pause`) with status
-``awaiting_review``, and :func:`stpp.review.decisions.continue_run` queues it again. SIGTERM (to every rank
-under torchrun) or a cancel recorded in the store stops it cleanly after the current step (under
-torchrun a labelling or evaluation pass finishes first): status ``cancelled``, resumable. An
-exception leaves it ``failed`` with the error, resumable. Run again (after a resume) it continues
-from what the run folder holds.
-
-The module also answers two questions for processes that must not import torch:
-``--list-devices`` (the visible GPUs, JSON) and ``--resolve-config`` (a project run's config,
-resolved and checked; JSON request on stdin).
-"""
+"""The worker process: claims a project run, trains it through the headless pipeline and records
+everything in the store (see :mod:`stpp.worker`)."""
 
 from __future__ import annotations
 
@@ -31,36 +7,42 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import sqlite3
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from stpp.config import ConfigError, StppConfig
-from stpp.data.datasets import ClassInfo, DataError
+from stpp.core.classes import ClassInfo, DataError
+from stpp.core.config import ConfigError, StppConfig
+from stpp.core.devices import DeviceSpec, parse_device_spec
+from stpp.core.events import Event, EventSink
+from stpp.core.layout import RunLayout, default_workspace
+from stpp.core.method import stage_names
 from stpp.engine.device import configure_cpu_threads
-from stpp.engine.distributed import (broadcast_from_main, init_distributed, launched_by_torchrun, shutdown_distributed,
-                                     world_size)
-from stpp.engine.events import Event, EventSink
+from stpp.engine.distributed import (
+    broadcast_from_main,
+    init_distributed,
+    launched_by_torchrun,
+    shutdown_distributed,
+    world_size,
+)
+from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested, snapshot_epochs
-from stpp.jobs import DeviceSpec, JobRunner, parse_device_spec, worker_alive
+from stpp.jobs import JobRunner, worker_alive
 from stpp.models import WeightsError
+from stpp.review.decisions import ReviewError, next_pause, record_pause
 from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
-from stpp.selftrain.layout import RunLayout
-from stpp.review.decisions import ReviewError, next_pause, record_pause, reviewed_inputs
-from stpp.selftrain.pipeline import PAUSED, RunData, Sample, stage_names
+from stpp.selftrain.pipeline import PAUSED, RunData
 from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, open_store, utc_now
-from stpp.store.projects import Project, get_project
+from stpp.store.projects import get_project
 from stpp.store.runs import (
     Run,
-    StoreSink,
     cancel_requested_at,
     claim_queued,
     end_running,
@@ -72,12 +54,11 @@ from stpp.store.runs import (
     set_stage_metrics,
     update_run,
 )
-
-if TYPE_CHECKING:
-    from stpp.cli import StopFlag
+from stpp.worker.inputs import build_run_data, describe_project_inputs, mean_image_pixels, with_reviews
+from stpp.worker.progress import RunProgress
+from stpp.worker.sink import StoreSink
 
 log = logging.getLogger(__name__)
-
 EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -87,164 +68,6 @@ HEARTBEAT_S = 5.0
 
 _EXPECTED_ERRORS = (ConfigError, DataError, ReviewError, RunError, StoreError, WeightsError)
 
-
-# Inputs --------------------------------------------------------------------------------------------
-
-
-def build_run_data(store: Store, project: Project,
-                   frozen: dict[str, Any] | None = None) -> tuple[RunData, dict[str, int]]:
-    """The run's images from the store, and image name to image row id.
-
-    Args:
-        store: the open store.
-        project: the run's project.
-        frozen: the ``inputs.json`` of a run that already started: its image lists are used again
-            (images added since are left out), so a resumed run trains on what it started with.
-
-    Raises:
-        RunError: no labelled image with a mask, or images of a started run are gone.
-    """
-    rows = list(store.db.query(
-        "SELECT i.id, i.name, i.path, i.role, m.path AS mask FROM images i "
-        "LEFT JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
-        "WHERE i.project_id = ? ORDER BY i.name", [project.id]))
-    samples: dict[str, dict[str, Sample]] = {"labeled": {}, "unlabeled": {}, "val": {}}
-    for row in rows:
-        image = store.path(row["path"])
-        if row["role"] == "labelled" and row["mask"]:
-            samples["labeled"][row["name"]] = Sample(row["name"], image, store.path(row["mask"]))
-        elif row["role"] == "validation" and row["mask"]:
-            samples["val"][row["name"]] = Sample(row["name"], image, store.path(row["mask"]))
-        elif row["role"] == "unlabelled":
-            # Never a mask here: an unlabelled image's reference mask is for measuring only.
-            samples["unlabeled"][row["name"]] = Sample(row["name"], image)
-    if frozen is not None:
-        missing = [name for key in samples for name in frozen.get(key, []) if name not in samples[key]]
-        if missing:
-            raise RunError(f"{len(missing)} image(s) this run started with are no longer in the project "
-                           f"(or changed role): {', '.join(missing[:5])}; start a new run instead")
-        samples = {key: {name: samples[key][name] for name in frozen.get(key, [])} for key in samples}
-    if not samples["labeled"]:
-        raise RunError(f"project {project.name!r} has no labelled images with masks")
-    classes = ClassInfo(tuple(project.classes.names), tuple(tuple(c) for c in project.classes.palette),
-                        project.classes.ignore_index)
-    data = RunData(classes=classes, labeled=tuple(samples["labeled"].values()),
-                   unlabeled=tuple(samples["unlabeled"].values()), val=tuple(samples["val"].values()))
-    return data, {row["name"]: row["id"] for row in rows}
-
-
-def with_reviews(store: Store, project: Project, data: RunData) -> RunData:
-    """``data`` with the project's latest review decisions on its unlabelled images.
-
-    Accepted images train with the pseudo mask that was accepted, corrected ones with the
-    corrected mask (both as labelled images, weak augmentation only, never re-labelled); rejected
-    images leave the run's later stages.
-    """
-    reviewed, rejected = reviewed_inputs(store, project, [s.id for s in data.unlabeled])
-    return replace(data, reviewed=tuple(Sample(name, image, mask) for name, image, mask in reviewed),
-                   rejected=rejected)
-
-
-def describe_project_inputs(project: Project, data: RunData) -> dict[str, Any]:
-    """The run's ``inputs.json``: the project and the image names per role."""
-    return {"project_id": project.id, "labeled": [s.id for s in data.labeled],
-            "unlabeled": [s.id for s in data.unlabeled], "val": [s.id for s in data.val]}
-
-
-def mean_image_pixels(store: Store, project: Project) -> float:
-    """The mean width x height of the project's images (for the progress weights)."""
-    row = store.db.execute("SELECT avg(width * height) FROM images WHERE project_id = ?", [project.id]).fetchone()
-    return float(row[0] or 1.0)
-
-
-# Progress ------------------------------------------------------------------------------------------
-
-
-class RunProgress:
-    """Maps pipeline events to the progress over the whole run (0..1).
-
-    The run is split into its phases in order (train, evaluate, stability masks, labelling per
-    stage); each phase weighs its estimated compute in pixels through the network (a training step
-    counts three passes: forward and backward), so the bar moves about evenly in time.
-
-    Args:
-        cfg: the resolved config.
-        data: the run's images.
-        pixels_per_image: the mean image size (labelling and evaluation run at full resolution).
-    """
-
-    def __init__(self, cfg: StppConfig, data: RunData, pixels_per_image: float):
-        labelled = len(data.labeled) + len(data.reviewed)
-        pool = len(data.pseudo_pool())
-        crop = cfg.augment.crop_size ** 2
-        tta = sum(s * s for s in cfg.pseudo.tta_scales) * (2 if cfg.pseudo.tta_flip else 1) if cfg.pseudo.tta else 1.0
-        label = pixels_per_image * tta
-        evaluate = len(data.val) * pixels_per_image
-
-        def train(epochs: int, pseudo: int) -> float:
-            copies = max(1, math.ceil(pseudo / labelled)) if pseudo and labelled else 1
-            return 3.0 * epochs * (labelled * copies + pseudo) * crop
-
-        phases = [("train:teacher", train(cfg.optim.epochs, 0)), ("eval:teacher", evaluate)]
-        students = cfg.student_epochs
-        if cfg.method == "st":
-            phases += [("label:teacher", pool * label), ("train:st", train(students, pool)), ("eval:st", evaluate)]
-        elif cfg.method == "st++":
-            reliable = int(pool * cfg.selftrain.reliable_ratio)
-            # Without TTA the teacher's labels are copies of the last stability masks.
-            teacher_label = pool * label if cfg.pseudo.tta or cfg.selftrain.pixel_threshold > 0 else 0.05 * pool * label
-            phases += [("stability", cfg.pseudo.num_checkpoints * pool * pixels_per_image),
-                       ("label:teacher", teacher_label),
-                       ("train:stage1", train(students, reliable)), ("eval:stage1", evaluate),
-                       ("label:stage1", (pool - reliable) * label),
-                       ("train:stage2", train(students, pool)), ("eval:stage2", evaluate)]
-            if cfg.selftrain.stage3:
-                phases += [("label:stage2", pool * label), ("train:stage3", train(students, pool)),
-                           ("eval:stage3", evaluate)]
-        total = sum(cost for _, cost in phases) or 1.0
-        self.start: dict[str, float] = {}
-        self.share: dict[str, float] = {}
-        done = 0.0
-        for key, cost in phases:
-            self.start[key], self.share[key] = done / total, cost / total
-            done += cost
-        self.checkpoints = cfg.pseudo.num_checkpoints
-        self.train_stages = set(stage_names(cfg))
-
-    def __call__(self, event: Event) -> float | None:
-        if event.kind == "run_end":
-            return 1.0
-        place = self._place(event)
-        if place is None:
-            return None
-        key, fraction = place
-        if key not in self.start:
-            return None
-        return self.start[key] + self.share[key] * min(1.0, max(0.0, fraction))
-
-    def _place(self, event: Event) -> tuple[str, float] | None:
-        stage, kind = event.stage, event.kind
-        fraction = (event.step or 0) / event.total if event.total else 0.0
-        if stage in self.train_stages:
-            if kind in ("step", "epoch", "checkpoint"):
-                return f"train:{stage}", fraction
-            if kind in ("stage_end", "stage_skipped"):
-                return f"train:{stage}", 1.0
-            if kind == "eval_progress":
-                return f"eval:{stage}", fraction
-            if kind == "eval":
-                return f"eval:{stage}", 1.0
-        if kind == "labels" and stage.startswith("stability"):
-            index = int(stage.removeprefix("stability") or 1)
-            return "stability", (index - 1 + fraction) / self.checkpoints
-        if kind == "labels" and stage.startswith("label:"):
-            return stage, fraction
-        if stage == "ranking":
-            return "stability", 1.0
-        return None
-
-
-# Running -------------------------------------------------------------------------------------------
 
 
 class _StopOnFlag:
@@ -325,7 +148,7 @@ def worker_main(run_id: int, workspace: str | Path | None = None) -> int:
         under torchrun).
     """
     configure_cpu_threads()
-    workspace = Path(workspace or os.environ.get("STPP_HOME") or "workspace")
+    workspace = Path(workspace or default_workspace())
     if not launched_by_torchrun():
         return _lead(run_id, workspace)
     if int(os.environ.get("RANK", "0")) > 0:
@@ -353,8 +176,6 @@ def _lead(run_id: int, workspace: Path) -> int:
         except StoreError as error:
             print(f"stpp worker: error: {error}", file=sys.stderr)
             return EXIT_REFUSED
-        from stpp.cli import StopFlag  # here: the CLI imports this module for its worker command
-
         flag = StopFlag()
         if cancel_requested_at(store, run.id) is not None:
             flag.requested = True
@@ -421,8 +242,6 @@ def read_run_device(workspace: str | Path, run_id: int) -> str:
 
 def _follow_main_rank(run_id: int, workspace: Path) -> int:
     """A torchrun rank other than 0: train what rank 0 prepared; rank 0 records everything."""
-    from stpp.cli import StopFlag
-
     flag = StopFlag()
     try:
         device = join_device(parse_device_spec(read_run_device(workspace, run_id)))
@@ -555,7 +374,7 @@ def resolve_config_request(request: dict[str, Any]) -> StppConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stpp.worker", description=__doc__.splitlines()[0])
     parser.add_argument("run_id", nargs="?", type=int, help="the run to execute")
-    parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("STPP_HOME") or "workspace"),
+    parser.add_argument("--workspace", type=Path, default=default_workspace(),
                         help="the workspace (default: $STPP_HOME or ./workspace)")
     parser.add_argument("--list-devices", action="store_true", help="print the visible GPUs as JSON and exit")
     parser.add_argument("--resolve-config", action="store_true",
@@ -580,7 +399,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stpp worker: error: a RUN_ID is required", file=sys.stderr)
         return EXIT_REFUSED
     return worker_main(args.run_id, args.workspace)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,17 @@
-"""The run folder: every path a run writes, in one place."""
+"""Where things live: the workspace, and the run folder with every path a run writes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+WORKSPACE_VARIABLE = "STPP_HOME"
+"""The environment variable that names the workspace."""
+
+
+def default_workspace() -> Path:
+    """The workspace when none is given: ``$STPP_HOME``, else ``./workspace``."""
+    return Path(os.environ.get(WORKSPACE_VARIABLE) or "workspace")
 
 
 class RunLayout:

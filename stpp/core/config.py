@@ -18,6 +18,23 @@ from typing import Any
 IGNORE_INDEX = 255
 """Mask value that the loss, the metrics and every transform treat as "no label"."""
 
+METHODS = ("supervised", "st", "st++")
+"""Every method, as a config's ``method`` says it."""
+ARCHS = ("deeplabv3plus", "pspnet", "deeplabv2")
+"""The segmentation heads :func:`stpp.models.build_model` builds."""
+BACKBONES = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101")
+"""The backbones :func:`stpp.models.build_model` builds."""
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+"""The ``optim.amp`` settings."""
+SWITCH_CHOICES = ("auto", "on", "off")
+"""The ``optim.channels_last`` settings."""
+SPLITS = ("stability", "random")
+"""The ``selftrain.split`` settings."""
+CHOICES: dict[str, tuple[str, ...]] = {"method": METHODS, "model.arch": ARCHS, "model.backbone": BACKBONES,
+                                       "optim.amp": AMP_CHOICES, "optim.channels_last": SWITCH_CHOICES,
+                                       "selftrain.split": SPLITS}
+"""The keys whose value is one of a few words, checked wherever a config is built or overridden."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -248,9 +265,6 @@ PRESETS: dict[str, StppConfig] = {
 }
 
 
-METHODS = ("supervised", "st", "st++")
-
-
 def get_preset(name: str) -> StppConfig:
     """The named preset; an unknown name lists the valid ones."""
     try:
@@ -314,6 +328,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
+    if hint is str:
+        return _choice(str(value), key)
     origin = typing.get_origin(hint)
     try:
         if hint is bool:
@@ -333,8 +349,6 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if hint is str:
-            return str(value)
         if origin is tuple:
             (item_type, _) = typing.get_args(hint)
             parts = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
@@ -346,6 +360,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     else:
         raise ConfigError(f"config key {key!r} has an unsupported type {hint!r}")
     raise ConfigError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _choice(value: str, key: str) -> str:
+    allowed = CHOICES.get(key)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"config key {key!r} is one of {', '.join(allowed)}, not {value!r}")
+    return value
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:

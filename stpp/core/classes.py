@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from stpp.config import IGNORE_INDEX
+from stpp.core.config import IGNORE_INDEX
 
 Colour = tuple[int, int, int]
 MAX_CLASSES = 255

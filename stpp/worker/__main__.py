@@ -1,0 +1,7 @@
+"""``python -m stpp.worker RUN_ID`` (what torchrun starts on every rank); see :mod:`stpp.worker`."""
+
+import sys
+
+from stpp.worker.main import main
+
+sys.exit(main())

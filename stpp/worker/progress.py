@@ -1,0 +1,95 @@
+"""A project run's progress over all of its phases, from the engine's events."""
+
+from __future__ import annotations
+
+import math
+
+from stpp.core.config import StppConfig
+from stpp.core.events import Event
+from stpp.core.method import num_reliable, stage_names
+from stpp.selftrain.pipeline import RunData
+
+
+class RunProgress:
+    """Maps pipeline events to the progress over the whole run (0..1).
+
+    The run is split into its phases in order (train, evaluate, stability masks, labelling per
+    stage); each phase weighs its estimated compute in pixels through the network (a training step
+    counts three passes: forward and backward), so the bar moves about evenly in time.
+
+    Args:
+        cfg: the resolved config.
+        data: the run's images.
+        pixels_per_image: the mean image size (labelling and evaluation run at full resolution).
+    """
+
+    def __init__(self, cfg: StppConfig, data: RunData, pixels_per_image: float):
+        labelled = len(data.labeled) + len(data.reviewed)
+        pool = len(data.pseudo_pool())
+        crop = cfg.augment.crop_size ** 2
+        tta = sum(s * s for s in cfg.pseudo.tta_scales) * (2 if cfg.pseudo.tta_flip else 1) if cfg.pseudo.tta else 1.0
+        label = pixels_per_image * tta
+        evaluate = len(data.val) * pixels_per_image
+
+        def train(epochs: int, pseudo: int) -> float:
+            copies = max(1, math.ceil(pseudo / labelled)) if pseudo and labelled else 1
+            return 3.0 * epochs * (labelled * copies + pseudo) * crop
+
+        phases = [("train:teacher", train(cfg.optim.epochs, 0)), ("eval:teacher", evaluate)]
+        students = cfg.student_epochs
+        if cfg.method == "st":
+            phases += [("label:teacher", pool * label), ("train:st", train(students, pool)), ("eval:st", evaluate)]
+        elif cfg.method == "st++":
+            reliable = num_reliable(pool, cfg.selftrain.reliable_ratio)
+            # Without TTA the teacher's labels are copies of the last stability masks.
+            teacher_label = pool * label if cfg.pseudo.tta or cfg.selftrain.pixel_threshold > 0 else 0.05 * pool * label
+            phases += [("stability", cfg.pseudo.num_checkpoints * pool * pixels_per_image),
+                       ("label:teacher", teacher_label),
+                       ("train:stage1", train(students, reliable)), ("eval:stage1", evaluate),
+                       ("label:stage1", (pool - reliable) * label),
+                       ("train:stage2", train(students, pool)), ("eval:stage2", evaluate)]
+            if cfg.selftrain.stage3:
+                phases += [("label:stage2", pool * label), ("train:stage3", train(students, pool)),
+                           ("eval:stage3", evaluate)]
+        total = sum(cost for _, cost in phases) or 1.0
+        self.start: dict[str, float] = {}
+        self.share: dict[str, float] = {}
+        done = 0.0
+        for key, cost in phases:
+            self.start[key], self.share[key] = done / total, cost / total
+            done += cost
+        self.checkpoints = cfg.pseudo.num_checkpoints
+        self.train_stages = set(stage_names(cfg))
+
+    def __call__(self, event: Event) -> float | None:
+        if event.kind == "run_end":
+            return 1.0
+        place = self._place(event)
+        if place is None:
+            return None
+        key, fraction = place
+        if key not in self.start:
+            return None
+        return self.start[key] + self.share[key] * min(1.0, max(0.0, fraction))
+
+    def _place(self, event: Event) -> tuple[str, float] | None:
+        activity, kind = event.activity, event.kind
+        if activity is None:
+            return None
+        fraction = (event.step or 0) / event.total if event.total else 0.0
+        if activity.kind == "stage" and activity.stage in self.train_stages:
+            if kind in ("step", "epoch", "checkpoint"):
+                return f"train:{activity.stage}", fraction
+            if kind in ("stage_end", "stage_skipped"):
+                return f"train:{activity.stage}", 1.0
+            if kind == "eval_progress":
+                return f"eval:{activity.stage}", fraction
+            if kind == "eval":
+                return f"eval:{activity.stage}", 1.0
+        if kind == "labels" and activity.kind == "stability":
+            return "stability", (activity.checkpoint - 1 + fraction) / self.checkpoints
+        if kind == "labels" and activity.kind == "label":
+            return f"label:{activity.stage}", fraction
+        if activity.kind == "ranking":
+            return "stability", 1.0
+        return None
