@@ -33,6 +33,7 @@ from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import DeviceSpec, parse_device_spec
 from stpp.core.method import METHOD_LABELS, pause_points
 from stpp.store.db import Store, StoreError, utc_now
+from stpp.store.images import count_images, count_labelled_with_masks
 from stpp.store.projects import Project, get_project
 from stpp.store.runs import (
     Run,
@@ -46,6 +47,7 @@ from stpp.store.runs import (
     parse_time,
     refuse_unfinished,
     request_cancel,
+    set_worker_pid,
     transition,
 )
 
@@ -382,10 +384,10 @@ class JobRunner:
         # Slots are worked out before the write lock is taken ("auto" may ask a child process).
         slots = {run.id: self._slots(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
         claimed = []
-        with self.store.transaction() as db:
+        with self.store.transaction():
             busy: dict[str, int] = {}
-            for run_id, config in db.execute("SELECT id, config FROM runs WHERE status = 'running'"):
-                _occupy(busy, slots.get(run_id) or self._slots(str(json.loads(config).get("device", "auto"))))
+            for running in list_runs(self.store, statuses=["running"]):
+                _occupy(busy, slots.get(running.id) or self._slots(running.device))
             for run in sorted(queued, key=lambda r: r.id):
                 if any(busy.get(slot, 0) >= self.slots_per_device for slot in slots[run.id]):
                     # First come, first served on every device: a run waiting for several GPUs keeps
@@ -412,9 +414,7 @@ class JobRunner:
             end_running(self.store, run_id, "failed", None, error=f"cannot start the worker: {error}", resumable=True)
             return False
         self._children[run_id] = process
-        with self.store.transaction() as db:
-            db.execute("UPDATE runs SET pid = ? WHERE id = ? AND status = 'running' AND pid IS NULL",
-                       [process.pid, run_id])
+        set_worker_pid(self.store, run_id, process.pid)
         return True
 
     def worker_command(self, run_id: int) -> list[str]:
@@ -579,15 +579,10 @@ def check_trainable(store: Store, project: int | str | Project, method: str) -> 
         LaunchError: what is missing and what to add.
     """
     project = get_project(store, project)
-    labelled = store.db.execute(
-        "SELECT count(*) FROM images i JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
-        "WHERE i.project_id = ? AND i.role = 'labelled'", [project.id]).fetchone()[0]
-    if not labelled:
+    if not count_labelled_with_masks(store, project):
         raise LaunchError(f"project {project.name!r} has no labelled images with masks; add some before training")
     if method != "supervised":
-        unlabelled = store.db.execute("SELECT count(*) FROM images WHERE project_id = ? AND role = 'unlabelled'",
-                                      [project.id]).fetchone()[0]
-        if not unlabelled:
+        if not count_images(store, project, "unlabelled"):
             raise LaunchError(f"project {project.name!r} has no unlabelled images; {METHOD_LABELS.get(method, method)} "
                               "needs some (or choose SupOnly)")
 

@@ -44,7 +44,7 @@ from stpp.store.runs import (
     run_metrics,
     transition,
 )
-from stpp.worker.main import read_run_device
+from stpp.store.runs import read_run_device
 
 TWO_CPU_PROCESSES = "cpu*2"
 

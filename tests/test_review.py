@@ -20,7 +20,6 @@ from stpp.core.masks import colorize, overlay, read_mask
 from stpp.core.method import num_reliable
 from stpp.jobs import JobRunner
 from stpp.review.decisions import (
-    LOCAL_USER,
     ReviewError,
     continue_run,
     decision_history,
@@ -36,6 +35,7 @@ from stpp.review.views import GalleryQuery, disagreement_map, gallery_page, imag
 from stpp.store import StoreError, create_project, import_folder_dataset, open_store
 from stpp.store.export import export_project
 from stpp.store.export_formats import VOC_ROOT
+from stpp.store.reviews import LOCAL_USER
 from stpp.store.runs import RunStateError, create_run, get_run, set_review_plan
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}

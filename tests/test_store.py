@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlite_utils
 from PIL import Image
 
 from stpp.core.classes import ClassInfo, DataError, format_labelmap
@@ -41,8 +42,8 @@ from stpp.store import (
     seed_demo_project,
 )
 from stpp.store.db import APPLICATION_ID
-from stpp.store.migrations import V1
-from stpp.store.runs import list_events, record_event
+from stpp.store.migrations import MIGRATIONS, V1
+from stpp.store.runs import get_run, list_events, record_event
 
 TABLES = {"projects", "images", "masks", "runs", "checkpoints", "events", "scores", "reviews"}
 
@@ -179,7 +180,7 @@ def test_a_version_1_store_is_upgraded_and_its_events_keep_kind_and_message(work
     conn.close()
 
     with open_store(workspace) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         old = list_events(store, 1)
         assert [(e.kind, e.message, e.data) for e in old] == [("eval", "teacher: val mIoU 55.26", {}),
                                                               ("stage_end", "", {})]
@@ -188,6 +189,29 @@ def test_a_version_1_store_is_upgraded_and_its_events_keep_kind_and_message(work
         assert [(e.kind, e.message, e.data) for e in list_events(store, 1, kinds=["stage_end"])] == [
             ("stage_end", "", {}), ("stage_end", "stage1 trained", {"peak_memory_mb": 2259.0})]
         assert [e.kind for e in list_events(store, 1, kinds=["eval"])] == ["eval"]
+
+
+def test_a_version_2_store_keeps_each_runs_latest_review_plan_in_its_row(workspace: Path):
+    # v2 kept the plan as the text of review_plan events; the latest one of a run wins.
+    workspace.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(workspace / "stpp.db")
+    conn.executescript(V1)
+    MIGRATIONS[1](sqlite_utils.Database(conn))
+    config = json.dumps({"method": "st++", "preset": "test"})
+    conn.executescript(
+        "INSERT INTO projects (id, name, classes, palette, created) VALUES (1, 'old', '[\"a\"]', '[[0,0,0]]', 't');"
+        + "".join(f"INSERT INTO runs (id, project_id, method, config, created) VALUES ({i}, 1, 'st++', '{config}', 't');"
+                  for i in (1, 2, 3))
+        + "INSERT INTO events (run_id, time, kind, message) VALUES (1, 't', 'review_plan', 'pause after: ranking');"
+        "INSERT INTO events (run_id, time, kind, message) VALUES (1, 't', 'review_plan', "
+        "'pause after: ranking, stage1');"
+        "INSERT INTO events (run_id, time, kind, message) VALUES (2, 't', 'review_plan', 'pause after: none');"
+        f"PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 2;")
+    conn.close()
+
+    with open_store(workspace) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert [get_run(store, i).review_plan for i in (1, 2, 3)] == [("ranking", "stage1"), (), ()]
 
 
 def test_workspace_that_is_a_file_is_refused(tmp_path: Path):

@@ -1,9 +1,9 @@
-"""``python -m stpp.bench speed|quality ...``: dispatch to the benchmark's own ``main(argv)``."""
+"""``python -m stpp.bench speed|quality|gallery ...``: dispatch to the benchmark's own ``main(argv)``."""
 
 import importlib
 import sys
 
-BENCHMARKS = ("speed", "quality")
+BENCHMARKS = ("speed", "quality", "gallery")
 
 
 def main(argv: list[str]) -> int:

@@ -65,9 +65,9 @@ def stage_after_pause(cfg: StppConfig, pause: str) -> str:
     return stage_names(cfg)[points.index(pause) + 1]
 
 
-def stage_order(stage: str | None) -> int:
-    """Position of a stage in :data:`STAGES` (unknown stages sort last)."""
-    return STAGES.index(stage) if stage in STAGES else len(STAGES)
+def stage_order(stage: str | None) -> tuple[int, str]:
+    """A sort key of stages in the order of :data:`STAGES` (unknown stages last, by name)."""
+    return (STAGES.index(stage) if stage in STAGES else len(STAGES), stage or "")
 
 
 def num_reliable(count: int, ratio: float) -> int:

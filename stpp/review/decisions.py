@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,87 +34,34 @@ from stpp.core.config import StppConfig
 from stpp.core.events import Event
 from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, read_mask
-from stpp.core.method import num_reliable, stage_after_pause, stage_order
+from stpp.core.method import num_reliable, stage_after_pause
 from stpp.jobs import JobRunner
+from stpp.store import reviews
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.files import store_mask
+from stpp.store.images import count_labelled_with_masks, get_image, image_ids_by_name, image_paths_by_name
 from stpp.store.migrations import DECISIONS
 from stpp.store.projects import Project, get_project
-from stpp.store.runs import Run, get_run, list_events, record_event, record_scores, set_review_plan, transition
+from stpp.store.ranking import ranks_by_name
+from stpp.store.reviews import Decision, insert_decision
+from stpp.store.runs import (
+    Run,
+    current_pseudo_masks,
+    get_run,
+    list_events,
+    record_event,
+    record_scores,
+    set_review_plan,
+    set_run_config,
+    transition,
+)
 
-LOCAL_USER = "local"
-"""The user recorded with a decision when nobody is signed in."""
 PAUSE_EVENT = "awaiting_review"
+"""The event kind that records a pause reached (its stage: the pause point)."""
 
 
 class ReviewError(StoreError):
     """A decision or a phase change that cannot be made as asked (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One review row.
-
-    Attributes:
-        id: the row id (later decisions have larger ids).
-        image_id: the image row id.
-        image: the image's name.
-        run_id: the run whose masks were shown (None once that run is deleted).
-        decision: ``accepted``, ``rejected`` or ``corrected``.
-        mask_path: the ``reviewed`` mask file, relative to the workspace (None for rejected).
-        stage: the stage whose pseudo mask was accepted; None for corrections and rejections.
-        time: ISO 8601 UTC.
-        user: who decided.
-    """
-
-    id: int
-    image_id: int
-    image: str
-    run_id: int | None
-    decision: str
-    mask_path: str | None
-    stage: str | None
-    time: str
-    user: str
-
-
-_DECISION_SQL = ("SELECT r.id, r.image_id, i.name, r.run_id, r.decision, m.path, m.stage, r.time, r.user "
-                 "FROM reviews r JOIN images i ON i.id = r.image_id LEFT JOIN masks m ON m.id = r.mask_id ")
-
-
-def _decision(row: Sequence[Any]) -> Decision:
-    return Decision(row[0], row[1], row[2], row[3], row[4], row[5], row[6] if row[4] == "accepted" else None,
-                    row[7], row[8] or LOCAL_USER)
-
-
-# Masks shown ---------------------------------------------------------------------------------------
-
-
-def current_pseudo_masks(store: Store, run_id: int, image_ids: Sequence[int] | None = None) -> dict[int, tuple[str, str]]:
-    """image id -> (stage, workspace-relative path) of the run's latest-stage pseudo mask.
-
-    Args:
-        image_ids: only these images (all of the run's otherwise).
-    """
-    sql, params = "SELECT image_id, stage, path FROM masks WHERE kind = 'pseudo' AND run_id = ?", [int(run_id)]
-    if image_ids is not None:
-        if not image_ids:
-            return {}
-        sql += f" AND image_id IN ({', '.join('?' * len(image_ids))})"
-        params += [int(i) for i in image_ids]
-    best: dict[int, tuple[str, str]] = {}
-    for image_id, stage, path in store.db.execute(sql, params):
-        if image_id not in best or stage_order(stage) > stage_order(best[image_id][0]):
-            best[image_id] = (stage, path)
-    return best
-
-
-def _image_row(store: Store, project: Project, image: int | str) -> dict[str, Any]:
-    column = "id" if isinstance(image, int) else "name"
-    rows = list(store.db.query(f"SELECT * FROM images WHERE project_id = ? AND {column} = ?", [project.id, image]))
-    if not rows:
-        raise ReviewError(f"project {project.name!r} has no image {image!r}")
-    return rows[0]
 
 
 # Decisions -----------------------------------------------------------------------------------------
@@ -132,7 +78,7 @@ def record_decision(store: Store, run_id: int, image: int | str, decision: str, 
         decision: ``accepted`` (the run's current pseudo mask is copied into a reviewed mask),
             ``rejected`` or ``corrected`` (``mask`` is stored as the reviewed mask).
         mask: the corrected class-index mask (H, W), only with ``corrected``.
-        user: the signed-in user; None records :data:`LOCAL_USER`.
+        user: the signed-in user; None records :data:`stpp.store.reviews.LOCAL_USER`.
 
     Raises:
         ReviewError: an unknown decision, an image that is not unlabelled in the run's project,
@@ -157,14 +103,14 @@ def record_decision(store: Store, run_id: int, image: int | str, decision: str, 
         mask_row = _store_reviewed(store, project, row, _checked_mask(project, row, mask), run.id, None)
     elif mask is not None:
         raise ReviewError("a rejection takes no mask")
-    with store.transaction() as db:
-        mask_id = None
-        if mask_row is not None:
-            mask_id = db["masks"].insert(mask_row).last_pk
-        review_id = db["reviews"].insert({"project_id": project.id, "image_id": row["id"], "run_id": run.id,
-                                          "decision": decision, "mask_id": mask_id, "time": utc_now(),
-                                          "user": (user or "").strip() or LOCAL_USER}).last_pk
-    return _decision(store.db.execute(_DECISION_SQL + "WHERE r.id = ?", [review_id]).fetchone())
+    return insert_decision(store, project, row["id"], run.id, decision, mask_row, user)
+
+
+def _image_row(store: Store, project: Project, image: int | str) -> dict[str, Any]:
+    try:
+        return get_image(store, project, image)
+    except StoreError as error:
+        raise ReviewError(str(error)) from None
 
 
 def _checked_mask(project: Project, row: Mapping[str, Any], mask: np.ndarray) -> np.ndarray:
@@ -189,22 +135,15 @@ def _store_reviewed(store: Store, project: Project, row: Mapping[str, Any], mask
 
 def latest_decisions(store: Store, project: int | str | Project) -> dict[str, Decision]:
     """Image name -> its latest decision, for every reviewed image of the project."""
-    project = get_project(store, project)
-    rows = store.db.execute(_DECISION_SQL + "WHERE r.id IN (SELECT max(id) FROM reviews WHERE project_id = ? "
-                            "GROUP BY image_id)", [project.id]).fetchall()
-    return {d.image: d for d in map(_decision, rows)}
+    return reviews.latest_decisions(store, get_project(store, project))
 
 
 def decision_history(store: Store, project: int | str | Project, image: int | str | None = None,
                      limit: int | None = None) -> list[Decision]:
-    """The project's decisions, newest first (only ``image``'s when given; the last ``limit``)."""
+    """The project's decisions, newest first (only ``image``'s, by id or name, when given; the last ``limit``)."""
     project = get_project(store, project)
-    sql, params = _DECISION_SQL + "WHERE r.project_id = ?", [project.id]
-    if image is not None:
-        sql += " AND r.image_id = ?"
-        params.append(_image_row(store, project, image)["id"])
-    sql += " ORDER BY r.id DESC" + (f" LIMIT {int(limit)}" if limit else "")
-    return [_decision(row) for row in store.db.execute(sql, params)]
+    image_id = None if image is None else _image_row(store, project, image)["id"]
+    return reviews.decision_history(store, project, image_id, limit)
 
 
 def reviewed_inputs(store: Store, project: int | str | Project,
@@ -223,8 +162,7 @@ def reviewed_inputs(store: Store, project: int | str | Project,
     """
     project = get_project(store, project)
     keep = None if names is None else set(names)
-    paths = {r["name"]: r["path"] for r in store.db.query("SELECT name, path FROM images WHERE project_id = ?",
-                                                          [project.id])}
+    paths = image_paths_by_name(store, project)
     reviewed, rejected = [], set()
     for name, decision in sorted(latest_decisions(store, project).items()):
         if keep is not None and name not in keep:
@@ -327,12 +265,8 @@ def set_reliable_ratio(store: Store, run_id: int, ratio: float) -> StppConfig:
     atomic_save(layout.scores_path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
     if layout.config_path.exists():
         atomic_save(layout.config_path, lambda tmp: Path(tmp).write_text(cfg.to_json()))
-    with store.transaction() as db:
-        db.execute("UPDATE runs SET config = ?, config_hash = ? WHERE id = ?",
-                   [json.dumps(cfg.to_dict(), sort_keys=True), cfg.config_hash(), run.id])
-    image_ids = {r["name"]: r["id"] for r in store.db.query("SELECT id, name FROM images WHERE project_id = ?",
-                                                            [run.project_id])}
-    record_scores(store, run.id, layout.scores_path, image_ids)
+    set_run_config(store, run.id, cfg)
+    record_scores(store, run.id, layout.scores_path, image_ids_by_name(store, get_project(store, run.project_id)))
     record_event(store, run.id, Event("info", message=f"reliable ratio set to {ratio:g} for the next phase"))
     return cfg
 
@@ -371,14 +305,12 @@ def phase_summary(store: Store, run_id: int, ratio: float | None = None) -> Phas
     run = get_run(store, run_id)
     cfg = StppConfig.from_dict(run.config)
     ratio = cfg.selftrain.reliable_ratio if ratio is None else float(ratio)
-    labelled = store.db.execute(
-        "SELECT count(*) FROM images i JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
-        "WHERE i.project_id = ? AND i.role = 'labelled'", [run.project_id]).fetchone()[0]
-    decisions = {name: d.decision for name, d in latest_decisions(store, run.project_id).items()}
-    ranked = store.db.execute("SELECT i.name, s.rank FROM scores s JOIN images i ON i.id = s.image_id "
-                              "WHERE s.run_id = ?", [run.id]).fetchall()
+    project = get_project(store, run.project_id)
+    labelled = count_labelled_with_masks(store, project)
+    decisions = {name: d.decision for name, d in latest_decisions(store, project).items()}
+    ranked = ranks_by_name(store, run.id)
     cut = num_reliable(len(ranked), ratio)
-    pool = [(name, rank) for name, rank in ranked if name not in decisions]
+    pool = [(name, rank) for name, rank in ranked.items() if name not in decisions]
     reliable = sum(rank <= cut for _, rank in pool)
     counts = {d: sum(v == d for v in decisions.values()) for d in DECISIONS}
     pauses = pauses_reached(store, run.id)
@@ -386,28 +318,3 @@ def phase_summary(store: Store, run_id: int, ratio: float | None = None) -> Phas
     nxt = stage_after_pause(cfg, pause) if pause else None
     return PhaseSummary(nxt, labelled, len(ranked), reliable, len(pool) - reliable, counts["accepted"],
                         counts["rejected"], counts["corrected"], ratio, pause)
-
-
-def run_stages(store: Store, run_id: int, models_only: bool = False) -> list[str]:
-    """The stages of a run that have pseudo masks or a trained model (only a model: ``models_only``), in order."""
-    sql = "SELECT DISTINCT stage FROM checkpoints WHERE run_id = ?"
-    if not models_only:
-        sql += " UNION SELECT DISTINCT stage FROM masks WHERE run_id = ? AND kind = 'pseudo' AND stage IS NOT NULL"
-    rows = store.db.execute(sql, [int(run_id)] * (1 if models_only else 2)).fetchall()
-    return sorted({r[0] for r in rows}, key=stage_order)
-
-
-def last_review_id(store: Store, project: int | str | Project) -> int:
-    """The id of the project's latest decision (0 when none): changes whenever someone decides."""
-    project = get_project(store, project)
-    return int(store.db.execute("SELECT max(id) FROM reviews WHERE project_id = ?", [project.id]).fetchone()[0] or 0)
-
-
-def ranked_run_ids(store: Store, project: int | str | Project) -> list[int]:
-    """Ids of the project's runs that have a stability ranking (or teacher labels), newest first."""
-    project = get_project(store, project)
-    rows = store.db.execute(
-        "SELECT id FROM runs WHERE project_id = ? AND (EXISTS (SELECT 1 FROM scores WHERE run_id = runs.id) "
-        "OR EXISTS (SELECT 1 FROM masks WHERE run_id = runs.id AND kind = 'pseudo')) ORDER BY id DESC",
-        [project.id]).fetchall()
-    return [r[0] for r in rows]

@@ -18,7 +18,8 @@ from stpp.core.method import stage_order
 from stpp.core.metrics import class_iou, confusion_matrix, mean_iou, percent
 from stpp.store.db import Store
 from stpp.store.projects import get_project
-from stpp.store.runs import get_run
+from stpp.store.ranking import ranked_references
+from stpp.store.runs import get_run, pseudo_masks_by_stage
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,12 @@ def quality_report(store: Store, run_id: int) -> QualityReport:
     run = get_run(store, run_id)
     project = get_project(store, run.project_id)
     classes = project.classes
-    ranked = store.db.execute(
-        "SELECT s.image_id, s.reliable, ref.path FROM scores s "
-        "LEFT JOIN masks ref ON ref.image_id = s.image_id AND ref.kind = 'reference' WHERE s.run_id = ?",
-        [run.id]).fetchall()
+    ranked = ranked_references(store, run.id)
     references = {image_id: path for image_id, _, path in ranked if path}
     reliable = {image_id for image_id, flag, _ in ranked if flag}
-    pseudo: dict[str, dict[int, str]] = {}
-    for image_id, stage, path in store.db.execute(
-            "SELECT image_id, stage, path FROM masks WHERE run_id = ? AND kind = 'pseudo'", [run.id]):
-        if image_id in references:
-            pseudo.setdefault(stage, {})[image_id] = path
+    pseudo = {stage: {image_id: path for image_id, path in masks.items() if image_id in references}
+              for stage, masks in pseudo_masks_by_stage(store, run.id).items()}
+    pseudo = {stage: masks for stage, masks in pseudo.items() if masks}
     groups: list[tuple[str, str, list[int]]] = []
     teacher = pseudo.get("teacher", {})
     groups.append(("reliable", "teacher", sorted(i for i in teacher if i in reliable)))

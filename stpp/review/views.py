@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,16 +29,17 @@ from PIL import Image
 from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, overlay, read_image, read_mask
 from stpp.core.method import num_reliable
-from stpp.review.decisions import current_pseudo_masks
-from stpp.store.db import Store, StoreError
+from stpp.store.db import Store
 from stpp.store.files import review_cache_relpath
+from stpp.store.images import get_image
 from stpp.store.projects import get_project
-from stpp.store.runs import get_run
+from stpp.store.ranking import RankedImage, count_ranked, count_ranked_images, image_score, ranked_images
+from stpp.store.reviews import latest_decision
+from stpp.store.runs import current_pseudo_masks, get_run
 
 PAGE_SIZE = 50
 THUMB_SIZE = 160
 THUMB_OPACITY = 0.5
-SHOW_CHOICES = ("all", "reliable", "unreliable", "accepted", "rejected", "corrected", "not reviewed")
 """Gallery filters on the split (at the previewed ratio) and on the latest decision."""
 
 
@@ -51,7 +52,7 @@ class GalleryQuery:
         page: 0-based page number (clamped to the last page).
         per_page: images per page.
         most_stable_first: rank 1 first, else the least stable first.
-        show: one of :data:`SHOW_CHOICES`.
+        show: one of :data:`stpp.store.ranking.RANK_FILTERS`.
         min_score / max_score: stability bounds (inclusive), None for open.
         class_index: only images whose shown mask contains this class.
         ratio: the reliable ratio R to preview (None: the run's).
@@ -109,33 +110,6 @@ class GalleryPage:
     ratio: float
 
 
-_PAGE_SQL = (
-    "FROM scores s JOIN images i ON i.id = s.image_id "
-    "LEFT JOIN reviews r ON r.id = (SELECT max(id) FROM reviews WHERE image_id = s.image_id) "
-    "LEFT JOIN masks m ON m.id = r.mask_id WHERE s.run_id = ?")
-_COLUMNS = ("SELECT s.rank, s.stability, i.id, i.name, i.path, r.decision, "
-            "CASE WHEN r.decision IN ('accepted', 'corrected') THEN m.path END AS review_mask ")
-
-
-def _where(query: GalleryQuery, cut: int) -> tuple[str, list[Any]]:
-    sql, params = "", []
-    if query.show == "reliable":
-        sql, params = " AND s.rank <= ?", [cut]
-    elif query.show == "unreliable":
-        sql, params = " AND s.rank > ?", [cut]
-    elif query.show in ("accepted", "rejected", "corrected"):
-        sql, params = " AND r.decision = ?", [query.show]
-    elif query.show == "not reviewed":
-        sql = " AND r.id IS NULL"
-    elif query.show != "all":
-        raise ValueError(f"unknown gallery filter {query.show!r}; choose one of: {', '.join(SHOW_CHOICES)}")
-    if query.min_score is not None:
-        sql, params = sql + " AND s.stability >= ?", params + [float(query.min_score)]
-    if query.max_score is not None:
-        sql, params = sql + " AND s.stability <= ?", params + [float(query.max_score)]
-    return sql, params
-
-
 def gallery_page(store: Store, query: GalleryQuery) -> GalleryPage:
     """One page of the run's ranked images, with their thumbnails made (or taken from the cache).
 
@@ -145,44 +119,55 @@ def gallery_page(store: Store, query: GalleryQuery) -> GalleryPage:
     """
     run = get_run(store, query.run_id)
     ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
-    ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
+    ranked = count_ranked(store, run.id)
     cut = num_reliable(ranked, ratio)
-    where, params = _where(query, cut)
-    order = f" ORDER BY s.rank {'ASC' if query.most_stable_first else 'DESC'}"
     per_page = max(1, int(query.per_page))
     if query.class_index is None:
-        total = store.db.execute("SELECT count(*) " + _PAGE_SQL + where, [run.id, *params]).fetchone()[0]
+        total = count_ranked_images(store, run.id, query.show, cut, query.min_score, query.max_score)
         page = _clamp(query.page, total, per_page)
-        rows = store.db.execute(_COLUMNS + _PAGE_SQL + where + order + " LIMIT ? OFFSET ?",
-                                [run.id, *params, per_page, page * per_page]).fetchall()
+        rows = _ranked(store, run.id, query, cut, limit=per_page, offset=page * per_page)
         shown = _shown_masks(store, run.id, rows)
     else:
         # Class presence is not in SQL: filter the ordered candidates by their shown masks (cached).
-        rows = store.db.execute(_COLUMNS + _PAGE_SQL + where + order, [run.id, *params]).fetchall()
-        shown = _shown_masks(store, run.id, rows)
-        present = class_presence(store, run.id, [shown[row[2]] for row in rows if row[2] in shown])
-        rows = [row for row in rows if row[2] in shown and int(query.class_index) in present[shown[row[2]]]]
+        rows, shown = _with_class(store, run.id, query, cut)
         total = len(rows)
         page = _clamp(query.page, total, per_page)
         rows = rows[page * per_page:(page + 1) * per_page]
     palette = get_project(store, run.project_id).classes.palette
     items = []
-    for rank, stability, image_id, name, path, decision, _ in rows:
-        mask = shown.get(image_id)
-        thumb = thumbnail(store, run.id, image_id, store.path(path), store.path(mask) if mask else None, palette)
-        items.append(GalleryItem(image_id, name, rank, stability, rank <= cut, decision, thumb))
+    for row in rows:
+        mask = shown.get(row.image_id)
+        thumb = thumbnail(store, run.id, row.image_id, store.path(row.path), store.path(mask) if mask else None,
+                          palette)
+        items.append(GalleryItem(row.image_id, row.name, row.rank, row.stability, row.rank <= cut, row.decision,
+                                 thumb))
     return GalleryPage(items, page, max(1, math.ceil(total / per_page)), total, ranked, cut, ratio)
+
+
+def _ranked(store: Store, run_id: int, query: GalleryQuery, cut: int, **page: int) -> list[RankedImage]:
+    return ranked_images(store, run_id, query.show, cut, query.min_score, query.max_score, query.most_stable_first,
+                         **page)
+
+
+def _with_class(store: Store, run_id: int, query: GalleryQuery,
+                cut: int) -> tuple[list[RankedImage], dict[int, str]]:
+    """The query's rows whose shown mask holds ``query.class_index``, and the shown masks."""
+    rows = _ranked(store, run_id, query, cut)
+    shown = _shown_masks(store, run_id, rows)
+    present = class_presence(store, run_id, [shown[row.image_id] for row in rows if row.image_id in shown])
+    rows = [row for row in rows if row.image_id in shown and int(query.class_index) in present[shown[row.image_id]]]
+    return rows, shown
 
 
 def _clamp(page: int, total: int, per_page: int) -> int:
     return max(0, min(int(page), max(0, math.ceil(total / per_page) - 1)))
 
 
-def _shown_masks(store: Store, run_id: int, rows: Sequence[Sequence[Any]]) -> dict[int, str]:
+def _shown_masks(store: Store, run_id: int, rows: Sequence[RankedImage]) -> dict[int, str]:
     """image id -> workspace-relative path of its shown mask, for the rows of a gallery query."""
-    pseudo = current_pseudo_masks(store, run_id, [row[2] for row in rows if not row[6]])
+    pseudo = current_pseudo_masks(store, run_id, [row.image_id for row in rows if not row.review_mask])
     shown = {image_id: path for image_id, (_, path) in pseudo.items()}
-    shown.update({row[2]: row[6] for row in rows if row[6]})
+    shown.update({row.image_id: row.review_mask for row in rows if row.review_mask})
     return shown
 
 
@@ -292,52 +277,38 @@ def image_detail(store: Store, run_id: int, image_id: int, ratio: float | None =
         StoreError: no such run or image in the run's project.
     """
     run = get_run(store, run_id)
-    row = store.db.execute("SELECT id, name, path FROM images WHERE id = ? AND project_id = ?",
-                           [int(image_id), run.project_id]).fetchone()
-    if row is None:
-        raise StoreError(f"run {run.id}'s project has no image {image_id}")
-    score = store.db.execute("SELECT rank, stability, reliable, checkpoint_miou FROM scores WHERE run_id = ? "
-                             "AND image_id = ?", [run.id, row[0]]).fetchone()
-    review = store.db.execute("SELECT r.decision, m.path FROM reviews r LEFT JOIN masks m ON m.id = r.mask_id "
-                              "WHERE r.image_id = ? ORDER BY r.id DESC LIMIT 1", [row[0]]).fetchone()
-    decision = review[0] if review else None
-    if review and review[1] and decision in ("accepted", "corrected"):
-        mask_path, source = review[1], decision
+    image = get_image(store, get_project(store, run.project_id), int(image_id))
+    score = image_score(store, run.id, image["id"])
+    review = latest_decision(store, image["id"])
+    decision = review.decision if review else None
+    if review and review.mask_path and decision in ("accepted", "corrected"):
+        mask_path, source = review.mask_path, decision
     else:
-        stage, mask_path = current_pseudo_masks(store, run.id, [row[0]]).get(row[0], (None, None))
+        stage, mask_path = current_pseudo_masks(store, run.id, [image["id"]]).get(image["id"], (None, None))
         source = f"pseudo:{stage}" if stage else None
     layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
-    k = int(run.config.get("pseudo", {}).get("num_checkpoints", 3))
-    checkpoint_paths = [layout.stability_dir(j) / f"{row[1]}.png" for j in range(1, k + 1)]
+    k = run.cfg.pseudo.num_checkpoints
+    checkpoint_paths = [layout.stability_dir(j) / f"{image['name']}.png" for j in range(1, k + 1)]
     checkpoints = [read_mask(p) for p in checkpoint_paths] if all(p.is_file() for p in checkpoint_paths) else []
     reliable = None
     if score is not None:
-        if ratio is None:
-            reliable = bool(score[2])
-        else:
-            ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
-            reliable = score[0] <= num_reliable(ranked, ratio)
+        reliable = score.reliable if ratio is None else score.rank <= num_reliable(count_ranked(store, run.id), ratio)
     return ImageDetail(
-        image_id=row[0], name=row[1], rank=score[0] if score else None, stability=score[1] if score else None,
-        reliable=reliable, decision=decision, image=np.asarray(read_image(store.path(row[2]))),
+        image_id=image["id"], name=image["name"], rank=score.rank if score else None,
+        stability=score.stability if score else None, reliable=reliable, decision=decision,
+        image=np.asarray(read_image(store.path(image["path"]))),
         mask=read_mask(store.path(mask_path)) if mask_path else None, mask_source=source,
         checkpoint_masks=checkpoints, disagreement=disagreement_map(checkpoints) if len(checkpoints) >= 2 else None,
-        per_checkpoint=tuple(json.loads(score[3])) if score and score[3] else ())
+        per_checkpoint=score.checkpoint_miou if score else ())
 
 
 def gallery_page_ids(store: Store, query: GalleryQuery) -> list[int]:
     """The image ids of every image matching the query, in display order (no thumbnails made)."""
     run = get_run(store, query.run_id)
     ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
-    ranked = store.db.execute("SELECT count(*) FROM scores WHERE run_id = ?", [run.id]).fetchone()[0]
-    where, params = _where(query, num_reliable(ranked, ratio))
-    order = f" ORDER BY s.rank {'ASC' if query.most_stable_first else 'DESC'}"
-    rows = store.db.execute(_COLUMNS + _PAGE_SQL + where + order, [run.id, *params]).fetchall()
-    if query.class_index is not None:
-        shown = _shown_masks(store, run.id, rows)
-        present = class_presence(store, run.id, [shown[row[2]] for row in rows if row[2] in shown])
-        rows = [row for row in rows if row[2] in shown and int(query.class_index) in present[shown[row[2]]]]
-    return [row[2] for row in rows]
+    cut = num_reliable(count_ranked(store, run.id), ratio)
+    rows = _ranked(store, run.id, query, cut) if query.class_index is None else _with_class(store, run.id, query, cut)[0]
+    return [row.image_id for row in rows]
 
 
 # Corrections ---------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from stpp.core.method import stage_order
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.export_formats import FORMATS, VOC_ROOT, ExportImage, upright_jpeg
 from stpp.store.projects import Project, get_project
+from stpp.store.runs import run_stages
 
 """Stages in the order their models label images; a later stage's pseudo mask supersedes an earlier one."""
 SOURCES = ("ground_truth", "reference", "accepted", "corrected", "pseudo")
@@ -178,7 +179,7 @@ def export_project(
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     project = get_project(store, project)
     run = _get_run(store, project, run_id)
-    stages = _run_stages(store, run_id) if run_id is not None else []
+    stages = run_stages(store, run_id) if run_id is not None else []
     if stage is not None and stage not in stages:
         raise ExportError(f"run {run_id} has no stage {stage!r}; its stages: {', '.join(stages) or 'none'}"
                           if run_id is not None else "a stage needs a run: pass run_id")
@@ -234,18 +235,6 @@ def _get_run(store: Store, project: Project, run_id: int | None) -> dict[str, An
     return rows[0]
 
 
-def _stage_key(stage: str) -> tuple[int, str]:
-    return (stage_order(stage), stage)
-
-
-def _run_stages(store: Store, run_id: int) -> list[str]:
-    """The stages of a run that have pseudo masks or checkpoints, in labelling order."""
-    rows = store.db.execute(
-        "SELECT stage FROM masks WHERE run_id = ? AND kind = 'pseudo' AND stage IS NOT NULL "
-        "UNION SELECT stage FROM checkpoints WHERE run_id = ?", [run_id, run_id]).fetchall()
-    return sorted({r[0] for r in rows}, key=_stage_key)
-
-
 def _safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(ch in name for ch in "/\\\n\r\0")
 
@@ -291,7 +280,7 @@ def _plan(store: Store, project: Project, run_id: int | None, stage: str | None,
 def _pseudo_masks(store: Store, run_id: int, stage: str | None,
                   image_id: int | None = None) -> dict[int, tuple[str, str]]:
     """image id -> (stage, path) of the run's pseudo mask of the latest stage up to ``stage``."""
-    limit = _stage_key(stage) if stage is not None else None
+    limit = stage_order(stage) if stage is not None else None
     sql = "SELECT image_id, stage, path FROM masks WHERE kind = 'pseudo' AND run_id = ?"
     params: list[Any] = [run_id]
     if image_id is not None:
@@ -299,10 +288,10 @@ def _pseudo_masks(store: Store, run_id: int, stage: str | None,
         params.append(image_id)
     best: dict[int, tuple[str, str]] = {}
     for r in store.db.query(sql, params):
-        key = _stage_key(r["stage"] or "")
+        key = stage_order(r["stage"] or "")
         if limit is not None and key > limit:
             continue
-        if r["image_id"] not in best or key > _stage_key(best[r["image_id"]][0]):
+        if r["image_id"] not in best or key > stage_order(best[r["image_id"]][0]):
             best[r["image_id"]] = (r["stage"] or "", r["path"])
     return best
 
@@ -395,7 +384,7 @@ def _counts(plan: _Plan) -> dict[str, Any]:
     for _, reason in plan.left_out:
         left_out[reason] = left_out.get(reason, 0) + 1
     return {"images": len(plan.items), "splits": splits, "sources": sources,
-            "pseudo_stages": dict(sorted(stages.items(), key=lambda kv: _stage_key(kv[0]))),
+            "pseudo_stages": dict(sorted(stages.items(), key=lambda kv: stage_order(kv[0]))),
             "left_out": left_out}
 
 
@@ -417,7 +406,7 @@ def _checkpoint(store: Store, run_id: int, stage: str | None) -> str | None:
         rows = [r for r in rows if r["stage"] == stage]
     if not rows:
         return None
-    best = max(rows, key=lambda r: (_stage_key(r["stage"]), -1 if r["epoch"] is None else r["epoch"], r["id"]))
+    best = max(rows, key=lambda r: (stage_order(r["stage"]), -1 if r["epoch"] is None else r["epoch"], r["id"]))
     return best["path"]
 
 
@@ -430,7 +419,7 @@ def _manifest(store: Store, project: Project, fmt: str, run: dict | None, stage:
         run_info = {"id": run["id"], "method": run["method"], "preset": run["preset"], "status": run["status"],
                     "run_dir": run["run_dir"], "config_hash": _config_hash(run), "finished": run["finished"]}
         # The model whose labels were exported last (for stage=None, the latest labelling stage).
-        latest = max(counts["pseudo_stages"], key=_stage_key) if counts["pseudo_stages"] else stage
+        latest = max(counts["pseudo_stages"], key=stage_order) if counts["pseudo_stages"] else stage
         checkpoint = _checkpoint(store, run["id"], latest)
         label_models = {s: _checkpoint(store, run["id"], s) for s in counts["pseudo_stages"]}
     layout = {"voc": {"root": VOC_ROOT, "torchvision": "VOCSegmentation(root=UNZIPPED_DIR, year='2012', "

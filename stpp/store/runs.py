@@ -13,9 +13,11 @@ review plan (the pause points where it stops for review) is a column of its row.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,8 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
-from stpp.core.method import pause_points
-from stpp.store.db import Store, StoreError, utc_now
+from stpp.core.method import pause_points, stage_order
+from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, utc_now
 from stpp.store.files import sha1_bytes
 from stpp.store.projects import Project, get_project
 
@@ -569,3 +571,89 @@ def count_rows(store: Store, table: str, run_id: int, **where: Any) -> int:
         raise ValueError(f"not a per-run table: {table}")
     sql = f"SELECT count(*) FROM {table} WHERE run_id = ?" + "".join(f" AND {key} = ?" for key in where)
     return int(store.db.execute(sql, [int(run_id), *where.values()]).fetchone()[0])
+
+
+def set_worker_pid(store: Store, run_id: int, pid: int) -> bool:
+    """Record the pid of the worker spawned for a claimed run; False when the run was not waiting for one."""
+    with store.transaction() as db:
+        cursor = db.execute("UPDATE runs SET pid = ? WHERE id = ? AND status = 'running' AND pid IS NULL",
+                            [int(pid), int(run_id)])
+        return cursor.rowcount == 1
+
+
+def set_run_config(store: Store, run_id: int, cfg: StppConfig) -> None:
+    """Replace a run's config (and its hash), e.g. a reliable ratio chosen at a review pause."""
+    with store.transaction() as db:
+        db.execute("UPDATE runs SET config = ?, config_hash = ? WHERE id = ?",
+                   [json.dumps(cfg.to_dict(), sort_keys=True), cfg.config_hash(), int(run_id)])
+
+
+def read_run_device(workspace: str | Path, run_id: int) -> str:
+    """A run's ``device`` setting, read without writing to the store (not even a migration).
+
+    The ranks of a torchrun worker other than rank 0 call it to join the process group on the
+    run's backend; only rank 0 opens the store for writing.
+
+    Raises:
+        StoreError: no store in ``workspace``, or no such run.
+    """
+    db_path = Path(workspace).expanduser().absolute() / DB_NAME
+    if not db_path.is_file():
+        raise StoreError(f"no stpp store in {workspace}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True,
+                                                timeout=BUSY_TIMEOUT_S)) as conn:
+            row = conn.execute("SELECT config FROM runs WHERE id = ?", [int(run_id)]).fetchone()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read run {run_id} from {db_path}: {error}") from None
+    if row is None:
+        raise StoreError(f"no run {run_id}")
+    return str(json.loads(row[0]).get("device", "auto"))
+
+
+def current_pseudo_masks(store: Store, run_id: int,
+                         image_ids: Sequence[int] | None = None) -> dict[int, tuple[str, str]]:
+    """image id -> (stage, workspace-relative path) of the run's latest-stage pseudo mask.
+
+    Args:
+        image_ids: only these images (all of the run's otherwise).
+    """
+    sql, params = "SELECT image_id, stage, path FROM masks WHERE kind = 'pseudo' AND run_id = ?", [int(run_id)]
+    if image_ids is not None:
+        if not image_ids:
+            return {}
+        sql += f" AND image_id IN ({', '.join('?' * len(image_ids))})"
+        params += [int(i) for i in image_ids]
+    best: dict[int, tuple[str, str]] = {}
+    for image_id, stage, path in store.db.execute(sql, params):
+        if image_id not in best or stage_order(stage) > stage_order(best[image_id][0]):
+            best[image_id] = (stage, path)
+    return best
+
+
+def pseudo_masks_by_stage(store: Store, run_id: int) -> dict[str, dict[int, str]]:
+    """stage -> image id -> workspace-relative path, for every pseudo mask of the run."""
+    found: dict[str, dict[int, str]] = {}
+    for image_id, stage, path in store.db.execute(
+            "SELECT image_id, stage, path FROM masks WHERE run_id = ? AND kind = 'pseudo'", [int(run_id)]):
+        found.setdefault(stage, {})[image_id] = path
+    return found
+
+
+def run_stages(store: Store, run_id: int, models_only: bool = False) -> list[str]:
+    """The stages of a run that have pseudo masks or a trained model (only a model: ``models_only``), in order."""
+    sql = "SELECT DISTINCT stage FROM checkpoints WHERE run_id = ?"
+    if not models_only:
+        sql += " UNION SELECT DISTINCT stage FROM masks WHERE run_id = ? AND kind = 'pseudo' AND stage IS NOT NULL"
+    rows = store.db.execute(sql, [int(run_id)] * (1 if models_only else 2)).fetchall()
+    return sorted({r[0] for r in rows}, key=stage_order)
+
+
+def ranked_run_ids(store: Store, project: int | str | Project) -> list[int]:
+    """Ids of the project's runs that have a stability ranking (or teacher labels), newest first."""
+    project = get_project(store, project)
+    rows = store.db.execute(
+        "SELECT id FROM runs WHERE project_id = ? AND (EXISTS (SELECT 1 FROM scores WHERE run_id = runs.id) "
+        "OR EXISTS (SELECT 1 FROM masks WHERE run_id = runs.id AND kind = 'pseudo')) ORDER BY id DESC",
+        [project.id]).fetchall()
+    return [r[0] for r in rows]

@@ -10,6 +10,7 @@ from stpp.review.decisions import reviewed_inputs
 from stpp.runs import RunError
 from stpp.selftrain.pipeline import RunData, Sample
 from stpp.store.db import Store
+from stpp.store.images import images_with_masks
 from stpp.store.projects import Project
 
 
@@ -26,20 +27,17 @@ def build_run_data(store: Store, project: Project,
     Raises:
         RunError: no labelled image with a mask, or images of a started run are gone.
     """
-    rows = list(store.db.query(
-        "SELECT i.id, i.name, i.path, i.role, m.path AS mask FROM images i "
-        "LEFT JOIN masks m ON m.image_id = i.id AND m.kind = 'ground_truth' "
-        "WHERE i.project_id = ? ORDER BY i.name", [project.id]))
+    rows = images_with_masks(store, project, "ground_truth")
     samples: dict[str, dict[str, Sample]] = {"labeled": {}, "unlabeled": {}, "val": {}}
     for row in rows:
-        image = store.path(row["path"])
-        if row["role"] == "labelled" and row["mask"]:
-            samples["labeled"][row["name"]] = Sample(row["name"], image, store.path(row["mask"]))
-        elif row["role"] == "validation" and row["mask"]:
-            samples["val"][row["name"]] = Sample(row["name"], image, store.path(row["mask"]))
-        elif row["role"] == "unlabelled":
+        image = store.path(row.path)
+        if row.role == "labelled" and row.mask_path:
+            samples["labeled"][row.name] = Sample(row.name, image, store.path(row.mask_path))
+        elif row.role == "validation" and row.mask_path:
+            samples["val"][row.name] = Sample(row.name, image, store.path(row.mask_path))
+        elif row.role == "unlabelled":
             # Never a mask here: an unlabelled image's reference mask is for measuring only.
-            samples["unlabeled"][row["name"]] = Sample(row["name"], image)
+            samples["unlabeled"][row.name] = Sample(row.name, image)
     if frozen is not None:
         missing = [name for key in samples for name in frozen.get(key, []) if name not in samples[key]]
         if missing:
@@ -52,7 +50,7 @@ def build_run_data(store: Store, project: Project,
                         project.classes.ignore_index)
     data = RunData(classes=classes, labeled=tuple(samples["labeled"].values()),
                    unlabeled=tuple(samples["unlabeled"].values()), val=tuple(samples["val"].values()))
-    return data, {row["name"]: row["id"] for row in rows}
+    return data, {row.name: row.id for row in rows}
 
 
 def with_reviews(store: Store, project: Project, data: RunData) -> RunData:
@@ -71,9 +69,3 @@ def describe_project_inputs(project: Project, data: RunData) -> dict[str, Any]:
     """The run's ``inputs.json``: the project and the image names per role."""
     return {"project_id": project.id, "labeled": [s.id for s in data.labeled],
             "unlabeled": [s.id for s in data.unlabeled], "val": [s.id for s in data.val]}
-
-
-def mean_image_pixels(store: Store, project: Project) -> float:
-    """The mean width x height of the project's images (for the progress weights)."""
-    row = store.db.execute("SELECT avg(width * height) FROM images WHERE project_id = ?", [project.id]).fetchone()
-    return float(row[0] or 1.0)

@@ -4,7 +4,6 @@ everything in the store (see :mod:`stpp.worker`)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -39,7 +38,8 @@ from stpp.models import WeightsError
 from stpp.review.decisions import ReviewError, next_pause, record_pause
 from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
 from stpp.selftrain.pipeline import PAUSED, RunData
-from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, open_store, utc_now
+from stpp.store.db import Store, StoreError, open_store, utc_now
+from stpp.store.images import mean_image_pixels
 from stpp.store.projects import get_project
 from stpp.store.runs import (
     Run,
@@ -47,6 +47,7 @@ from stpp.store.runs import (
     claim_queued,
     end_running,
     get_run,
+    read_run_device,
     record_checkpoint,
     record_event,
     record_scores,
@@ -54,7 +55,7 @@ from stpp.store.runs import (
     set_stage_metrics,
     update_run,
 )
-from stpp.worker.inputs import build_run_data, describe_project_inputs, mean_image_pixels, with_reviews
+from stpp.worker.inputs import build_run_data, describe_project_inputs, with_reviews
 from stpp.worker.progress import RunProgress
 from stpp.worker.sink import StoreSink
 
@@ -215,29 +216,6 @@ def join_device(spec: DeviceSpec) -> torch.device:
         raise RunError(f"device {spec} trains in {spec.processes} processes: start the run through the job "
                        "runner, which launches it with torchrun")
     return init_distributed(spec.process_device)
-
-
-def read_run_device(workspace: str | Path, run_id: int) -> str:
-    """A run's ``device`` setting, read without writing to the store (not even a migration).
-
-    The ranks of a torchrun worker other than rank 0 call it to join the process group on the
-    run's backend; only rank 0 opens the store for writing.
-
-    Raises:
-        StoreError: no store in ``workspace``, or no such run.
-    """
-    db_path = Path(workspace).expanduser().absolute() / DB_NAME
-    if not db_path.is_file():
-        raise StoreError(f"no stpp store in {workspace}")
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True,
-                                                timeout=BUSY_TIMEOUT_S)) as conn:
-            row = conn.execute("SELECT config FROM runs WHERE id = ?", [int(run_id)]).fetchone()
-    except sqlite3.Error as error:
-        raise StoreError(f"cannot read run {run_id} from {db_path}: {error}") from None
-    if row is None:
-        raise StoreError(f"no run {run_id}")
-    return str(json.loads(row[0]).get("device", "auto"))
 
 
 def _follow_main_rank(run_id: int, workspace: Path) -> int:

@@ -14,7 +14,6 @@ import hashlib
 import html
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +23,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from stpp.core.masks import overlay, read_mask
-from stpp.store import ImportReport, Project, Store, StoreError, find_project, ingest_files, project_summary
+from stpp.store import ImportReport, Project, StoreError, find_project, ingest_files, project_summary
+from stpp.store.images import ImageFiles, count_images, images_page
 from ui.services import Services
 
 TITLE = "Data"
@@ -37,25 +37,6 @@ REPORT_ROWS = 2000
 STATUS_ORDER = {"failed": 0, "skipped": 1, "added": 2}
 PAGE_SIZE = 24
 THUMBNAIL_PX = 192
-_IMAGES = ("SELECT i.id, i.name, i.path, i.hash, i.width, i.height, m.path AS mask_path, m.hash AS mask_hash "
-           "FROM images i LEFT JOIN masks m ON m.id = (SELECT max(id) FROM masks WHERE image_id = i.id AND kind = ?) "
-           "WHERE i.project_id = ? AND i.role = ? ORDER BY i.name LIMIT ? OFFSET ?")
-
-
-@dataclass(frozen=True)
-class Thumb:
-    """One image of a gallery page and its files (workspace-relative, or absolute when registered in place)."""
-
-    id: int
-    name: str
-    path: str
-    hash: str
-    width: int
-    height: int
-    mask_path: str | None = None
-    mask_hash: str | None = None
-
-
 # Reading the store (pure: store in, values out) -------------------------------------------------
 
 
@@ -70,18 +51,6 @@ def counts_markdown(services: Services, project: str | None) -> str:
             f"{masks['ground_truth']} ground-truth masks · {summary.project.classes.num_classes} classes")
 
 
-def count_images(store: Store, project: Project, role: str) -> int:
-    """How many images the project has in ``role``."""
-    return store.db.execute("SELECT count(*) FROM images WHERE project_id = ? AND role = ?",
-                            [project.id, role]).fetchone()[0]
-
-
-def page_of_images(store: Store, project: Project, role: str, page: int, size: int = PAGE_SIZE) -> list[Thumb]:
-    """One page of the project's images in ``role``, by name, each with its latest ground-truth mask."""
-    return [Thumb(**row) for row in store.db.query(_IMAGES, ["ground_truth", project.id, role, size,
-                                                             (page - 1) * size])]
-
-
 def page_count(total: int, size: int = PAGE_SIZE) -> int:
     """Pages needed for ``total`` images (at least one)."""
     return max(1, -(-total // size))
@@ -90,7 +59,7 @@ def page_count(total: int, size: int = PAGE_SIZE) -> int:
 # Thumbnails -------------------------------------------------------------------------------------
 
 
-def thumbnail(services: Services, project: Project, item: Thumb, with_mask: bool) -> Path:
+def thumbnail(services: Services, project: Project, item: ImageFiles, with_mask: bool) -> Path:
     """The cached JPEG thumbnail of an image, its mask blended in the class colours when ``with_mask``.
 
     Named by the image's and mask's content hashes and the palette, so a new mask or a recoloured
@@ -129,7 +98,7 @@ def gallery_page(services: Services, name: str | None, role: str, page: float | 
         return [], "", 1
     total = count_images(services.store, project, role)
     page = min(max(1, int(page or 1)), page_count(total))
-    items = page_of_images(services.store, project, role, page)
+    items = images_page(services.store, project, role, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     with_mask = role != "unlabelled"  # reference masks measure pseudo masks; they are not the data's labels
     gallery = [(str(thumbnail(services, project, item, with_mask)), f"{item.name} ({item.width}×{item.height})")
                for item in items]

@@ -11,11 +11,11 @@ import json
 
 import gradio as gr
 
-from stpp.review.decisions import run_stages
 from stpp.review.outputs import export_dataset, export_model_zip
 from stpp.store import StoreError
 from stpp.store.export import ExportFilter
 from stpp.store.export_formats import FORMATS
+from stpp.store.runs import run_stages
 from ui.components import run_choices
 from ui.services import Services
 

@@ -15,12 +15,12 @@ from stpp.review.decisions import (
     ReviewError,
     continue_run,
     decision_history,
-    last_review_id,
     pauses_reached,
     phase_summary,
 )
 from stpp.review.quality import quality_report
 from stpp.store import StoreError
+from stpp.store.reviews import last_review_id
 from stpp.store.runs import get_run, last_event_id, run_metrics
 from ui.components import find_project, run_choices
 from ui.services import Services
@@ -100,9 +100,10 @@ def quality_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame
 def panel(services: Services, project: str | None, run_id: int | None, seen: dict | None) -> list:
     """Every output of the tab; parts unchanged since ``seen`` are skipped."""
     run = get_run(services.store, int(run_id)) if run_id else None
+    opened = find_project(services, project)
     key = {"run": run_id, "status": run.status if run else None, "stage": run.stage if run else None,
            "events": last_event_id(services.store, int(run_id)) if run_id else 0,
-           "reviews": last_review_id(services.store, project) if find_project(services, project) else 0}
+           "reviews": last_review_id(services.store, opened) if opened else 0}
     if key == (seen or {}):
         return [gr.skip()] * 9 + [seen]
     quality, chart, note = quality_frames(services, run_id)

@@ -13,16 +13,8 @@ import gradio as gr
 import numpy as np
 
 from stpp.core.masks import colorize, overlay, read_mask
-from stpp.review.decisions import (
-    ReviewError,
-    current_pseudo_masks,
-    phase_summary,
-    ranked_run_ids,
-    record_decision,
-    set_reliable_ratio,
-)
+from stpp.review.decisions import ReviewError, phase_summary, record_decision, set_reliable_ratio
 from stpp.review.views import (
-    SHOW_CHOICES,
     GalleryQuery,
     disagreement_image,
     gallery_page,
@@ -31,7 +23,8 @@ from stpp.review.views import (
     merge_painted_layer,
 )
 from stpp.store import StoreError, get_project
-from stpp.store.runs import get_run
+from stpp.store.ranking import RANK_FILTERS
+from stpp.store.runs import current_pseudo_masks, get_run, ranked_run_ids
 from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices
 from ui.services import Services, signed_in_user
 
@@ -190,7 +183,7 @@ def build(services: Services) -> None:
     status = gr.Markdown(elem_id="review-status")
     with gr.Row():
         order = gr.Radio(ORDERS, value=ORDERS[0], label="Order", elem_id="review-order")
-        show = gr.Dropdown(list(SHOW_CHOICES), value="all", label="Show", elem_id="review-show")
+        show = gr.Dropdown(list(RANK_FILTERS), value="all", label="Show", elem_id="review-show")
         low = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Min stability", elem_id="review-min")
         high = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Max stability", elem_id="review-max")
         class_filter = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="Contains class", elem_id="review-class")

@@ -1,7 +1,7 @@
-"""How fast a review gallery page opens on a large project: ``python -m stpp.review.bench [--images N]``.
+"""How fast a review gallery page opens on a large project: ``python -m stpp.bench gallery [--images N]``.
 
-Generates a throw-away workspace with one project of N unlabelled images (240x180, like the demo),
-a ranked run and its pseudo masks, then times :func:`stpp.review.views.gallery_page` for the first
+Generates a throw-away workspace with one project of N unlabelled images (240x180, like the demo,
+added through the store's own import), a ranked run and its pseudo masks, then times :func:`stpp.review.views.gallery_page` for the first
 page (thumbnails made), the same page again (thumbnails cached), a page deep in the ranking and a
 class-filtered page (first: the class index is built; then cached). Prints JSON.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -21,10 +20,12 @@ import numpy as np
 from PIL import Image
 
 from stpp.core.config import DataConfig, StppConfig
+from stpp.core.layout import RunLayout
 from stpp.core.masks import write_mask
 from stpp.review.views import GalleryQuery, gallery_page
-from stpp.store import create_project, open_store, utc_now
-from stpp.store.runs import create_run
+from stpp.store import create_project, ingest_files, open_store
+from stpp.store.images import image_ids_by_name
+from stpp.store.runs import create_run, record_pseudo_masks, record_scores
 
 CLASSES = ["background", "red", "green", "blue"]
 PALETTE = [[0, 0, 0], [220, 30, 30], [30, 200, 30], [40, 60, 230]]
@@ -38,28 +39,30 @@ def make_workspace(root: Path, count: int, seed: int = 0) -> tuple[Path, int]:
     cfg = replace(StppConfig.from_dict({"method": "st++", "preset": "test"}),
                   data=DataConfig(len(CLASSES), tuple(CLASSES), tuple(map(tuple, PALETTE)), 255))
     run = create_run(store, project, cfg)
-    images, masks, scores = [], [], []
+    layout = RunLayout(store.path(run.run_dir))
+    sources = root / "images"
+    sources.mkdir()
     base = rng.integers(0, 255, size=(180, 240, 3), dtype=np.uint8)
-    for index in range(count):
-        name = f"img_{index:05d}"
-        image_rel = f"images/{project.id}/{name}.jpg"
-        store.path(image_rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.roll(base, index, axis=1)).save(store.path(image_rel), quality=85)
+    names = [f"img_{index:05d}" for index in range(count)]
+    for index, name in enumerate(names):
+        pixels = np.roll(base, index, axis=1)
+        # An 8x8 block (one JPEG block, kept through compression) per byte of the index: the import skips
+        # files of the same content.
+        pixels[:8, :8], pixels[:8, 8:16] = index % 256, index // 256
+        Image.fromarray(pixels).save(sources / f"{name}.jpg", quality=85)
         mask = np.zeros((180, 240), dtype=np.uint8)
         mask[:, : 60 + index % 120] = 1 + index % 3
-        mask_rel = f"runs/{run.id}/pseudo/teacher/{name}.png"
-        write_mask(store.path(mask_rel), mask, PALETTE)
-        images.append({"id": index + 1, "project_id": project.id, "name": name, "hash": f"{index:040x}",
-                       "path": image_rel, "width": 240, "height": 180, "role": "unlabelled", "created": utc_now()})
-        masks.append({"image_id": index + 1, "kind": "pseudo", "run_id": run.id, "stage": "teacher", "path": mask_rel,
-                      "created": utc_now()})
+        write_mask(layout.pseudo_dir("teacher") / f"{name}.png", mask, PALETTE)
+    ingest_files(store, project, [sources], "unlabelled")
+    image_ids = image_ids_by_name(store, project)
+    if len(image_ids) != count:
+        raise RuntimeError(f"only {len(image_ids)} of the {count} bench images were imported")
     stability = np.sort(rng.random(count))[::-1]
-    scores = [{"run_id": run.id, "image_id": i + 1, "stability": float(stability[i]), "reliable": int(i < count // 2),
-               "rank": i + 1, "checkpoint_miou": "[]"} for i in range(count)]
-    with store.transaction() as db:
-        db["images"].insert_all(images)
-        db["masks"].insert_all(masks)
-        db["scores"].insert_all(scores)
+    layout.scores_path.write_text("id,stability,reliable,rank\n" + "".join(
+        f"{name},{stability[rank - 1]:.6f},{int(rank <= count // 2)},{rank}\n"
+        for rank, name in enumerate(names, start=1)))
+    record_scores(store, run.id, layout.scores_path, image_ids)
+    record_pseudo_masks(store, run.id, "teacher", layout.pseudo_dir("teacher"), image_ids)
     store.close()
     return root / "workspace", run.id
 
@@ -81,7 +84,7 @@ def time_pages(workspace: Path, run_id: int) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stpp.review.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stpp.bench gallery", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +94,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings = time_pages(workspace, run_id)
     print(json.dumps({"images": args.images, "setup_s": round(setup, 1), "seconds": timings}))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
