@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stpp.cli.main import main
+from stpp.cli.project_args import add_project_parser
+from stpp.cli.projects import run_project_command
 from stpp.core.classes import load_classes
-from stpp.project_cli import add_project_parser, main, run_project_command
 from stpp.store import open_store, project_summary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,11 +127,20 @@ def test_parser_plugs_into_another_cli_and_reads_stpp_home(workspace: Path, caps
 
 
 def test_runs_without_importing_torch(workspace: Path):
-    code = ("import sys; from stpp.project_cli import main; rc = main(['project', 'list']); "
+    code = ("import sys; from stpp.cli.main import main; rc = main(['project', 'list']); "
             "sys.exit(90 if 'torch' in sys.modules else rc)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no projects" in result.stdout
+
+
+def test_help_does_not_import_torch():
+    code = ("import runpy, sys; sys.argv = ['stpp', '--help']\n"
+            "try:\n    runpy.run_module('stpp', run_name='__main__')\n"
+            "except SystemExit as end:\n    sys.exit(90 if 'torch' in sys.modules else end.code)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "project" in result.stdout
 
 
 def test_export_writes_a_voc_zip_that_torchvision_reads(capsys, workspace: Path, demo_dir: Path, tmp_path: Path):

@@ -1,7 +1,7 @@
 """The ``project`` command's arguments, apart from its handlers.
 
-``python -m stpp run`` builds the whole command line, so this module imports no store code: the
-engine's commands keep working where sqlite-utils is not installed (a bare GPU machine).
+``python -m stpp run`` builds the whole command line, so this module imports neither the store nor
+torch: the engine's commands keep working where sqlite-utils is not installed (a bare GPU machine).
 """
 
 from __future__ import annotations
@@ -79,4 +79,5 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     predict.add_argument("--device", default="auto")
+
     return project

@@ -1,6 +1,6 @@
 """``python -m stpp project ...``: projects in the store, from the command line.
 
-Subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./workspace``)::
+Data subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./workspace``)::
 
     create NAME (--classes FILE | --labelmap FILE | --class-names a,b,c)
     import NAME --data ROOT [--labeled L --unlabeled U --val V] [--in-place]
@@ -8,6 +8,8 @@ Subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./wo
     import-labels NAME --data ROOT
     list [--json]
     status NAME [--json]
+    export NAME --format FMT --out FILE.zip [...]
+    predict NAME --images DIR --out DIR [...]
 
 ``import`` reads a folder dataset (``ROOT/images``, ``ROOT/masks``, split lists) or a VOC layout
 (``ROOT/JPEGImages``, folder or ``.zip``); it creates the project from the data's own classes when
@@ -16,22 +18,20 @@ adds the masks of a VOC layout (a CVAT export) as ground truth to the project's 
 names. Imports print the files that failed (``--verbose``: every file) and a summary; they exit 1
 when a file failed. Any other error is one line on stderr and exit code 2.
 
-The main CLI wires this in with :func:`add_project_parser` and :func:`run_project_command`; the
-same functions run it alone (:func:`main`).
+Only ``predict`` loads torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Sequence
 
+from stpp.cli.output import EXIT_FAILED, EXIT_OK, print_table, usage_error
 from stpp.core.classes import DataError
+from stpp.core.config import ConfigError
 from stpp.core.layout import default_workspace
 from stpp.core.units import format_bytes
-from stpp.project_args import add_project_parser
 from stpp.store import (
     ImportReport,
     Store,
@@ -52,31 +52,19 @@ from stpp.store import (
 )
 from stpp.store.export import ExportFilter, export_project
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-
 
 def run_project_command(args: argparse.Namespace) -> int:
     """Run a parsed ``project`` command; returns the exit code (errors: one line on stderr, 2)."""
     try:
         with open_store(workspace_path(args.workspace)) as store:
             return _COMMANDS[args.project_command](store, args)
-    except (StoreError, DataError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_USAGE
+    except (StoreError, DataError, ConfigError) as error:
+        return usage_error(error)
 
 
 def workspace_path(given: Path | None) -> Path:
     """``--workspace``, else :func:`~stpp.core.layout.default_workspace`."""
     return given if given is not None else default_workspace()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stpp.project_cli ...``: the ``project`` command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m stpp")
-    add_project_parser(parser.add_subparsers(dest="command", required=True))
-    return run_project_command(parser.parse_args(argv))
 
 
 def _create(store: Store, args: argparse.Namespace) -> int:
@@ -133,7 +121,7 @@ def _print_report(name: str, report: ImportReport, verbose: bool) -> int:
         if verbose or result.status == "failed":
             print(result)
     print(f"project {name!r}: {report.summary()}")
-    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def _list(store: Store, args: argparse.Namespace) -> int:
@@ -144,12 +132,10 @@ def _list(store: Store, args: argparse.Namespace) -> int:
     if not summaries:
         print(f"no projects in {store.workspace}")
         return EXIT_OK
-    header = ("project", "classes", "labelled", "unlabelled", "validation", "gt masks", "runs", "created")
-    rows = [(s.name, s.project.classes.num_classes, s.images["labelled"], s.images["unlabelled"],
-             s.images["validation"], s.masks["ground_truth"], s.runs, s.project.created[:10]) for s in summaries]
-    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    print_table(("project", "classes", "labelled", "unlabelled", "validation", "gt masks", "runs", "created"),
+                [(s.name, s.project.classes.num_classes, s.images["labelled"], s.images["unlabelled"],
+                  s.images["validation"], s.masks["ground_truth"], s.runs, s.project.created[:10])
+                 for s in summaries])
     return EXIT_OK
 
 
@@ -192,13 +178,13 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     report = export_project(store, args.name, args.out, args.fmt, run_id=args.run, stage=args.stage,
                             filter=selection, include_reference=args.include_reference)
     print(f"wrote {report.path}: {report.exported} images ({args.fmt}); left out: {len(report.left_out)}")
-    return 0
+    return EXIT_OK
 
 
 def _predict(store: Store, args: argparse.Namespace) -> int:
     # torch only for this command: the other project commands stay light.
     from stpp.core.layout import RunLayout
-    from stpp.engine.device import resolve_device
+    from stpp.engine.device import configure_cpu_threads, resolve_device
     from stpp.runs import RunError, predict_folder
     from stpp.store.runs import get_run, list_runs
 
@@ -214,13 +200,14 @@ def _predict(store: Store, args: argparse.Namespace) -> int:
         if not runs:
             raise StoreError(f"project {args.name!r} has no finished run to predict with")
         run = max(runs, key=lambda r: r.id)
+    configure_cpu_threads()
     try:
         written = predict_folder(RunLayout(store.path(run.run_dir)), args.images, args.out, args.stage, args.tta,
                                  resolve_device(args.device))
     except (RunError, ValueError) as error:
         raise StoreError(str(error)) from None
     print(f"wrote {len(written)} masks to {args.out} (run {run.id})")
-    return 0
+    return EXIT_OK
 
 
 def _summary_dict(summary) -> dict:
@@ -230,8 +217,4 @@ def _summary_dict(summary) -> dict:
 
 
 _COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,
-             "list": _list, "status": _status, "export": _export,
-             "predict": _predict}
-
-if __name__ == "__main__":
-    sys.exit(main())
+             "list": _list, "status": _status, "export": _export, "predict": _predict}
