@@ -4,8 +4,9 @@ by what they load.
 - :mod:`~stpp.cli.main`: the top parser and the dispatch (``python -m stpp`` runs its ``main``);
 - :mod:`~stpp.cli.engine_args`, :mod:`~stpp.cli.engine`: ``run``, ``eval`` and ``predict`` (headless, on
   a dataset) and ``worker``; they load torch;
-- :mod:`~stpp.cli.project_args`, :mod:`~stpp.cli.projects`: ``project ...``, the store's projects,
-  through the functions the app uses, without torch in this process (``project predict`` excepted);
+- :mod:`~stpp.cli.project_args`, :mod:`~stpp.cli.projects`, :mod:`~stpp.cli.project_runs`: ``project ...``,
+  the store's projects and their runs and reviews, through the functions the app uses, without torch
+  in this process (``project predict`` excepted);
 - :mod:`~stpp.cli.progress`: tqdm bars on stderr; :mod:`~stpp.cli.output`: exit codes, one-line errors,
   tables.
 

@@ -34,7 +34,8 @@ def add_engine_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--resume", action="store_true", help="continue the run already in --out")
     run.add_argument("--until", choices=every_pause_point(), default=None,
-                     help="stop for review after this point (the ranking, or a stage's re-labelling); --resume continues")
+                     help="stop for review after this point (the ranking, or a stage's re-labelling); "
+                          "--resume continues")
     run.add_argument("--auto-batch", action="store_true",
                      help="on GPU: halve the preset's batch until a training step fits in memory (lr follows)")
 

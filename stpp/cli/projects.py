@@ -18,7 +18,8 @@ adds the masks of a VOC layout (a CVAT export) as ground truth to the project's 
 names. Imports print the files that failed (``--verbose``: every file) and a summary; they exit 1
 when a file failed. Any other error is one line on stderr and exit code 2.
 
-Only ``predict`` loads torch.
+The run subcommands (launch, runs, follow, cancel, resume, continue, review) are in
+:mod:`stpp.cli.project_runs`; :func:`run_project_command` runs both. Only ``predict`` loads torch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 from pathlib import Path
 
 from stpp.cli.output import EXIT_FAILED, EXIT_OK, print_table, usage_error
+from stpp.cli.project_runs import RUN_COMMANDS, run_row
 from stpp.core.classes import DataError
 from stpp.core.config import ConfigError
 from stpp.core.layout import default_workspace
@@ -51,6 +53,7 @@ from stpp.store import (
     project_summary,
 )
 from stpp.store.export import ExportFilter, export_project
+from stpp.store.runs import list_runs
 
 
 def run_project_command(args: argparse.Namespace) -> int:
@@ -142,8 +145,7 @@ def _list(store: Store, args: argparse.Namespace) -> int:
 def _status(store: Store, args: argparse.Namespace) -> int:
     summary = project_summary(store, args.name)
     usage = disk_usage(store, summary.project)
-    runs = [dict(r) for r in store.db.query("SELECT id, method, status, stage, progress, resumable FROM runs "
-                                            "WHERE project_id = ? ORDER BY id", [summary.project.id])]
+    runs = [run_row(run) for run in reversed(list_runs(store, summary.project))]
     if args.json:
         data = _summary_dict(summary)
         data["disk"] = {"images": usage.images, "masks": usage.masks, "runs": usage.runs,
@@ -163,7 +165,8 @@ def _status(store: Store, args: argparse.Namespace) -> int:
     for run in runs:
         stage = f", stage {run['stage']}" if run["stage"] else ""
         print(f"  run {run['id']}: {run['method']}, {run['status']}{stage}, {run['progress'] * 100:.0f}%")
-    print(f"disk: {format_bytes(usage.images)} images, {format_bytes(usage.masks)} masks, {format_bytes(usage.runs)} runs "
+    print(f"disk: {format_bytes(usage.images)} images, {format_bytes(usage.masks)} masks, "
+          f"{format_bytes(usage.runs)} runs "
           f"({format_bytes(usage.total)} in the workspace); {format_bytes(usage.in_place)} registered in place")
     return EXIT_OK
 
@@ -173,7 +176,8 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     chosen = set(groups) if args.only is None else {g.strip() for g in args.only.split(",") if g.strip()}
     unknown = chosen - groups
     if unknown:
-        raise StoreError(f"unknown --only group(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(groups))}")
+        raise StoreError(f"unknown --only group(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(sorted(groups))}")
     selection = ExportFilter(**{g: g in chosen for g in groups}, min_stability=args.min_stability)
     report = export_project(store, args.name, args.out, args.fmt, run_id=args.run, stage=args.stage,
                             filter=selection, include_reference=args.include_reference)
@@ -186,7 +190,7 @@ def _predict(store: Store, args: argparse.Namespace) -> int:
     from stpp.core.layout import RunLayout
     from stpp.engine.device import configure_cpu_threads, resolve_device
     from stpp.runs import RunError, predict_folder
-    from stpp.store.runs import get_run, list_runs
+    from stpp.store.runs import get_run
 
     project = find_project(store, args.name)
     if project is None:
@@ -217,4 +221,4 @@ def _summary_dict(summary) -> dict:
 
 
 _COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,
-             "list": _list, "status": _status, "export": _export, "predict": _predict}
+             "list": _list, "status": _status, "export": _export, "predict": _predict, **RUN_COMMANDS}
