@@ -2,7 +2,7 @@
 
 import sys
 
-from stpp.cli import main
+from stpp.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

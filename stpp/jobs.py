@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import DeviceSpec, parse_device_spec
@@ -536,20 +536,27 @@ class JobRunner:
         self.tick()
         return get_run(self.store, run_id)
 
-    def wait(self, run_id: int, timeout: float, statuses: Sequence[str] = ("done", "failed", "cancelled"),
-             poll_s: float = 0.5) -> Run:
+    def wait(self, run_id: int, timeout: float | None, statuses: Sequence[str] = ("done", "failed", "cancelled"),
+             poll_s: float = 0.5, on_poll: Callable[[Run], None] | None = None) -> Run:
         """Tick until the run reaches one of ``statuses`` (for the CLI and tests); returns it.
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as it takes.
+            on_poll: called with the run as it is after each tick (the CLI shows its progress).
 
         Raises:
             TimeoutError: not reached within ``timeout`` seconds.
+            StoreError: no such run.
         """
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self.tick()
             run = get_run(self.store, run_id)
+            if on_poll is not None:
+                on_poll(run)
             if run.status in statuses:
                 return run
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} is still {run.status} after {timeout:.0f} s")
             time.sleep(poll_s)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stpp.cli import main
+from stpp.cli.main import main
 
 
 @pytest.fixture

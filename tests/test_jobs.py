@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from stpp.cli.main import main as project_main
 from stpp.core.config import StppConfig
 from stpp.core.events import Event, read_events
 from stpp.core.layout import RunLayout
 from stpp.jobs import JobRunner, worker_alive, worker_log_path
-from stpp.project_cli import main as project_main
 from stpp.review.views import GalleryQuery, gallery_page, review_cache
 from stpp.runs import resolve_config
 from stpp.selftrain.pipeline import RunData

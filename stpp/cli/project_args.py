@@ -1,7 +1,7 @@
 """The ``project`` command's arguments, apart from its handlers.
 
-``python -m stpp run`` builds the whole command line, so this module imports no store code: the
-engine's commands keep working where sqlite-utils is not installed (a bare GPU machine).
+``python -m stpp run`` builds the whole command line, so this module imports neither the store nor
+torch: the engine's commands keep working where sqlite-utils is not installed (a bare GPU machine).
 """
 
 from __future__ import annotations
@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stpp.cli.engine_args import add_overrides_argument
+from stpp.core.config import METHODS, PRESETS
+
+REVIEW_CHOICES = {"accept": "accepted", "reject": "rejected", "correct": "corrected"}
+"""``project review``'s decisions: what is typed, and the decision recorded."""
 ROLE_CHOICES = ("labelled", "unlabelled", "validation", "labeled", "unlabeled", "val")
 
 
@@ -17,9 +22,10 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", type=Path, default=None,
                         help="workspace folder (default: $STPP_HOME, else ./workspace)")
-    project = subparsers.add_parser("project", help="create, import, list and inspect projects in the store",
+    project = subparsers.add_parser("project", help="projects in the store: their data, their runs and reviews",
                                     description="Projects in the store (the workspace's stpp.db): create, "
-                                                "import data or labels, list, status.")
+                                                "import data or labels, list, status, export; launch runs, "
+                                                "follow, cancel, resume and review them.")
     commands = project.add_subparsers(dest="project_command", required=True, metavar="SUBCOMMAND")
 
     create = commands.add_parser("create", parents=[common], help="create an empty project")
@@ -59,7 +65,8 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     status.add_argument("name")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    export = commands.add_parser("export", parents=[common], help="export a project as a zip (voc, coco, masks, overlays)")
+    export = commands.add_parser("export", parents=[common],
+                                 help="export a project as a zip (voc, coco, masks, overlays)")
     export.add_argument("name")
     export.add_argument("--format", dest="fmt", default="voc", choices=("voc", "coco", "masks", "overlays"))
     export.add_argument("--out", type=Path, required=True, help="the zip file to write")
@@ -79,4 +86,47 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     predict.add_argument("--device", default="auto")
+
+    _add_run_parsers(commands, common)
     return project
+
+
+def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """The verbs of a project's runs: launch, runs, follow, cancel, resume, continue, review."""
+    launch = commands.add_parser("launch", parents=[common], help="start a training run of a project (in the queue)")
+    launch.add_argument("name")
+    launch.add_argument("--method", required=True, choices=METHODS)
+    launch.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    add_overrides_argument(launch)
+    launch.add_argument("--device", default="auto",
+                        help="auto (default: the first GPU, else the CPU), cpu, cuda:N, cuda:N,M (torchrun) or cpu*N")
+    launch.add_argument("--review", action="store_true",
+                        help="pause for review after the ranking and after each re-labelling (see 'project continue')")
+
+    runs = commands.add_parser("runs", parents=[common], help="a project's runs: status, stage, progress, val mIoU")
+    runs.add_argument("name")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+
+    follow = commands.add_parser("follow", parents=[common],
+                                 help="show a run's progress until it is done, failed, cancelled or awaits review")
+    follow.add_argument("run_id", type=int)
+
+    cancel = commands.add_parser("cancel", parents=[common], help="stop a run (it stays resumable)")
+    cancel.add_argument("run_id", type=int)
+
+    resume = commands.add_parser("resume", parents=[common], help="queue a failed or cancelled run again")
+    resume.add_argument("run_id", type=int)
+
+    carry_on = commands.add_parser("continue", parents=[common], help="queue a run that awaits review again")
+    carry_on.add_argument("run_id", type=int)
+    carry_on.add_argument("--reliable-ratio", type=float, default=None, metavar="R",
+                          help="the reliable ratio for stage 1 (only at the ranking pause)")
+    carry_on.add_argument("--no-more-review", action="store_true", help="run to the end without pausing again")
+
+    review = commands.add_parser("review", parents=[common], help="decide on a pseudo mask of a paused run")
+    review.add_argument("run_id", type=int)
+    review.add_argument("image", help="the image's name")
+    review.add_argument("decision", choices=tuple(REVIEW_CHOICES))
+    review.add_argument("--mask", type=Path, metavar="FILE.png",
+                        help="correct: the corrected mask (8-bit grayscale or palette PNG of class indices)")
+    review.add_argument("--user", default=None, help="who decides (default: local)")

@@ -1,6 +1,6 @@
 """``python -m stpp project ...``: projects in the store, from the command line.
 
-Subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./workspace``)::
+Data subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./workspace``)::
 
     create NAME (--classes FILE | --labelmap FILE | --class-names a,b,c)
     import NAME --data ROOT [--labeled L --unlabeled U --val V] [--in-place]
@@ -8,6 +8,8 @@ Subcommands (each takes ``--workspace DIR``; default ``$STPP_HOME``, else ``./wo
     import-labels NAME --data ROOT
     list [--json]
     status NAME [--json]
+    export NAME --format FMT --out FILE.zip [...]
+    predict NAME --images DIR --out DIR [...]
 
 ``import`` reads a folder dataset (``ROOT/images``, ``ROOT/masks``, split lists) or a VOC layout
 (``ROOT/JPEGImages``, folder or ``.zip``); it creates the project from the data's own classes when
@@ -16,22 +18,22 @@ adds the masks of a VOC layout (a CVAT export) as ground truth to the project's 
 names. Imports print the files that failed (``--verbose``: every file) and a summary; they exit 1
 when a file failed. Any other error is one line on stderr and exit code 2.
 
-The main CLI wires this in with :func:`add_project_parser` and :func:`run_project_command`; the
-same functions run it alone (:func:`main`).
+The run subcommands (launch, runs, follow, cancel, resume, continue, review) are in
+:mod:`stpp.cli.project_runs`; :func:`run_project_command` runs both. Only ``predict`` loads torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Sequence
 
+from stpp.cli.output import EXIT_FAILED, EXIT_OK, print_table, usage_error
+from stpp.cli.project_runs import RUN_COMMANDS, run_row
 from stpp.core.classes import DataError
+from stpp.core.config import ConfigError
 from stpp.core.layout import default_workspace
 from stpp.core.units import format_bytes
-from stpp.project_args import add_project_parser
 from stpp.store import (
     ImportReport,
     Store,
@@ -51,10 +53,7 @@ from stpp.store import (
     project_summary,
 )
 from stpp.store.export import ExportFilter, export_project
-
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
+from stpp.store.runs import list_runs
 
 
 def run_project_command(args: argparse.Namespace) -> int:
@@ -62,21 +61,13 @@ def run_project_command(args: argparse.Namespace) -> int:
     try:
         with open_store(workspace_path(args.workspace)) as store:
             return _COMMANDS[args.project_command](store, args)
-    except (StoreError, DataError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_USAGE
+    except (StoreError, DataError, ConfigError) as error:
+        return usage_error(error)
 
 
 def workspace_path(given: Path | None) -> Path:
     """``--workspace``, else :func:`~stpp.core.layout.default_workspace`."""
     return given if given is not None else default_workspace()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stpp.project_cli ...``: the ``project`` command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m stpp")
-    add_project_parser(parser.add_subparsers(dest="command", required=True))
-    return run_project_command(parser.parse_args(argv))
 
 
 def _create(store: Store, args: argparse.Namespace) -> int:
@@ -133,7 +124,7 @@ def _print_report(name: str, report: ImportReport, verbose: bool) -> int:
         if verbose or result.status == "failed":
             print(result)
     print(f"project {name!r}: {report.summary()}")
-    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def _list(store: Store, args: argparse.Namespace) -> int:
@@ -144,20 +135,17 @@ def _list(store: Store, args: argparse.Namespace) -> int:
     if not summaries:
         print(f"no projects in {store.workspace}")
         return EXIT_OK
-    header = ("project", "classes", "labelled", "unlabelled", "validation", "gt masks", "runs", "created")
-    rows = [(s.name, s.project.classes.num_classes, s.images["labelled"], s.images["unlabelled"],
-             s.images["validation"], s.masks["ground_truth"], s.runs, s.project.created[:10]) for s in summaries]
-    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    print_table(("project", "classes", "labelled", "unlabelled", "validation", "gt masks", "runs", "created"),
+                [(s.name, s.project.classes.num_classes, s.images["labelled"], s.images["unlabelled"],
+                  s.images["validation"], s.masks["ground_truth"], s.runs, s.project.created[:10])
+                 for s in summaries])
     return EXIT_OK
 
 
 def _status(store: Store, args: argparse.Namespace) -> int:
     summary = project_summary(store, args.name)
     usage = disk_usage(store, summary.project)
-    runs = [dict(r) for r in store.db.query("SELECT id, method, status, stage, progress, resumable FROM runs "
-                                            "WHERE project_id = ? ORDER BY id", [summary.project.id])]
+    runs = [run_row(run) for run in reversed(list_runs(store, summary.project))]
     if args.json:
         data = _summary_dict(summary)
         data["disk"] = {"images": usage.images, "masks": usage.masks, "runs": usage.runs,
@@ -177,7 +165,8 @@ def _status(store: Store, args: argparse.Namespace) -> int:
     for run in runs:
         stage = f", stage {run['stage']}" if run["stage"] else ""
         print(f"  run {run['id']}: {run['method']}, {run['status']}{stage}, {run['progress'] * 100:.0f}%")
-    print(f"disk: {format_bytes(usage.images)} images, {format_bytes(usage.masks)} masks, {format_bytes(usage.runs)} runs "
+    print(f"disk: {format_bytes(usage.images)} images, {format_bytes(usage.masks)} masks, "
+          f"{format_bytes(usage.runs)} runs "
           f"({format_bytes(usage.total)} in the workspace); {format_bytes(usage.in_place)} registered in place")
     return EXIT_OK
 
@@ -187,20 +176,21 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     chosen = set(groups) if args.only is None else {g.strip() for g in args.only.split(",") if g.strip()}
     unknown = chosen - groups
     if unknown:
-        raise StoreError(f"unknown --only group(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(groups))}")
+        raise StoreError(f"unknown --only group(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(sorted(groups))}")
     selection = ExportFilter(**{g: g in chosen for g in groups}, min_stability=args.min_stability)
     report = export_project(store, args.name, args.out, args.fmt, run_id=args.run, stage=args.stage,
                             filter=selection, include_reference=args.include_reference)
     print(f"wrote {report.path}: {report.exported} images ({args.fmt}); left out: {len(report.left_out)}")
-    return 0
+    return EXIT_OK
 
 
 def _predict(store: Store, args: argparse.Namespace) -> int:
     # torch only for this command: the other project commands stay light.
     from stpp.core.layout import RunLayout
-    from stpp.engine.device import resolve_device
+    from stpp.engine.device import configure_cpu_threads, resolve_device
     from stpp.runs import RunError, predict_folder
-    from stpp.store.runs import get_run, list_runs
+    from stpp.store.runs import get_run
 
     project = find_project(store, args.name)
     if project is None:
@@ -214,13 +204,14 @@ def _predict(store: Store, args: argparse.Namespace) -> int:
         if not runs:
             raise StoreError(f"project {args.name!r} has no finished run to predict with")
         run = max(runs, key=lambda r: r.id)
+    configure_cpu_threads()
     try:
         written = predict_folder(RunLayout(store.path(run.run_dir)), args.images, args.out, args.stage, args.tta,
                                  resolve_device(args.device))
     except (RunError, ValueError) as error:
         raise StoreError(str(error)) from None
     print(f"wrote {len(written)} masks to {args.out} (run {run.id})")
-    return 0
+    return EXIT_OK
 
 
 def _summary_dict(summary) -> dict:
@@ -230,8 +221,4 @@ def _summary_dict(summary) -> dict:
 
 
 _COMMANDS = {"create": _create, "import": _import, "add": _add, "import-labels": _import_labels,
-             "list": _list, "status": _status, "export": _export,
-             "predict": _predict}
-
-if __name__ == "__main__":
-    sys.exit(main())
+             "list": _list, "status": _status, "export": _export, "predict": _predict, **RUN_COMMANDS}

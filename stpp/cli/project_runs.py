@@ -1,0 +1,170 @@
+"""``python -m stpp project launch|runs|follow|cancel|resume|continue|review``: a project's runs from the
+command line, through the functions the app calls (:class:`~stpp.jobs.JobRunner` and
+:mod:`stpp.review.decisions`).
+
+Subcommands (each takes ``--workspace DIR``)::
+
+    launch NAME --method M --preset P [--set key=value ...] [--device D] [--review]
+    runs NAME [--json]
+    follow RUN_ID
+    cancel RUN_ID | resume RUN_ID
+    continue RUN_ID [--reliable-ratio R] [--no-more-review]
+    review RUN_ID IMAGE {accept,reject,correct} [--mask FILE.png] [--user U]
+
+Each prints the run's status line on stdout. ``follow`` ticks the queue while it shows the run's
+progress (a tqdm bar on stderr) and exits 0 once the run is done or awaits review, 1 when it failed
+and 130 when it was cancelled. Torch stays out of this process: the config check and the training
+run in child processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from stpp.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, print_table
+from stpp.cli.progress import RunBar
+from stpp.cli.project_args import REVIEW_CHOICES
+from stpp.core.masks import read_mask
+from stpp.jobs import JobRunner
+from stpp.review.decisions import ReviewError, continue_run, pauses_reached, record_decision
+from stpp.store import Store
+from stpp.store.projects import get_project
+from stpp.store.runs import Run, get_run, list_events, list_runs, run_metrics
+
+FOLLOW_EXIT_CODES = {"done": EXIT_OK, "awaiting_review": EXIT_OK, "failed": EXIT_FAILED,
+                     "cancelled": EXIT_INTERRUPTED}
+"""Where ``follow`` stops, and the exit code of each."""
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    """A run's status as ``project status --json`` lists it."""
+    return {"id": run.id, "method": run.method, "status": run.status, "stage": run.stage, "progress": run.progress,
+            "resumable": run.resumable}
+
+
+def status_line(store: Store, run: Run) -> str:
+    """One line on a run, e.g. ``run 3 (st++, test): running, stage teacher, 40%``, with where it paused
+    or why it failed."""
+    state = [run.status.replace("_", " "), *([f"stage {run.stage}"] if run.stage else []), f"{run.progress:.0%}"]
+    line = f"run {run.id} ({run.method}, {run.preset}): {', '.join(state)}"
+    if run.status == "awaiting_review":
+        pauses = pauses_reached(store, run.id)
+        line += f"; paused after {pauses[-1] if pauses else 'a stage'} for review (then: project continue {run.id})"
+    if run.error:
+        line += f"; {' '.join(run.error.split())}"
+    return line
+
+
+def _launch(store: Store, args: argparse.Namespace) -> int:
+    run = JobRunner(store).launch(args.name, args.method, args.preset, args.overrides, args.device,
+                                  review=args.review)
+    print(status_line(store, run))
+    return EXIT_OK
+
+
+def _runs(store: Store, args: argparse.Namespace) -> int:
+    project = get_project(store, args.name)
+    runs = list(reversed(list_runs(store, project)))
+    metrics = {run.id: run_metrics(store, run.id) for run in runs}
+    if args.json:
+        print(json.dumps([{**run_row(run), "preset": run.preset, "val_miou": metrics[run.id]} for run in runs],
+                         indent=2))
+        return EXIT_OK
+    if not runs:
+        print(f"project {project.name!r} has no runs")
+        return EXIT_OK
+    print_table(("run", "method", "preset", "status", "stage", "progress", "val mIoU"),
+                [(run.id, run.method, run.preset or "", run.status, run.stage or "", f"{run.progress:.0%}",
+                  _last_miou(metrics[run.id])) for run in runs])
+    return EXIT_OK
+
+
+def _last_miou(metrics: dict[str, float | None]) -> str:
+    """The latest evaluated stage's validation mIoU, as ``42.1 (stage2)``; empty when none."""
+    scored = [(stage, miou) for stage, miou in metrics.items() if miou is not None]
+    return f"{scored[-1][1]:.1f} ({scored[-1][0]})" if scored else ""
+
+
+def _follow(store: Store, args: argparse.Namespace) -> int:
+    get_run(store, args.run_id)  # an unknown run is an error before any bar is drawn
+    bar = RunBar()
+    try:
+        run = JobRunner(store).wait(args.run_id, None, statuses=tuple(FOLLOW_EXIT_CODES),
+                                    on_poll=_shown_on(bar, store, args.run_id))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped following run {args.run_id}; it goes on (follow it again, or cancel it)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+    print(status_line(store, run))
+    return FOLLOW_EXIT_CODES[run.status]
+
+
+def _shown_on(bar: RunBar, store: Store, run_id: int) -> Callable[[Run], None]:
+    """What ``follow`` does on each poll: show the run and the events recorded since the last poll,
+    starting with those since the run was last queued (launched, resumed or continued)."""
+    queued_again = list_events(store, run_id, limit=1, kinds=["requeued"])
+    last_shown = queued_again[-1].id if queued_again else 0
+
+    def show(run: Run) -> None:
+        nonlocal last_shown
+        events = list_events(store, run.id, after_id=last_shown)
+        if events:
+            last_shown = events[-1].id
+        bar.show(run, events)
+
+    return show
+
+
+def _cancel(store: Store, args: argparse.Namespace) -> int:
+    run = JobRunner(store).cancel(args.run_id)
+    stopping = "; asked to stop after its current step" if run.status == "running" else ""
+    print(status_line(store, run) + stopping)
+    return EXIT_OK
+
+
+def _resume(store: Store, args: argparse.Namespace) -> int:
+    print(status_line(store, JobRunner(store).resume(args.run_id)))
+    return EXIT_OK
+
+
+def _continue(store: Store, args: argparse.Namespace) -> int:
+    run = continue_run(JobRunner(store), args.run_id, reliable_ratio=args.reliable_ratio,
+                       review_next=not args.no_more_review)
+    print(status_line(store, run))
+    return EXIT_OK
+
+
+def _review(store: Store, args: argparse.Namespace) -> int:
+    mask = None if args.mask is None else _read_mask_file(args.mask)
+    decision = record_decision(store, args.run_id, args.image, REVIEW_CHOICES[args.decision], mask=mask,
+                               user=args.user)
+    print(f"{decision.image}: {decision.decision} by {decision.user} (run {args.run_id})")
+    return EXIT_OK
+
+
+def _read_mask_file(path: Path) -> np.ndarray:
+    """``--mask``: a class-index mask PNG.
+
+    Raises:
+        ReviewError: the file is missing or not an 8-bit grayscale or palette image.
+    """
+    try:
+        return read_mask(path)
+    except FileNotFoundError:
+        raise ReviewError(f"{path}: no such mask file") from None
+    except ValueError as error:  # names the file already
+        raise ReviewError(str(error)) from None
+    except OSError:
+        raise ReviewError(f"{path}: not a readable image") from None
+
+
+RUN_COMMANDS = {"launch": _launch, "runs": _runs, "follow": _follow, "cancel": _cancel, "resume": _resume,
+                "continue": _continue, "review": _review}
+"""The handlers of the run subcommands, by name (:func:`stpp.cli.projects.run_project_command` runs them)."""
