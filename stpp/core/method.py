@@ -65,6 +65,18 @@ def stage_after_pause(cfg: StppConfig, pause: str) -> str:
     return stage_names(cfg)[points.index(pause) + 1]
 
 
+def teacher_labels_in_stability_pass(cfg: StppConfig) -> bool:
+    """Whether ST++'s last stability pass (teacher checkpoint K) also writes the teacher's labels.
+
+    It does when those labels differ from checkpoint K's single-scale masks (TTA or pixel selection) and
+    one pass gives both (no TTA, or scale 1 among the TTA views: that view is the single-scale mask).
+    Without TTA and pixel selection the labels are copies of those masks.
+    """
+    pseudo = cfg.pseudo
+    differs = pseudo.tta or cfg.selftrain.pixel_threshold > 0
+    return differs and (not pseudo.tta or 1.0 in pseudo.tta_scales)
+
+
 def stage_order(stage: str | None) -> tuple[int, str]:
     """A sort key of stages in the order of :data:`STAGES` (unknown stages last, by name)."""
     return (STAGES.index(stage) if stage in STAGES else len(STAGES), stage or "")

@@ -22,7 +22,7 @@ from stpp.core.config import StppConfig
 from stpp.core.events import Activity, Event, EventSink, NullSink
 from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, read_mask
-from stpp.core.method import RANKING, STAGES, pause_points, scaled_lr, stage_names
+from stpp.core.method import RANKING, STAGES, pause_points, scaled_lr, stage_names, teacher_labels_in_stability_pass
 from stpp.data.datasets import ClassInfo, EvalDataset, TrainDataset, TrainItem
 from stpp.data.transforms import StrongAugment, WeakAugment
 from stpp.engine.checkpoint import fingerprint, load_model
@@ -192,7 +192,7 @@ class Pipeline:
         ids, paths = [s.id for s in pool], [s.image_path for s in pool]
         for j in range(1, k + 1):
             model = self._load_model(self.layout.teacher_checkpoint(j))
-            if j == k and self._teacher_labels_in_stability_pass():
+            if j == k and teacher_labels_in_stability_pass(self.cfg):
                 label_images(model, ids, paths, self.layout.pseudo_dir("teacher"), self.cfg,
                              self.data.classes.palette, self.device, self.sink, Activity.stability(j, labels_too=True),
                              tta=self.cfg.pseudo.tta, pixel_threshold=self.cfg.selftrain.pixel_threshold,
@@ -202,11 +202,6 @@ class Pipeline:
                              self.device, self.sink, Activity.stability(j), tta=False,
                              shards_path=self.layout.shards_path)
             del model
-
-    def _teacher_labels_in_stability_pass(self) -> bool:
-        pseudo = self.cfg.pseudo
-        differs = pseudo.tta or self.cfg.selftrain.pixel_threshold > 0
-        return differs and (not pseudo.tta or 1.0 in pseudo.tta_scales)
 
     def rank_stability(self, pool: Sequence[Sample]) -> list[ImageScore]:
         """Score and rank the pool from the stability masks; writes ``scores.csv`` (kept on resume)."""

@@ -6,7 +6,7 @@ import math
 
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
-from stpp.core.method import num_reliable, stage_names
+from stpp.core.method import num_reliable, stage_names, teacher_labels_in_stability_pass
 from stpp.selftrain.pipeline import RunData
 
 
@@ -36,14 +36,18 @@ class RunProgress:
             return 3.0 * epochs * (labelled * copies + pseudo) * crop
 
         phases = [("train:teacher", train(cfg.optim.epochs, 0)), ("eval:teacher", evaluate)]
+        stability_passes = cfg.pseudo.num_checkpoints
         students = cfg.student_epochs
         if cfg.method == "st":
             phases += [("label:teacher", pool * label), ("train:st", train(students, pool)), ("eval:st", evaluate)]
         elif cfg.method == "st++":
             reliable = num_reliable(pool, cfg.selftrain.reliable_ratio)
+            if teacher_labels_in_stability_pass(cfg):
+                # The last checkpoint's pass is the teacher's labelling: it counts there, not as stability.
+                stability_passes -= 1
             # Without TTA the teacher's labels are copies of the last stability masks.
             teacher_label = pool * label if cfg.pseudo.tta or cfg.selftrain.pixel_threshold > 0 else 0.05 * pool * label
-            phases += [("stability", cfg.pseudo.num_checkpoints * pool * pixels_per_image),
+            phases += [("stability", stability_passes * pool * pixels_per_image),
                        ("label:teacher", teacher_label),
                        ("train:stage1", train(students, reliable)), ("eval:stage1", evaluate),
                        ("label:stage1", (pool - reliable) * label),
@@ -58,7 +62,9 @@ class RunProgress:
         for key, cost in phases:
             self.start[key], self.share[key] = done / total, cost / total
             done += cost
-        self.checkpoints = cfg.pseudo.num_checkpoints
+        self.stability_passes = stability_passes
+        # The ranking comes after the teacher's labels when the last stability pass wrote them.
+        self.ranking_ends = "label:teacher" if stability_passes < cfg.pseudo.num_checkpoints else "stability"
         self.train_stages = set(stage_names(cfg))
 
     def __call__(self, event: Event) -> float | None:
@@ -86,10 +92,10 @@ class RunProgress:
                 return f"eval:{activity.stage}", fraction
             if kind == "eval":
                 return f"eval:{activity.stage}", 1.0
+        if kind == "labels" and activity.labelled_stage:
+            return f"label:{activity.labelled_stage}", fraction
         if kind == "labels" and activity.kind == "stability":
-            return "stability", (activity.checkpoint - 1 + fraction) / self.checkpoints
-        if kind == "labels" and activity.kind == "label":
-            return f"label:{activity.stage}", fraction
+            return "stability", (activity.checkpoint - 1 + fraction) / self.stability_passes
         if activity.kind == "ranking":
-            return "stability", 1.0
+            return self.ranking_ends, 1.0
         return None
