@@ -28,8 +28,9 @@ from stpp.data.datasets import read_split
 from stpp.jobs import JobRunner
 from stpp.runs import prepare_run_dir, resolve_config, run_headless
 from stpp.store import Project, Store, open_store
+from stpp.store.images import mean_image_pixels
 from stpp.store.runs import claim_queued, create_run, end_running, get_run, list_events
-from stpp.worker.inputs import build_run_data, describe_project_inputs, mean_image_pixels
+from stpp.worker.inputs import build_run_data, describe_project_inputs
 from stpp.worker.progress import RunProgress
 from stpp.worker.sink import StoreSink
 

@@ -204,18 +204,3 @@ def _accumulate(total: torch.Tensor, probs: torch.Tensor, start: int, count: int
     mirror_start = max(start, count)
     if mirror_start < stop:
         total[mirror_start - count : stop - count] += probs[mirror_start - start :].flip(-1)
-
-
-def predict_probs(
-    model: nn.Module,
-    images: torch.Tensor,
-    scales: tuple[float, ...] = (1.0,),
-    flip: bool = False,
-    eval_cfg: EvalConfig | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Softmax probabilities (N, C, H, W), averaged over scales and, optionally, a horizontal flip.
-
-    With ``scales=(1.0,)`` and no flip this is the plain single-scale prediction.
-    """
-    return tta_predict(Predictor(model, eval_cfg, amp_dtype), images, scales, flip).probs

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stpp.core.masks import atomic_save, palette_bytes, write_mask
+from stpp.core.masks import atomic_save, palette_bytes
 
 STORE_OWNED_DIRS = ("images", "masks")
 """Top-level workspace folders whose files belong to rows and are deleted with them."""
@@ -84,13 +84,6 @@ def store_mask(workspace: Path, project_id: int, kind: str, image_sha1: str, mas
     relpath = mask_relpath(project_id, kind, image_sha1, digest)
     write_bytes(workspace, relpath, data)
     return relpath, digest
-
-
-def write_palette_mask(workspace: Path, relpath: str, mask: np.ndarray, palette) -> str:
-    """Write a class-index mask as a palette PNG atomically at ``relpath``; returns the sha1 of the file."""
-    path = workspace / relpath
-    write_mask(path, mask, palette)
-    return sha1_bytes(path.read_bytes())
 
 
 def is_store_owned(workspace: Path, relpath: str) -> bool:

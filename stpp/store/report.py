@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STATUSES = ("added", "skipped", "failed")
-
-
 @dataclass(frozen=True)
 class FileResult:
     """What happened to one input.
