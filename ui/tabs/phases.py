@@ -170,7 +170,10 @@ def build(services: Services) -> None:
         return run_choices(services, project_name, current)
 
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
-    gr.on([run.change, refresh.click], show, inputs=[project, run], outputs=outputs, **private)
+    # Refresh re-reads the project's runs too: one launched since the page loaded is not in the list yet.
+    refresh.click(pick_run, inputs=[project, run], outputs=run, **private).then(
+        show, inputs=[project, run], outputs=outputs, **private)
+    run.change(show, inputs=[project, run], outputs=outputs, **private)
     proceed.click(lambda r: go_on(r, True), inputs=run, outputs=message, api_name="continue_run").then(
         show, inputs=[project, run], outputs=outputs, **private)
     finish.click(lambda r: go_on(r, False), inputs=run, outputs=message, api_name="finish_run").then(
