@@ -27,6 +27,12 @@ _PREDICT = "predict:"
 _WITH = "+"
 
 
+def _known(stage: str) -> str:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return stage
+
+
 @dataclass(frozen=True)
 class Activity:
     """What a stage-level event is about.
@@ -50,9 +56,7 @@ class Activity:
     @classmethod
     def training(cls, stage: str) -> "Activity":
         """Training (and evaluating) ``stage``."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-        return cls("stage", stage)
+        return cls("stage", _known(stage))
 
     @classmethod
     def stability(cls, checkpoint: int, labels_too: bool = False) -> "Activity":
@@ -64,16 +68,12 @@ class Activity:
     @classmethod
     def labelling(cls, stage: str) -> "Activity":
         """Pseudo masks from the final model of ``stage``."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-        return cls("label", stage)
+        return cls("label", _known(stage))
 
     @classmethod
     def prediction(cls, stage: str) -> "Activity":
         """Masks of images outside the run from the final model of ``stage``."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-        return cls("predict", stage)
+        return cls("predict", _known(stage))
 
     @classmethod
     def ranking(cls) -> "Activity":

@@ -35,7 +35,7 @@ from stpp.store.images import get_image
 from stpp.store.projects import get_project
 from stpp.store.ranking import RankedImage, count_ranked, count_ranked_images, image_score, ranked_images
 from stpp.store.reviews import latest_decision
-from stpp.store.runs import current_pseudo_masks, get_run
+from stpp.store.runs import Run, current_pseudo_masks, get_run
 
 PAGE_SIZE = 50
 THUMB_SIZE = 160
@@ -118,9 +118,7 @@ def gallery_page(store: Store, query: GalleryQuery) -> GalleryPage:
         ValueError: an unknown ``show`` filter.
     """
     run = get_run(store, query.run_id)
-    ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
-    ranked = count_ranked(store, run.id)
-    cut = num_reliable(ranked, ratio)
+    ratio, ranked, cut = _split(store, run, query)
     per_page = max(1, int(query.per_page))
     if query.class_index is None:
         total = count_ranked_images(store, run.id, query.show, cut, query.min_score, query.max_score)
@@ -142,6 +140,13 @@ def gallery_page(store: Store, query: GalleryQuery) -> GalleryPage:
         items.append(GalleryItem(row.image_id, row.name, row.rank, row.stability, row.rank <= cut, row.decision,
                                  thumb))
     return GalleryPage(items, page, max(1, math.ceil(total / per_page)), total, ranked, cut, ratio)
+
+
+def _split(store: Store, run: Run, query: GalleryQuery) -> tuple[float, int, int]:
+    """(R, N, floor(N x R)): the query's reliable ratio (the run's unless previewed), the ranked count, the cut."""
+    ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
+    ranked = count_ranked(store, run.id)
+    return ratio, ranked, num_reliable(ranked, ratio)
 
 
 def _ranked(store: Store, run_id: int, query: GalleryQuery, cut: int, **page: int) -> list[RankedImage]:
@@ -305,8 +310,7 @@ def image_detail(store: Store, run_id: int, image_id: int, ratio: float | None =
 def gallery_page_ids(store: Store, query: GalleryQuery) -> list[int]:
     """The image ids of every image matching the query, in display order (no thumbnails made)."""
     run = get_run(store, query.run_id)
-    ratio = run.cfg.selftrain.reliable_ratio if query.ratio is None else float(query.ratio)
-    cut = num_reliable(count_ranked(store, run.id), ratio)
+    cut = _split(store, run, query)[2]
     rows = _ranked(store, run.id, query, cut) if query.class_index is None else _with_class(store, run.id, query, cut)[0]
     return [row.image_id for row in rows]
 

@@ -28,6 +28,7 @@ from stpp.store.runs import (
     parse_time,
     run_metrics,
 )
+from ui.components import run_label
 from ui.services import Services
 
 TITLE = "Train"
@@ -53,11 +54,6 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def run_label(run: Run) -> str:
-    """``#3 ST++ (test) · running``."""
-    return f"#{run.id} {METHOD_LABELS.get(run.method, run.method)} ({run.preset}) · {run.status.replace('_', ' ')}"
 
 
 def metrics_text(metrics: dict[str, float | None]) -> str:
