@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import psutil
+
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import DeviceSpec, parse_device_spec
 from stpp.core.method import METHOD_LABELS, pause_points
@@ -150,28 +152,19 @@ def preset_names() -> list[str]:
 
 
 def worker_alive(pid: int | None, run_id: int | None = None) -> bool:
-    """Whether ``pid`` is a live (not zombie) process, and, where ``/proc`` tells, a worker of ``run_id``.
+    """Whether ``pid`` is a live (not zombie) process of ours, and, given ``run_id``, a worker of that run.
 
     The command-line check guards against a pid reused by another program after the worker died.
     """
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # another user's process: not our worker
-    proc = Path(f"/proc/{pid}")
-    if not proc.is_dir():
-        return True
-    try:
-        state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
-        args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        return False
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        args = process.cmdline() if run_id is not None else []
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False  # gone, or another user's process: not our worker
     if run_id is None:
         return True
     return any("worker" in a for a in args) and str(run_id) in args
@@ -228,34 +221,21 @@ def _torchrun_env(spec: DeviceSpec) -> dict[str, str]:
     return env
 
 
-def _child_pids(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (empty where ``/proc`` does not tell)."""
-    children = []
-    try:
-        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-    except OSError:
-        return []
-    for entry in entries:
-        try:
-            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid:
-            children.append(int(entry.name))
-    return children
-
-
 def _ranks(pid: int, run_id: int) -> list[int]:
     """The ranks of a torchrun worker ``pid``: its children that run the worker of ``run_id`` in
     their own process groups (as torchrun starts them); empty for a single-process worker."""
+    try:
+        children = psutil.Process(pid).children()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
     ranks = []
-    for child in _child_pids(pid):
+    for child in children:
         try:
-            leads = os.getpgid(child) == child
+            leads = os.getpgid(child.pid) == child.pid
         except ProcessLookupError:
             continue
-        if leads and worker_alive(child, run_id):
-            ranks.append(child)
+        if leads and worker_alive(child.pid, run_id):
+            ranks.append(child.pid)
     return ranks
 
 
@@ -598,7 +578,7 @@ def resolve_run_config(project: Project, method: str, preset: str, overrides: Ma
                        device: str) -> StppConfig:
     """The full config of a project run: preset, method, overrides, device and the project's classes.
 
-    Resolved and checked exactly as a headless run's (:func:`stpp.runs.resolve_config`, which
+    Resolved and checked exactly as a headless run's (:func:`stpp.headless.resolve_config`, which
     builds the model once), in a child process (``python -m stpp.worker --resolve-config``) so the
     caller does not load torch.
 

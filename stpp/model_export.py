@@ -12,7 +12,7 @@ without stpp installed.
 - ``model.json``: classes, palette, ignore index, stage, input contract and the file list.
 
 This module imports torch. The web app never imports it: it runs it as a child process
-(:func:`stpp.review.outputs.export_model_zip`), the same way it runs training in a worker.
+(:func:`stpp.services.outputs.export_model_zip`), the same way it runs training in a worker.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save
 from stpp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stpp.engine.checkpoint import load_model
-from stpp.runs import RunError, read_run_config, stage_model_path
+from stpp.headless import RunError, read_run_config, stage_model_path
 
 TRACE_SIZE = 96
 """Side of the example input the model is traced with (other sizes work: shapes are traced symbolically)."""

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REPO
+
 from stpp.core.config import ConfigError, apply_overrides, get_preset
 from stpp.core.events import Activity, Event
+from stpp.core.method import METHODS, STAGES, num_reliable, pause_points, stage_after_pause, stage_names, stage_order
 from stpp.core.metrics import class_iou, confusion_matrix, mask_miou, mean_iou
-from stpp.core.method import (METHODS, STAGES, num_reliable, pause_points, stage_after_pause, stage_names,
-                              stage_order)
 
 HEAVY = ("torch", "torchvision", "gradio", "sqlite_utils", "cv2", "pandas", "pycocotools", "tqdm")
 

@@ -25,8 +25,8 @@ from stpp.core.events import Activity, Event, ListSink, MultiSink, read_events
 from stpp.core.layout import RunLayout
 from stpp.core.method import num_reliable
 from stpp.data.datasets import read_split
+from stpp.headless import prepare_run_dir, resolve_config, run_headless
 from stpp.jobs import JobRunner
-from stpp.runs import prepare_run_dir, resolve_config, run_headless
 from stpp.store import Project, Store, open_store
 from stpp.store.images import mean_image_pixels
 from stpp.store.runs import claim_queued, create_run, end_running, get_run, list_events

@@ -22,10 +22,10 @@ from stpp.cli.main import main as project_main
 from stpp.core.config import StppConfig
 from stpp.core.events import Event, read_events
 from stpp.core.layout import RunLayout
+from stpp.headless import resolve_config
 from stpp.jobs import JobRunner, worker_alive, worker_log_path
-from stpp.review.views import GalleryQuery, gallery_page, review_cache
-from stpp.runs import resolve_config
 from stpp.selftrain.pipeline import RunData
+from stpp.services.gallery import GalleryQuery, gallery_page, review_cache
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
 from stpp.store.runs import (

@@ -40,11 +40,11 @@ from stpp.store.runs import (
     get_run,
     list_checkpoints,
     list_events,
+    read_run_device,
     request_cancel,
     run_metrics,
     transition,
 )
-from stpp.store.runs import read_run_device
 
 TWO_CPU_PROCESSES = "cpu*2"
 

@@ -16,9 +16,9 @@ from stpp.core.config import DataConfig, StppConfig, get_preset
 from stpp.core.layout import RunLayout
 from stpp.data.transforms import normalize
 from stpp.engine.checkpoint import load_model, save_checkpoint
+from stpp.headless import RunError
 from stpp.model_export import export_model, main, zip_export
 from stpp.models import build_model
-from stpp.runs import RunError
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from stpp.data.cityscapes import (
 )
 from stpp.data.datasets import DataError, check_run_inputs
 from stpp.data.voc import VOC_CLASSES, VOCDataset
-from stpp.runs import describe_inputs, load_folder_run_data, open_dataset
+from stpp.headless import describe_inputs, load_folder_run_data, open_dataset
 
 VOC_TRAIN = ["2007_000032", "2007_000039", "2008_000008", "2011_003276"]
 VOC_VAL = ["2007_000033", "2010_005958"]

@@ -25,7 +25,7 @@ from stpp.core.classes import load_classes
 from stpp.core.layout import RunLayout
 from stpp.core.masks import read_mask
 from stpp.jobs import worker_alive
-from stpp.review.decisions import latest_decisions
+from stpp.services.review import latest_decisions
 from stpp.store import open_store, project_summary
 from stpp.store.runs import get_run, list_events
 

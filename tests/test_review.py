@@ -19,7 +19,10 @@ from stpp.core.layout import RunLayout
 from stpp.core.masks import colorize, overlay, read_mask
 from stpp.core.method import num_reliable
 from stpp.jobs import JobRunner
-from stpp.review.decisions import (
+from stpp.services.gallery import GalleryQuery, disagreement_map, gallery_page, image_detail, merge_painted_layer
+from stpp.services.outputs import export_model_zip, predict_images
+from stpp.services.quality import quality_report
+from stpp.services.review import (
     ReviewError,
     continue_run,
     decision_history,
@@ -29,9 +32,6 @@ from stpp.review.decisions import (
     record_decision,
     set_reliable_ratio,
 )
-from stpp.review.outputs import export_model_zip, predict_images
-from stpp.review.quality import quality_report
-from stpp.review.views import GalleryQuery, disagreement_map, gallery_page, image_detail, merge_painted_layer
 from stpp.store import StoreError, create_project, import_folder_dataset, open_store
 from stpp.store.export import export_project
 from stpp.store.export_formats import VOC_ROOT
@@ -86,6 +86,9 @@ def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: 
         record_decision(store, run.id, "labeled_000", "rejected")
     with pytest.raises(ReviewError, match="64x64"):
         record_decision(store, run.id, corrected, "corrected", mask=fixed[:10])
+    for decision in ("accepted", "rejected"):  # an edited mask is never dropped silently
+        with pytest.raises(ReviewError, match="only a correction takes a mask"):
+            record_decision(store, run.id, corrected, decision, mask=fixed)
 
     latest = latest_decisions(store, "synth")
     assert {n: d.decision for n, d in latest.items()} == {accepted: "accepted", rejected: "rejected",

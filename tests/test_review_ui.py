@@ -22,8 +22,8 @@ from stpp.core.layout import RunLayout
 from stpp.core.masks import overlay, read_image, read_mask
 from stpp.core.method import num_reliable
 from stpp.jobs import JobRunner
-from stpp.review.decisions import latest_decisions
-from stpp.review.views import disagreement_image, disagreement_map
+from stpp.services.gallery import disagreement_image, disagreement_map
+from stpp.services.review import latest_decisions
 from stpp.store import get_project, open_store
 from stpp.store.runs import get_run
 from ui.components import enlarge

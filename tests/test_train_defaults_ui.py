@@ -17,7 +17,7 @@ from test_train_tab import server  # noqa: F401 (a fixture)
 
 from stpp.core.events import Activity
 from stpp.jobs import form_defaults
-from stpp.review.decisions import pauses_reached
+from stpp.services.review import pauses_reached
 from stpp.store import DEMO_PROJECT, open_store
 from stpp.store.runs import get_run, list_events
 

@@ -116,7 +116,7 @@ def test_the_device_choices_offer_one_run_over_all_gpus(workspace: Path, monkeyp
 
 def test_the_event_log_shows_a_stage_s_peak_gpu_memory(workspace: Path, synthetic_dataset: Path):
     from stpp.core.events import Event
-    from stpp.runs import resolve_config
+    from stpp.headless import resolve_config
     from stpp.store import create_project
     from stpp.store.runs import create_run, record_event
     from ui import Services, Settings

@@ -1,7 +1,7 @@
 """How fast a review gallery page opens on a large project: ``python -m stpp.bench gallery [--images N]``.
 
 Generates a throw-away workspace with one project of N unlabelled images (240x180, like the demo,
-added through the store's own import), a ranked run and its pseudo masks, then times :func:`stpp.review.views.gallery_page` for the first
+added through the store's own import), a ranked run and its pseudo masks, then times :func:`stpp.services.gallery.gallery_page` for the first
 page (thumbnails made), the same page again (thumbnails cached), a page deep in the ranking and a
 class-filtered page (first: the class index is built; then cached). Prints JSON.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 from stpp.core.config import DataConfig, StppConfig
 from stpp.core.layout import RunLayout
 from stpp.core.masks import write_mask
-from stpp.review.views import GalleryQuery, gallery_page
+from stpp.services.gallery import GalleryQuery, gallery_page
 from stpp.store import create_project, ingest_files, open_store
 from stpp.store.images import image_ids_by_name
 from stpp.store.runs import create_run, record_pseudo_masks, record_scores

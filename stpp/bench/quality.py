@@ -39,7 +39,7 @@ from stpp.core.metrics import mask_miou
 from stpp.data.datasets import FolderDataset
 from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.metrics import ConfusionMatrix
-from stpp.runs import describe_inputs, load_folder_run_data, prepare_run_dir, resolve_config, run_headless
+from stpp.headless import describe_inputs, load_folder_run_data, prepare_run_dir, resolve_config, run_headless
 from stpp.selftrain.pipeline import read_scores, stage_names
 
 

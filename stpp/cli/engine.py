@@ -22,8 +22,7 @@ from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.distributed import init_distributed, is_main, run_on_main, shutdown_distributed
 from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested
-from stpp.models import WeightsError
-from stpp.runs import (
+from stpp.headless import (
     RunError,
     describe_inputs,
     evaluate_run,
@@ -33,6 +32,7 @@ from stpp.runs import (
     resolve_config,
     run_headless,
 )
+from stpp.models import WeightsError
 
 
 def run_engine_command(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """``python -m stpp project launch|runs|follow|cancel|resume|continue|review``: a project's runs from the
 command line, through the functions the app calls (:class:`~stpp.jobs.JobRunner` and
-:mod:`stpp.review.decisions`).
+:mod:`stpp.services.review`).
 
 Subcommands (each takes ``--workspace DIR``)::
 
@@ -32,7 +32,7 @@ from stpp.cli.progress import RunBar
 from stpp.cli.project_args import REVIEW_CHOICES
 from stpp.core.masks import read_mask
 from stpp.jobs import JobRunner
-from stpp.review.decisions import ReviewError, continue_run, pauses_reached, record_decision
+from stpp.services.review import ReviewError, continue_run, pauses_reached, record_decision
 from stpp.store import Store
 from stpp.store.projects import get_project
 from stpp.store.runs import Run, get_run, list_events, list_runs, run_metrics

@@ -189,7 +189,7 @@ def _predict(store: Store, args: argparse.Namespace) -> int:
     # torch only for this command: the other project commands stay light.
     from stpp.core.layout import RunLayout
     from stpp.engine.device import configure_cpu_threads, resolve_device
-    from stpp.runs import RunError, predict_folder
+    from stpp.headless import RunError, predict_folder
     from stpp.store.runs import get_run
 
     project = find_project(store, args.name)

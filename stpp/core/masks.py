@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IGNORE_COLOUR = (255, 255, 255)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+"""The image files a folder dataset, a headless prediction and the app's prediction take."""
 """How :func:`colorize` shows ignored pixels."""
 
 

@@ -25,10 +25,9 @@ from torch.utils.data import Dataset
 
 from stpp.core.classes import ClassInfo, DataError, default_palette, load_classes
 from stpp.core.config import IGNORE_INDEX
-from stpp.core.masks import read_image, read_mask
+from stpp.core.masks import IMAGE_SUFFIXES, read_image, read_mask
 from stpp.data.transforms import StrongAugment, WeakAugment, to_eval_tensor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png",)
 # EXIF orientations 5-8 rotate by 90 degrees: read_image swaps width and height for them.
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
@@ -74,9 +73,9 @@ class FolderDataset:
         images_dir = root / "images"
         if not images_dir.is_dir():
             raise DataError(f"{root}: not a folder dataset (no images/ folder)")
-        images = _index_files(images_dir, IMAGE_EXTENSIONS, "image")
+        images = _index_files(images_dir, IMAGE_SUFFIXES, "image")
         if not images:
-            raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
         masks = _index_files(root / "masks", MASK_EXTENSIONS, "mask")
         return cls(root, images, masks)
 

@@ -13,8 +13,8 @@ are never read; validation: role ``validation``), trains into ``WORKSPACE/runs/<
 records events, checkpoints, scores and pseudo masks through a
 :class:`~stpp.worker.sink.StoreSink`. The project's latest review decisions become the run's
 ``reviewed`` and ``rejected`` images (:func:`with_reviews`); a run launched with review between
-phases stops at its next pause point (:func:`stpp.review.decisions.next_pause`) with status
-``awaiting_review``, and :func:`stpp.review.decisions.continue_run` queues it again. SIGTERM (to every rank
+phases stops at its next pause point (:func:`stpp.services.review.next_pause`) with status
+``awaiting_review``, and :func:`stpp.services.review.continue_run` queues it again. SIGTERM (to every rank
 under torchrun) or a cancel recorded in the store stops it cleanly after the current step (under
 torchrun a labelling or evaluation pass finishes first): status ``cancelled``, resumable. An
 exception leaves it ``failed`` with the error, resumable. Run again (after a resume) it continues

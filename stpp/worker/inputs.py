@@ -6,9 +6,9 @@ from dataclasses import replace
 from typing import Any
 
 from stpp.core.classes import ClassInfo
-from stpp.review.decisions import reviewed_inputs
-from stpp.runs import RunError
+from stpp.headless import RunError
 from stpp.selftrain.pipeline import RunData, Sample
+from stpp.services.review import reviewed_inputs
 from stpp.store.db import Store
 from stpp.store.images import images_with_masks
 from stpp.store.projects import Project

@@ -33,11 +33,11 @@ from stpp.engine.distributed import (
 )
 from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested, snapshot_epochs
+from stpp.headless import RunError, prepare_run_dir, resolve_config, run_headless
 from stpp.jobs import JobRunner, worker_alive
 from stpp.models import WeightsError
-from stpp.review.decisions import ReviewError, next_pause, record_pause
-from stpp.runs import RunError, prepare_run_dir, resolve_config, run_headless
 from stpp.selftrain.pipeline import PAUSED, RunData
+from stpp.services.review import ReviewError, next_pause, record_pause
 from stpp.store.db import Store, StoreError, open_store, utc_now
 from stpp.store.images import mean_image_pixels
 from stpp.store.projects import get_project

@@ -11,7 +11,7 @@ import json
 
 import gradio as gr
 
-from stpp.review.outputs import export_dataset, export_model_zip
+from stpp.services.outputs import export_dataset, export_model_zip
 from stpp.store import StoreError
 from stpp.store.export import ExportFilter
 from stpp.store.export_formats import FORMATS

@@ -11,14 +11,14 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from stpp.review.decisions import (
+from stpp.services.quality import quality_report
+from stpp.services.review import (
     ReviewError,
     continue_run,
     decision_history,
     pauses_reached,
     phase_summary,
 )
-from stpp.review.quality import quality_report
 from stpp.store import StoreError
 from stpp.store.reviews import last_review_id
 from stpp.store.runs import get_run, last_event_id, run_metrics

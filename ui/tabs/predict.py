@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from stpp.core.masks import overlay
-from stpp.review.outputs import predict_images, read_prediction
+from stpp.services.outputs import predict_images, read_prediction
 from stpp.store import StoreError, get_project
 from stpp.store.runs import get_run
 from ui.components import legend_html, run_choices

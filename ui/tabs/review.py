@@ -13,8 +13,7 @@ import gradio as gr
 import numpy as np
 
 from stpp.core.masks import colorize, overlay, read_mask
-from stpp.review.decisions import ReviewError, phase_summary, record_decision, set_reliable_ratio
-from stpp.review.views import (
+from stpp.services.gallery import (
     GalleryQuery,
     disagreement_image,
     gallery_page,
@@ -22,6 +21,7 @@ from stpp.review.views import (
     image_detail,
     merge_painted_layer,
 )
+from stpp.services.review import ReviewError, phase_summary, record_decision, set_reliable_ratio
 from stpp.store import StoreError, get_project
 from stpp.store.ranking import RANK_FILTERS
 from stpp.store.runs import current_pseudo_masks, get_run, ranked_run_ids

@@ -17,7 +17,7 @@ import torch
 from stpp.core.config import METHODS, ConfigError, DataConfig, StppConfig, apply_overrides, get_preset
 from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
 from stpp.core.layout import RunLayout
-from stpp.core.masks import atomic_save
+from stpp.core.masks import IMAGE_SUFFIXES, atomic_save
 from stpp.data.cityscapes import CityscapesDataset
 from stpp.data.datasets import (
     ClassInfo,
@@ -36,8 +36,6 @@ from stpp.engine.train import evaluate
 from stpp.models import build_model
 from stpp.selftrain.pipeline import Pipeline, RunData, Sample, stage_names
 from stpp.selftrain.pseudo import LabelJob, run_label_jobs
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 DATASET_READERS = {
     "folder": FolderDataset.open,

@@ -91,6 +91,9 @@ def record_decision(store: Store, run_id: int, image: int | str, decision: str, 
     row = _image_row(store, project, image)
     if row["role"] != "unlabelled":
         raise ReviewError(f"image {row['name']!r} is {row['role']}, not unlabelled: only pseudo masks are reviewed")
+    if mask is not None and decision != "corrected":
+        raise ReviewError(f"only a correction takes a mask; to keep an edited mask, record it as corrected, "
+                          f"not {decision}")
     mask_row = None
     if decision == "accepted":
         shown = current_pseudo_masks(store, run.id, [row["id"]]).get(row["id"])
@@ -101,8 +104,6 @@ def record_decision(store: Store, run_id: int, image: int | str, decision: str, 
         if mask is None:
             raise ReviewError("a correction needs the corrected mask")
         mask_row = _store_reviewed(store, project, row, _checked_mask(project, row, mask), run.id, None)
-    elif mask is not None:
-        raise ReviewError("a rejection takes no mask")
     return insert_decision(store, project, row["id"], run.id, decision, mask_row, user)
 
 

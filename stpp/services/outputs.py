@@ -20,14 +20,13 @@ from typing import Sequence
 
 import numpy as np
 
-from stpp.core.masks import atomic_save, read_image, read_mask
+from stpp.core.masks import IMAGE_SUFFIXES, atomic_save, read_image, read_mask
 from stpp.jobs import REPO_ROOT, child_env
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
 from stpp.store.runs import get_run
 
 CHILD_TIMEOUT_S = 900
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class OutputError(StoreError):
