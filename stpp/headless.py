@@ -8,13 +8,13 @@ worker builds :class:`~stpp.selftrain.pipeline.RunData` from the store instead a
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from stpp.core.config import METHODS, ConfigError, DataConfig, StppConfig, apply_overrides, get_preset
+from stpp.core import resolve
+from stpp.core.config import ConfigError, StppConfig
 from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
 from stpp.core.layout import RunLayout
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save
@@ -30,7 +30,6 @@ from stpp.data.datasets import (
 )
 from stpp.data.voc import VOCDataset
 from stpp.engine.checkpoint import load_model
-from stpp.engine.device import use_channels_last
 from stpp.engine.distributed import is_main
 from stpp.engine.train import evaluate
 from stpp.models import build_model
@@ -51,49 +50,19 @@ class RunError(ValueError):
 
 def resolve_config(preset: str, method: str, overrides: Sequence[str] = (), device: str | None = None,
                    classes: ClassInfo | None = None) -> StppConfig:
-    """Preset, then method, device and ``key=value`` overrides, then the dataset's classes."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    cfg = replace(get_preset(preset), method=method)
-    cfg = apply_overrides(cfg, list(overrides))
-    if device is not None:
-        cfg = replace(cfg, device=device)
-    if classes is not None:
-        cfg = replace(cfg, data=DataConfig(
-            num_classes=classes.num_classes, class_names=tuple(classes.names),
-            palette=tuple(tuple(c) for c in classes.palette), ignore_index=classes.ignore_index))
+    """:func:`stpp.core.resolve.resolve_config`, then :func:`validate_config`'s model check."""
+    cfg = resolve.resolve_config(preset, method, overrides, device, classes)
     validate_config(cfg)
     return cfg
 
 
 def validate_config(cfg: StppConfig) -> None:
-    """Refuse, before anything is written, values that would only fail later in the run.
+    """Refuse, before anything is written, a config the engine cannot run.
 
-    Builds the model once, so unknown names and weights files that do not fit fail here.
+    Checks what :func:`stpp.core.resolve.check_config` checks, then builds the model once, so a
+    weights file that is missing or does not fit its backbone fails here.
     """
-    stage_names(cfg)
-    if cfg.selftrain.split not in ("stability", "random"):
-        raise ConfigError(f"selftrain.split must be 'stability' or 'random', not {cfg.selftrain.split!r}")
-    if not 0 <= cfg.selftrain.reliable_ratio <= 1:
-        raise ConfigError(f"selftrain.reliable_ratio must be within [0, 1], not {cfg.selftrain.reliable_ratio}")
-    if cfg.optim.amp not in ("auto", "off", "bf16", "fp16"):
-        raise ConfigError(f"optim.amp must be auto, off, bf16 or fp16, not {cfg.optim.amp!r}")
-    try:
-        use_channels_last(cfg, torch.device("cpu"))
-    except ValueError as error:
-        raise ConfigError(f"optim.channels_last: {error}") from None
-    if cfg.optim.last_every < 1:
-        raise ConfigError(f"optim.last_every must be at least 1, not {cfg.optim.last_every}")
-    for key, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
-                       ("pseudo.num_checkpoints", cfg.pseudo.num_checkpoints)):
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, not {value}")
-    if cfg.pseudo.num_checkpoints < 2 and cfg.method == "st++":
-        raise ConfigError("st++ needs pseudo.num_checkpoints >= 2 to measure stability")
-    if cfg.optim.epochs < cfg.pseudo.num_checkpoints:
-        raise ConfigError(f"the teacher saves pseudo.num_checkpoints={cfg.pseudo.num_checkpoints} checkpoints at "
-                          f"distinct epochs: optim.epochs must be at least that, not {cfg.optim.epochs} "
-                          f"(or lower pseudo.num_checkpoints; st++ needs 2 or more)")
+    resolve.check_config(cfg)
     try:
         build_model(cfg.model, max(1, cfg.data.num_classes))
     except ValueError as error:

@@ -34,6 +34,7 @@ import psutil
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import DeviceSpec, parse_device_spec
 from stpp.core.method import METHOD_LABELS, pause_points
+from stpp.core.resolve import resolve_config
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.images import count_images, count_labelled_with_masks
 from stpp.store.projects import Project, get_project
@@ -102,8 +103,8 @@ def detect_devices() -> tuple[Device, ...]:
     return tuple(devices)
 
 
-def _run_worker_module(args: list[str], stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stpp.worker", *args], input=stdin, capture_output=True, text=True,
+def _run_worker_module(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stpp.worker", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT, env=child_env())
 
 
@@ -578,21 +579,14 @@ def resolve_run_config(project: Project, method: str, preset: str, overrides: Ma
                        device: str) -> StppConfig:
     """The full config of a project run: preset, method, overrides, device and the project's classes.
 
-    Resolved and checked exactly as a headless run's (:func:`stpp.headless.resolve_config`, which
-    builds the model once), in a child process (``python -m stpp.worker --resolve-config``) so the
-    caller does not load torch.
+    Resolved and checked as a headless run's (:func:`stpp.core.resolve.resolve_config`), in this
+    process and without torch; the worker builds the model when the run starts, so a weights file
+    that does not fit its backbone fails the run with that message.
 
     Raises:
-        ConfigError: a bad preset, method, override key or value (the child's one-line message).
+        ConfigError: a bad preset, method, override key or value.
     """
     if isinstance(overrides, Mapping):
         overrides = [f"{key}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                      for key, v in overrides.items()]
-    request = {"preset": preset, "method": method, "overrides": list(overrides), "device": device,
-               "classes": {"names": list(project.classes.names), "palette": [list(c) for c in project.classes.palette],
-                           "ignore_index": project.classes.ignore_index}}
-    result = _run_worker_module(["--resolve-config"], stdin=json.dumps(request))
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise ConfigError(lines[-1].removeprefix("error: ") if lines else "the config check failed")
-    return StppConfig.from_dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return resolve_config(preset, method, list(overrides), device, project.classes)

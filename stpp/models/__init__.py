@@ -14,6 +14,7 @@ from torch import nn
 from stpp.core.config import ARCHS as ARCH_NAMES
 from stpp.core.config import BACKBONES as BACKBONE_NAMES
 from stpp.core.config import ModelConfig
+from stpp.core.resolve import check_model_config
 from stpp.models.heads import DeepLabV2Head, DeepLabV3PlusHead, PSPHead
 from stpp.models.mobilenet import MobileNetV2Backbone
 from stpp.models.model import SegmentationModel
@@ -24,8 +25,6 @@ __all__ = ["ARCHS", "BACKBONES", "SegmentationModel", "WeightsError", "build_mod
 
 
 def _mobilenet_v2(output_stride: int, deep_stem: bool) -> MobileNetV2Backbone:
-    if deep_stem:
-        raise ValueError("model.deep_stem applies to ResNet backbones only, not mobilenet_v2")
     return MobileNetV2Backbone(output_stride)
 
 
@@ -63,10 +62,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
         raise ValueError(f"unknown model.arch {cfg.arch!r}; available: {', '.join(ARCHS)}")
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown model.backbone {cfg.backbone!r}; available: {', '.join(BACKBONES)}")
-    if cfg.output_stride not in (8, 16):
-        raise ValueError(f"model.output_stride must be 8 or 16, got {cfg.output_stride}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    check_model_config(cfg, num_classes)
     backbone = BACKBONES[cfg.backbone](cfg.output_stride, cfg.deep_stem)
     loaded, note = init_backbone(backbone, cfg.backbone, cfg.pretrained)
     head = ARCHS[cfg.arch](backbone.low_channels, backbone.high_channels, num_classes, cfg.output_stride)

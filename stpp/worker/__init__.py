@@ -20,7 +20,6 @@ torchrun a labelling or evaluation pass finishes first): status ``cancelled``, r
 exception leaves it ``failed`` with the error, resumable. Run again (after a resume) it continues
 from what the run folder holds.
 
-The module also answers two questions for processes that must not import torch:
-``--list-devices`` (the visible GPUs, JSON) and ``--resolve-config`` (a project run's config,
-resolved and checked; JSON request on stdin).
+The module also answers a question for processes that must not import torch: ``--list-devices``
+(the visible GPUs, JSON).
 """

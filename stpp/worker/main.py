@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from stpp.core.classes import ClassInfo, DataError
+from stpp.core.classes import DataError
 from stpp.core.config import ConfigError, StppConfig
 from stpp.core.devices import DeviceSpec, parse_device_spec
 from stpp.core.events import Event, EventSink
@@ -33,7 +33,7 @@ from stpp.engine.distributed import (
 )
 from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested, snapshot_epochs
-from stpp.headless import RunError, prepare_run_dir, resolve_config, run_headless
+from stpp.headless import RunError, prepare_run_dir, run_headless
 from stpp.jobs import JobRunner, worker_alive
 from stpp.models import WeightsError
 from stpp.selftrain.pipeline import PAUSED, RunData
@@ -341,22 +341,12 @@ def gpu_inventory() -> list[dict[str, Any]]:
             for i in range(torch.cuda.device_count())]
 
 
-def resolve_config_request(request: dict[str, Any]) -> StppConfig:
-    """Resolve a project run's config from a JSON request (preset, method, overrides, device, classes)."""
-    classes = request["classes"]
-    info = ClassInfo(tuple(classes["names"]), tuple(tuple(c) for c in classes["palette"]), classes["ignore_index"])
-    return resolve_config(request["preset"], request["method"], request.get("overrides", []),
-                          request.get("device"), info)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stpp.worker", description=__doc__.splitlines()[0])
     parser.add_argument("run_id", nargs="?", type=int, help="the run to execute")
     parser.add_argument("--workspace", type=Path, default=default_workspace(),
                         help="the workspace (default: $STPP_HOME or ./workspace)")
     parser.add_argument("--list-devices", action="store_true", help="print the visible GPUs as JSON and exit")
-    parser.add_argument("--resolve-config", action="store_true",
-                        help="read a config request (JSON) on stdin, print the resolved config (JSON)")
     return parser
 
 
@@ -364,14 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_devices:
         print(json.dumps(gpu_inventory()))
-        return 0
-    if args.resolve_config:
-        try:
-            cfg = resolve_config_request(json.loads(sys.stdin.read()))
-        except (ConfigError, WeightsError, ValueError, KeyError, TypeError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_REFUSED
-        print(json.dumps(cfg.to_dict()))
         return 0
     if args.run_id is None:
         print("stpp worker: error: a RUN_ID is required", file=sys.stderr)
