@@ -65,7 +65,9 @@ def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: 
     runner = JobRunner(store, start_grace_s=300)
     run = runner.launch("synth", "st++", "test", FAST, "cpu", review=True)
     assert run.review_plan == ("ranking", "stage1")
-    run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"))
+    seen: list[float] = []  # the run's progress at every poll, over all of its phases
+    track = dict(on_poll=lambda polled: seen.append(polled.progress), poll_s=0.2)
+    run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"), **track)
     assert run.status == "awaiting_review", run.error
     layout = RunLayout(store.path(run.run_dir))
     assert layout.scores_path.is_file() and not (layout.root / "checkpoints" / "stage1.pt").exists()
@@ -110,7 +112,7 @@ def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: 
     # Stage 1 with R = 0.25 chosen in review: the top floor(16 x 0.25) = 4 are reliable.
     run = continue_run(runner, run.id, reliable_ratio=0.25)
     assert run.config["selftrain"]["reliable_ratio"] == 0.25
-    run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"))
+    run = runner.wait(run.id, RUN_TIMEOUT_S, statuses=("awaiting_review", "done", "failed", "cancelled"), **track)
     assert run.status == "awaiting_review", run.error
     assert json.loads(layout.config_path.read_text())["selftrain"]["reliable_ratio"] == 0.25
     reliable = {r["name"] for r in store.db.query("SELECT i.name FROM scores s JOIN images i ON i.id = s.image_id "
@@ -136,8 +138,10 @@ def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: 
     record_decision(store, run.id, late, "accepted")
     assert latest_decisions(store, "synth")[late].stage == "stage1"
     run = continue_run(runner, run.id)
-    run = runner.wait(run.id, RUN_TIMEOUT_S)
+    run = runner.wait(run.id, RUN_TIMEOUT_S, **track)
     assert run.status == "done", run.error
+    # Each continued phase goes on from where the last one paused, while it skips the finished stages.
+    assert seen == sorted(seen) and seen[-1] == 1.0, seen
     stage2 = read_train_set(layout, "stage2")
     assert {n for n, r in stage2.items() if r["source"] == "reviewed"} == {accepted, corrected, late}
     np.testing.assert_array_equal(read_mask(stage2[late]["mask"]), read_mask(layout.pseudo_dir("stage1") / f"{late}.png"))

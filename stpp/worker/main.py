@@ -260,7 +260,8 @@ def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
         pause = next_pause(store, run.id)
         layout = prepare_run_dir(layout.root, cfg, describe_project_inputs(project, data),
                                  resume=layout.config_path.exists())
-        sink = StoreSink(store, run.id, layout, image_ids, RunProgress(cfg, data, mean_image_pixels(store, project)))
+        sink = StoreSink(store, run.id, layout, image_ids, RunProgress(cfg, data, mean_image_pixels(store, project)),
+                         start_progress=run.progress)
         shared = True
         broadcast_from_main(RankJob(cfg, data, layout, pause))
         # Under torchrun only the training loop stops, where every rank agrees on it: rank 0 leaving a

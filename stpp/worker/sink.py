@@ -45,11 +45,13 @@ class StoreSink:
         image_ids: image name (the run's sample ids) to image row id.
         progress: maps an event to the progress over the whole run (0..1), or None when it says
             nothing new; the recorded progress never goes down.
+        start_progress: the run's progress when this worker started: a continued or resumed run
+            goes on from there, while its finished stages are skipped again.
         clock: seconds, for the step-event throttle (tests pass a fake one).
     """
 
     def __init__(self, store: Store, run_id: int, layout: RunLayout, image_ids: Mapping[str, int],
-                 progress: Callable[[Event], float | None] | None = None,
+                 progress: Callable[[Event], float | None] | None = None, start_progress: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.run_id = int(run_id)
@@ -57,7 +59,7 @@ class StoreSink:
         self.image_ids = dict(image_ids)
         self.progress_of = progress
         self.clock = clock
-        self.progress = 0.0
+        self.progress = float(start_progress)
         self._last_step_at: float | None = None
         self._last_step_stage = ""
 
@@ -86,7 +88,7 @@ class StoreSink:
     def _record(self, event: Event) -> None:
         record_event(self.store, self.run_id, event)
         fields: dict[str, Any] = {"heartbeat": utc_now(), "progress": self.progress}
-        if event.stage:
+        if event.stage and event.kind != "stage_skipped":  # a finished stage passed again is not where the run is
             fields["stage"] = event.stage
         update_run(self.store, self.run_id, **fields)
         if event.kind == "checkpoint" and event.data.get("path"):
