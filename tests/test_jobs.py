@@ -338,5 +338,8 @@ def test_eta_comes_from_the_progress_made_since_the_worker_started(store):
     record_event(store, run.id, Event("worker_start", step=2000, total=PROGRESS_SCALE, time=now - 30))
     update_run(store, run.id, progress=0.5)
     assert estimate_eta(store, get_run(store, run.id), now=now) == pytest.approx(50, rel=0.01)
+    # The 10 s the worker took to start (imports, model) are not the run's pace.
+    record_event(store, run.id, Event("step", "teacher", step=1, total=40, time=now - 20))
+    assert estimate_eta(store, get_run(store, run.id), now=now) == pytest.approx(20 * 0.5 / 0.3, rel=0.01)
     update_run(store, run.id, progress=0.2)
     assert estimate_eta(store, get_run(store, run.id), now=now) is None  # nothing gained yet

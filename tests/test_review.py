@@ -19,7 +19,14 @@ from stpp.core.layout import RunLayout
 from stpp.core.masks import colorize, overlay, read_mask
 from stpp.core.method import num_reliable
 from stpp.jobs import JobRunner
-from stpp.services.gallery import GalleryQuery, disagreement_map, gallery_page, image_detail, merge_painted_layer
+from stpp.services.gallery import (
+    GalleryQuery,
+    disagreement_image,
+    disagreement_map,
+    gallery_page,
+    image_detail,
+    merge_painted_layer,
+)
 from stpp.services.outputs import export_model_zip, predict_images
 from stpp.services.quality import quality_report
 from stpp.services.review import (
@@ -214,6 +221,18 @@ def test_disagreement_map_counts_the_earlier_checkpoints_that_differ():
     np.testing.assert_array_equal(disagreement_map([first, second, final]), [[1, 1], [0, 2]])
     with pytest.raises(ValueError):
         disagreement_map([final])
+
+
+@pytest.mark.parametrize("num_checkpoints", [2, 3, 5])
+def test_the_disagreement_picture_is_yellow_for_one_checkpoint_and_red_for_all(num_checkpoints):
+    """What the Review tab's legend says: yellow where one earlier checkpoint differs, red where all do."""
+    image = np.full((1, 3, 3), 200, dtype=np.uint8)
+    counts = np.array([[0, 1, num_checkpoints - 1]])
+    picture = disagreement_image(image, counts, num_checkpoints)
+    assert picture[0, 0].tolist() == [100, 100, 100]
+    assert picture[0, 2].tolist() == [255, 0, 0]
+    if num_checkpoints > 2:
+        assert picture[0, 1].tolist() == [255, 230, 0]
 
 
 def test_painted_layer_snaps_to_the_palette_and_changes_only_painted_pixels():

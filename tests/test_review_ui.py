@@ -137,6 +137,7 @@ def test_review_correct_continue_and_export(server: Server, driver):
     # Accept with the keyboard (the selection moves on), reject with the button.
     driver.find_element(By.TAG_NAME, "body").send_keys("a")
     wait.until(lambda d: "accepted" in text("review-message") and "rank 4 " in text("review-selected"))
+    assert ranked[2] in text("review-message")
     driver.find_element(By.ID, "review-reject").click()
     wait.until(lambda d: "rejected" in text("review-message"))
     decisions = latest_decisions(store, "camvid-demo")
@@ -157,7 +158,8 @@ def test_review_correct_continue_and_export(server: Server, driver):
     stroke.release().perform()
     driver.find_element(By.ID, "review-save-correction").click()
     wait.until(lambda d: "saved" in text("review-message") or "Not saved" in text("review-message"))
-    assert "Correction of image" in text("review-message"), text("review-message")
+    message = " ".join(text("review-message").split())
+    assert message == f"Correction of {corrected} saved.", message  # the image by its name, not its row id
     decision = latest_decisions(store, "camvid-demo")[corrected]
     assert decision.decision == "corrected"
     fixed, before = read_mask(store.path(decision.mask_path)), read_mask(layout.pseudo_dir("teacher") / f"{corrected}.png")

@@ -236,8 +236,10 @@ def disagreement_image(image: np.ndarray, counts: np.ndarray, num_checkpoints: i
     """The image dimmed to grey with disagreeing pixels in yellow (one checkpoint) to red (all earlier ones)."""
     grey = np.asarray(image, dtype=np.float32)[..., :3].mean(axis=2, keepdims=True) * 0.5
     picture = np.repeat(grey, 3, axis=2)
-    level = counts.astype(np.float32) / max(1, num_checkpoints - 1)
+    # 1 (yellow) .. all earlier checkpoints (red); with one earlier checkpoint, one is all.
+    earlier = max(1, num_checkpoints - 1)
     hot = counts > 0
+    level = np.clip(counts.astype(np.float32) - 1, 0, None) / (earlier - 1) if earlier > 1 else hot.astype(np.float32)
     colour = np.stack([np.full_like(level, 255.0), 230.0 * (1.0 - level), np.zeros_like(level)], axis=2)
     picture[hot] = colour[hot]
     return np.round(picture).astype(np.uint8)

@@ -48,6 +48,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 PROGRESS_SCALE = 10_000
 """A ``worker_start`` event stores the run's progress at that moment as ``step / PROGRESS_SCALE``."""
+WORK_EVENTS = ("step", "labels", "eval_progress")
+"""The events of a worker doing the run's work (training, labelling, evaluating), not starting up."""
 
 _RUN_FIELDS = ("status", "resumable", "stage", "progress", "pid", "heartbeat", "error", "started", "finished")
 
@@ -354,24 +356,28 @@ def record_event(store: Store, run_id: int, event: Event) -> int:
 
 
 def list_events(store: Store, run_id: int, limit: int | None = None, kinds: Iterable[str] | None = None,
-                after_id: int = 0) -> list[RunEvent]:
+                after_id: int = 0, first: int | None = None) -> list[RunEvent]:
     """A run's events in the order they happened.
 
     Args:
         limit: only the last ``limit`` of them.
         kinds: only these kinds (``step``, ``epoch``, ``eval``...).
         after_id: only events recorded after this row id.
+        first: only the first ``first`` of them (instead of ``limit``).
     """
     sql, params = "SELECT * FROM events WHERE run_id = ? AND id > ?", [int(run_id), after_id]
     if kinds is not None:
         kinds = tuple(kinds)
         sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
         params += list(kinds)
-    sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+    if first:
+        sql += f" ORDER BY id LIMIT {int(first)}"
+    else:
+        sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
     events = [RunEvent(row["id"], row["time"], row["kind"], row["stage"] or "", row["step"], row["total"],
                        row["loss"], row["miou"], row["message"] or "", json.loads(row["data"]) if row["data"] else {})
               for row in store.db.query(sql, params)]
-    return events[::-1]
+    return events if first else events[::-1]
 
 
 def last_event_id(store: Store, run_id: int) -> int:
@@ -422,7 +428,12 @@ def cancel_requested_at(store: Store, run_id: int) -> float | None:
 
 
 def estimate_eta(store: Store, run: Run, now: float | None = None) -> float | None:
-    """Seconds left for a running run, from the progress made since its worker started; None if unknown."""
+    """Seconds left for a running run, from the progress made since its worker began working; None if unknown.
+
+    The clock starts at the worker's first step, labelling or evaluation event, not at its start: the
+    seconds a worker spends importing torch and building its model would otherwise read, early in a
+    short run, as the pace of the whole run.
+    """
     if run.status != "running" or run.progress >= 1:
         return None
     starts = list_events(store, run.id, limit=1, kinds=["worker_start"])
@@ -430,8 +441,10 @@ def estimate_eta(store: Store, run: Run, now: float | None = None) -> float | No
         return None
     start = starts[-1]
     done_at_start = (start.step or 0) / PROGRESS_SCALE
+    first_work = list_events(store, run.id, kinds=WORK_EVENTS, after_id=start.id, first=1)
+    began = parse_time((first_work or [start])[0].time)
     gained = run.progress - done_at_start
-    elapsed = (time.time() if now is None else now) - parse_time(start.time)
+    elapsed = (time.time() if now is None else now) - began
     if gained < 0.005 or elapsed <= 0:
         return None
     return elapsed * (1 - run.progress) / gained

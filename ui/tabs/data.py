@@ -190,8 +190,8 @@ def build(services: Services) -> None:
         page = gr.Number(1, precision=0, minimum=1, label="Page", scale=1, elem_id="data-page")
         following = gr.Button("Next ▶", size="sm", scale=1, elem_id="data-next")
     where = gr.Markdown(elem_id="data-where")
-    gallery = gr.Gallery(columns=6, height="auto", object_fit="contain", label="Masks drawn over labelled and "
-                         "validation images", elem_id="data-gallery")
+    gallery = gr.Gallery(columns=6, height="auto", object_fit="contain", label="The project's images (masks drawn over "
+                         "those that have one)", elem_id="data-gallery")
 
     private = {"api_visibility": "private"}
     view = [gallery, where, page]

@@ -275,10 +275,10 @@ def build(services: Services) -> None:
         query = make_query(run_id, page_number, *controls)
         following, page_number = step_selection(services, query, int(image), 1)
         try:
-            record_decision(services.store, int(run_id), int(image), decision, user=signed_in_user(request))
+            saved = record_decision(services.store, int(run_id), int(image), decision, user=signed_in_user(request))
         except StoreError as error:
             return [f"**Not saved:** {error}", image, *[gr.skip()] * 5]
-        return [f"Image {image} {decision}.", following, *load_page(run_id, page_number, *controls)]
+        return [f"`{saved.image}` {decision}.", following, *load_page(run_id, page_number, *controls)]
 
     def accept_image(run_id, image, page_number, o, sh, lo, hi, cl, r, n, request: gr.Request):
         return decide("accepted", run_id, image, page_number, (o, sh, lo, hi, cl, r, n), request)
@@ -295,11 +295,11 @@ def build(services: Services) -> None:
     def save_correction(run_id, image, editor_value, base_kind, request: gr.Request):
         try:
             mask = merged_correction(services, run_id, image, editor_value, base_kind)
-            record_decision(services.store, int(run_id), int(image), "corrected", mask=mask,
-                            user=signed_in_user(request))
+            saved = record_decision(services.store, int(run_id), int(image), "corrected", mask=mask,
+                                    user=signed_in_user(request))
         except (StoreError, ValueError, TypeError) as error:
             return f"**Not saved:** {error}"
-        return f"Correction of image {image} saved."
+        return f"Correction of `{saved.image}` saved."
 
     def keep_ratio(run_id, value):
         try:
