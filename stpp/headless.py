@@ -8,15 +8,17 @@ worker builds :class:`~stpp.selftrain.pipeline.RunData` from the store instead a
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from stpp import __version__
 from stpp.core import resolve
 from stpp.core.config import ConfigError, StppConfig
 from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
-from stpp.core.layout import RunLayout
+from stpp.core.layout import PREDICTION_MANIFEST, RunLayout
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save
 from stpp.data.cityscapes import CityscapesDataset
 from stpp.data.datasets import (
@@ -244,7 +246,8 @@ def predict_folder(layout: RunLayout, images_dir: Path, out_dir: Path, stage: st
     """Write a palette-PNG mask for every image under ``images_dir``, named like the image (``.png``).
 
     The output keeps the input's sub-folders, so equal stems in different folders do not collide.
-    Images are labelled as the pipeline labels them (same-size batches, batched TTA).
+    Images are labelled as the pipeline labels them (same-size batches, batched TTA). Beside the
+    masks, ``manifest.json`` says what made them (:data:`PREDICTION_MANIFEST`).
     """
     cfg = read_run_config(layout)
     stage, model_path = stage_model_path(layout, stage)
@@ -258,4 +261,11 @@ def predict_folder(layout: RunLayout, images_dir: Path, out_dir: Path, stage: st
     jobs = [LabelJob(path.stem, path, out_dir / path.relative_to(images_dir).with_suffix(".png")) for path in images]
     run_label_jobs(model, jobs, cfg, cfg.data.palette, device, sink if sink is not None else MultiSink([]),
                    Activity.prediction(stage), use_tta, skip_existing=False)
+    manifest = {"stpp_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "run_dir": str(layout.root.resolve()), "method": cfg.method, "preset": cfg.preset,
+                "config_hash": cfg.config_hash(), "stage": stage, "model_checkpoint": str(model_path.resolve()),
+                "tta": use_tta, "classes": list(cfg.data.class_names),
+                "masks": {str(job.target.relative_to(out_dir)): str(job.image_path.relative_to(images_dir))
+                          for job in jobs}}
+    atomic_save(out_dir / PREDICTION_MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     return [job.target for job in jobs]

@@ -68,7 +68,7 @@ def image_id(store, name: str) -> int:
     return store.db.execute("SELECT id FROM images WHERE name = ?", [name]).fetchone()[0]
 
 
-def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: Path):
+def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: Path, tmp_path: Path):
     runner = JobRunner(store, start_grace_s=300)
     run = runner.launch("synth", "st++", "test", FAST, "cpu", review=True)
     assert run.review_plan == ("ranking", "stage1")
@@ -159,10 +159,23 @@ def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: 
         set_reliable_ratio(store, run.id, 0.75)
 
     samples = [synthetic_dataset / "images" / f"val_00{i}.png" for i in (0, 1)]
+    samples.append(tmp_path / "again" / samples[0].name)  # a second upload of the same name
+    samples[-1].parent.mkdir()
+    samples[-1].write_bytes(samples[0].read_bytes())
     prediction = predict_images(store, run.id, samples, "stage2", device="cpu")
-    assert [read_mask(m).shape for m in prediction.masks] == [(64, 64), (64, 64)]
+    assert [read_mask(m).shape for m in prediction.masks] == [(64, 64)] * 3
     with zipfile.ZipFile(prediction.archive) as zf:
-        assert len(zf.namelist()) == 2
+        assert sorted(zf.namelist()) == ["manifest.json", "masks/val_000-2.png", "masks/val_000.png",
+                                         "masks/val_001.png"]
+        manifest = json.loads(zf.read("manifest.json"))
+        np.testing.assert_array_equal(read_mask(io.BytesIO(zf.read("masks/val_001.png"))),
+                                      read_mask(prediction.masks[1]))
+    assert manifest["masks"] == {"masks/val_000.png": "val_000.png", "masks/val_001.png": "val_001.png",
+                                 "masks/val_000-2.png": "val_000.png"}
+    assert (manifest["project"], manifest["run_id"], manifest["stage"]) == ("synth", run.id, "stage2")
+    cfg = StppConfig.from_dict(run.config)
+    assert manifest["model_checkpoint"] == str(layout.model_path("stage2", cfg.pseudo.num_checkpoints).resolve())
+    assert manifest["tta"] == cfg.pseudo.tta and manifest["config_hash"] == cfg.config_hash()
     with zipfile.ZipFile(export_model_zip(store, run.id, "stage2")) as zf:
         assert "model-stage2/model.torchscript.pt" in zf.namelist()
 

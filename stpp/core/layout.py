@@ -7,6 +7,9 @@ from pathlib import Path
 
 WORKSPACE_VARIABLE = "STPP_HOME"
 """The environment variable that names the workspace."""
+PREDICTION_MANIFEST = "manifest.json"
+"""What ``python -m stpp predict`` writes beside its masks: the run, stage, model and TTA that made
+them, and each mask's image."""
 
 
 def default_workspace() -> Path:

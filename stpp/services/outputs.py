@@ -9,6 +9,7 @@ with the workspace); every call writes into a fresh folder.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,10 +21,12 @@ from typing import Sequence
 
 import numpy as np
 
+from stpp.core.layout import PREDICTION_MANIFEST
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save, read_image, read_mask
 from stpp.jobs import REPO_ROOT, child_env
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
+from stpp.store.projects import get_project
 from stpp.store.runs import get_run
 
 CHILD_TIMEOUT_S = 900
@@ -84,11 +87,15 @@ class Prediction:
     """The masks a run's model predicted for uploaded images.
 
     Attributes:
-        images: the copied input images, in upload order.
-        masks: the palette-PNG masks, one per image (same stem).
-        archive: all masks in one zip.
+        names: the uploaded files' names, in upload order.
+        images: the copied input images, in the same order.
+        masks: the palette-PNG masks, one per image.
+        archive: the zip: ``masks/NAME.png`` named like the uploads (``NAME-2.png`` for a second
+            upload of the same name) and ``manifest.json`` (project, run, stage, model, TTA, and which
+            upload each mask is of).
     """
 
+    names: list[str]
     images: list[Path]
     masks: list[Path]
     archive: Path
@@ -104,32 +111,48 @@ def predict_images(store: Store, run_id: int, files: Sequence[str | Path], stage
     files = [Path(f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise OutputError(f"no images to predict ({', '.join(IMAGE_SUFFIXES)})")
+    run = get_run(store, run_id)
     work = scratch_dir(store, "predict")
     images_dir, masks_dir = work / "images", work / "masks"
-    images_dir.mkdir()
     copies = []
     for index, path in enumerate(files):
-        # Numbered, so two uploads with the same name do not overwrite each other.
-        target = images_dir / f"{index:04d}_{path.name}"
+        # A folder per upload, so two uploads with the same name do not overwrite each other.
+        target = images_dir / f"{index:04d}" / path.name
+        target.parent.mkdir(parents=True)
         shutil.copyfile(path, target)
         copies.append(target)
     command = [sys.executable, "-m", "stpp", "predict", str(_run_dir(store, run_id)), "--images", str(images_dir),
                "--out", str(masks_dir), "--device", device] + (["--stage", stage] if stage else [])
     _child(command)
-    masks = [masks_dir / f"{p.stem}.png" for p in copies]
+    masks = [masks_dir / p.relative_to(images_dir).with_suffix(".png") for p in copies]
+    entries = _unique_names([p.stem for p in files])
+    manifest = json.loads((masks_dir / PREDICTION_MANIFEST).read_text())
+    manifest.pop("masks")
+    manifest.update(project=get_project(store, run.project_id).name, run_id=run.id,
+                    masks={f"masks/{entry}.png": path.name for entry, path in zip(entries, files)})
     archive = work / "masks.zip"
 
     def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for mask in masks:
-                zf.write(mask, mask.name)
+            for entry, mask in zip(entries, masks):
+                zf.write(mask, f"masks/{entry}.png")
+            zf.writestr(PREDICTION_MANIFEST, json.dumps(manifest, indent=2))
 
     atomic_save(archive, write)
-    return Prediction(copies, masks, archive)
+    return Prediction([p.name for p in files], copies, masks, archive)
+
+
+def _unique_names(stems: Sequence[str]) -> list[str]:
+    """``stems`` with a ``-2``, ``-3``... on the second and later uses of one stem."""
+    seen: dict[str, int] = {}
+    names = []
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
 
 
 def read_prediction(prediction: Prediction) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """(image, mask, name) of every predicted image."""
-    return [(np.asarray(read_image(i)), read_mask(m), i.name.split("_", 1)[-1])
-            for i, m in zip(prediction.images, prediction.masks)]
-
+    return [(np.asarray(read_image(i)), read_mask(m), name)
+            for name, i, m in zip(prediction.names, prediction.images, prediction.masks)]
