@@ -30,6 +30,7 @@ from stpp.store import (
     get_project,
     import_folder_dataset,
     list_project_summaries,
+    list_projects,
     load_classes,
     load_labelmap,
     merge_classes,
@@ -269,6 +270,14 @@ def test_project_names_are_unique(store, demo_dir: Path):
     create_project(store, "a", demo_dir / "classes.json")
     with pytest.raises(StoreError, match="already exists"):
         create_project(store, " a ", demo_dir / "classes.json")
+
+
+@pytest.mark.parametrize("name", ["street scenes", "-x", "a/b", "caf\u00e9", "tab\there"])
+def test_a_project_name_is_what_a_shell_takes_as_it_is(store, demo_dir: Path, name: str):
+    with pytest.raises(StoreError, match="only letters, digits"):
+        create_project(store, name, demo_dir / "classes.json")
+    assert [p.name for p in list_projects(store)] == []
+    assert create_project(store, "street-scenes_v1.2", demo_dir / "classes.json").name == "street-scenes_v1.2"
 
 
 @pytest.mark.parametrize("text, line, problem", [
