@@ -257,8 +257,9 @@ def build(services: Services) -> None:
         # series added later would not show.
         loss_plot = gr.LinePlot(None, x="step", y="loss", title="Training loss (stages in order)",
                                 x_title="step (all stages)", tooltip="all", elem_id="train-loss")
-        miou_plot = gr.LinePlot(None, x="stage", y="mIoU", title="Validation mIoU (%) after each stage",
-                                tooltip="all", elem_id="train-miou")
+        # Bars on a fixed 0-100 axis: one evaluated stage is one bar (a line of one point draws nothing).
+        miou_plot = gr.BarPlot(None, x="stage", y="mIoU", title="Validation mIoU (%) after each stage",
+                               y_lim=[0, 100], tooltip="all", elem_id="train-miou")
     events = gr.Dataframe(pd.DataFrame(columns=EVENT_COLUMNS), interactive=False, label="Last events",
                           elem_id="train-events")
     history = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), interactive=False, label="Runs of this project",
