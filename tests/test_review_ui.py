@@ -145,10 +145,13 @@ def test_review_correct_continue_and_export(server: Server, driver):
     assert decisions[ranked[2]].user == "local"
     wait.until(lambda d: captions()[2][3] == "accepted" and captions()[3][3] == "rejected")
 
-    # Correct one with a brush stroke in the lower half (the brush paints class 0, sky, by default).
+    # Correct one with a brush stroke in the lower half, in a class picked by its name.
     select_thumbnail(9)
     corrected = ranked[9]
     driver.find_element(By.CSS_SELECTOR, "#review-correct-panel button").click()
+    painted = classes.names.index("car")
+    next(label for label in driver.find_elements(By.CSS_SELECTOR, "#review-paint-class label")
+         if label.text == "car").click()
     canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#review-editor canvas"))[-1]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     wait.until(lambda d: "%" in text("review-editor"))  # the zoom level shows once the background is drawn
@@ -164,13 +167,13 @@ def test_review_correct_continue_and_export(server: Server, driver):
     assert decision.decision == "corrected"
     fixed, before = read_mask(store.path(decision.mask_path)), read_mask(layout.pseudo_dir("teacher") / f"{corrected}.png")
     changed = fixed != before
-    assert changed.any() and set(np.unique(fixed[changed])) == {0}
+    assert changed.any() and set(np.unique(fixed[changed])) == {painted}
     # The change is one horizontal stroke in the lower half, painted solid along its middle line.
     ys, xs = np.nonzero(changed)
     assert ys.min() > fixed.shape[0] // 2 - 10 and ys.max() - ys.min() < 80 and xs.max() - xs.min() > 60
     middle = (ys.min() + ys.max()) // 2
     core = slice(xs.min() + 10, xs.max() - 10)
-    assert (fixed[middle, core] == 0).all()
+    assert (fixed[middle, core] == painted).all()
 
     # Phases: continue to stage 1's review, then to the end.
     open_tab("Phases")

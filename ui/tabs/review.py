@@ -218,8 +218,10 @@ def build(services: Services) -> None:
         disagreement = gr.Image(None, label="Disagreement map: earlier checkpoints vs the last",
                                 interactive=False, format="png", elem_id="review-disagreement")
     with gr.Accordion("Correct the mask", open=False, elem_id="review-correct-panel"):
-        gr.Markdown("Paint with a class colour over the pixels to change (the eraser removes paint), then save. "
-                    "Painted colours snap to the nearest class colour. *Revert* starts again from the pseudo mask.")
+        gr.Markdown("Pick the class to paint by name, paint over the pixels to change (the eraser removes paint), "
+                    "then save. The editor paints freehand strokes; the brush size is in its toolbar. *Revert* "
+                    "starts again from the pseudo mask.")
+        paint_class = gr.Radio([], label="Paint class", elem_id="review-paint-class")
         editor = gr.ImageEditor(None, type="numpy", image_mode="RGBA", sources=[], transforms=[], layers=False,
                                 brush=gr.Brush(colors=["#000000"], color_mode="fixed"), eraser=gr.Eraser(),
                                 label="Editor", elem_id="review-editor", height=480)
@@ -251,12 +253,17 @@ def build(services: Services) -> None:
             return [status_text(services, None), gr.skip(), gr.update(choices=[ANY_CLASS], value=ANY_CLASS),
                     gr.update(choices=[], value=[]), [], gr.skip()]
         classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
-        brush = gr.Brush(colors=[hex_colour(c) for c in classes.palette], default_color=hex_colour(classes.palette[0]),
-                         color_mode="fixed")
         return [status_text(services, run_id), get_run(services.store, int(run_id)).config["selftrain"]["reliable_ratio"],
                 gr.update(choices=[ANY_CLASS, *classes.names], value=ANY_CLASS),
                 gr.update(choices=list(classes.names), value=list(classes.names)), list(classes.names),
-                gr.update(brush=brush)]
+                gr.update(choices=list(classes.names), value=classes.names[0])]
+
+    def brush_of(run_id, class_name):
+        if not run_id or class_name is None:
+            return gr.skip()
+        classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
+        colour = hex_colour(classes.palette[list(classes.names).index(class_name)])
+        return gr.update(brush=gr.Brush(colors=[colour], default_color=colour, color_mode="fixed"))
 
     def select(evt: gr.SelectData, ids, run_id, ratio_value, opacity_value, shown):
         image = ids[evt.index] if ids and evt.index is not None and evt.index < len(ids) else None
@@ -322,7 +329,7 @@ def build(services: Services) -> None:
     refresh.click(pick_run, inputs=[project, run], outputs=run, **private).then(
         **status_chain).then(**refresh_chain)
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
-    run.change(run_changed, inputs=run, outputs=[status, ratio, class_filter, class_toggles, names, editor],
+    run.change(run_changed, inputs=run, outputs=[status, ratio, class_filter, class_toggles, names, paint_class],
                **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)
     gr.on([order.change, show.change, low.release, high.release, class_filter.change, ratio.release],
           lambda: 0, outputs=page, **private).then(**refresh_chain)
@@ -345,5 +352,6 @@ def build(services: Services) -> None:
                api_name="review_correct").then(lambda: "shown", outputs=base, **private).then(
         **refresh_chain).then(**after).then(**status_chain)
     revert.click(revert_editor, inputs=[run, selected], outputs=[editor, base], **private)
+    paint_class.change(brush_of, inputs=[run, paint_class], outputs=editor, **private)
     save_ratio.click(keep_ratio, inputs=[run, ratio], outputs=message, api_name="review_save_ratio").then(
         **status_chain)
