@@ -1,9 +1,9 @@
-"""``python -m stpp.bench speed|quality|gallery ...``: dispatch to the benchmark's own ``main(argv)``."""
+"""``python -m stpp.bench speed|quality|gallery|ui ...``: dispatch to the benchmark's own ``main(argv)``."""
 
 import importlib
 import sys
 
-BENCHMARKS = ("speed", "quality", "gallery")
+BENCHMARKS = ("speed", "quality", "gallery", "ui")
 
 
 def main(argv: list[str]) -> int:
