@@ -18,6 +18,7 @@ from stpp.core.config import METHODS, ConfigError, DataConfig, StppConfig, apply
 from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
 from stpp.core.layout import RunLayout
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save
+from stpp.core.runlock import LOCK_NAME
 from stpp.data.cityscapes import CityscapesDataset
 from stpp.data.datasets import (
     ClassInfo,
@@ -156,6 +157,8 @@ def describe_inputs(data_root: Path, data: RunData) -> dict:
 def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> RunLayout:
     """Create the run folder, or check that the one there is this run, continued with ``resume``.
 
+    The caller holds the folder's :class:`~stpp.core.runlock.RunFolderLock` (its file is no content).
+
     Raises:
         RunError: ``out`` holds another run's config (or a different config/inputs under
             ``resume``), or is a non-empty folder that is not a run.
@@ -172,7 +175,7 @@ def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> R
         if layout.inputs_path.exists() and json.loads(layout.inputs_path.read_text()) != inputs:
             raise RunError(f"--resume: the data or split lists differ from those in {layout.inputs_path}")
         return layout
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise RunError(f"{out} exists and is not an stpp run folder; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_save(layout.inputs_path, lambda tmp: Path(tmp).write_text(json.dumps(inputs, indent=2)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import replace
 
 from stpp.cli.output import EXIT_INTERRUPTED, EXIT_OK, usage_error
@@ -17,6 +18,7 @@ from stpp.core.classes import DataError
 from stpp.core.config import ConfigError
 from stpp.core.events import Event
 from stpp.core.layout import RunLayout
+from stpp.core.runlock import RunFolderBusy, RunFolderLock
 from stpp.engine.autobatch import auto_batch_size
 from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.distributed import init_distributed, is_main, run_on_main, shutdown_distributed
@@ -53,7 +55,7 @@ def run_engine_command(args: argparse.Namespace) -> int:
             sink.close()
             print(f"wrote {len(written)} masks to {args.out}")
         return EXIT_OK
-    except (ConfigError, DataError, RunError, WeightsError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, RunError, RunFolderBusy, WeightsError, ValueError, FileNotFoundError) as error:
         return usage_error(error)
 
 
@@ -62,7 +64,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.preset, args.method, args.overrides, args.device, data.classes)
     device = init_distributed(cfg.device)
     try:
-        return _run_joined(args, data, cfg, device)
+        with ExitStack() as held:
+            # Rank 0 alone writes the run folder, so it alone owns it; the others learn of a refusal.
+            run_on_main(lambda: held.enter_context(RunFolderLock(args.out)) and None)
+            return _run_joined(args, data, cfg, device)
     finally:
         shutdown_distributed()
 
