@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from helpers import REPO, run_args, stpp_command
-
 from test_jobs import config, import_project
 
 from stpp.core.events import read_events
