@@ -42,12 +42,12 @@ def scratch_dir(store: Store, kind: str) -> Path:
 
 def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | None = None,
                    stage: str | None = None, filter: ExportFilter = ExportFilter(),
-                   include_reference: bool = False) -> ExportReport:
+                   include_reference: bool = False, allow_unfinished: bool = False) -> ExportReport:
     """Export a project's dataset as ``<project>-<fmt>.zip`` in a fresh cache folder (see :func:`export_project`)."""
     name = str(project).replace("/", "_")
     target = scratch_dir(store, "exports") / f"{name}-{fmt}{f'-run{run_id}' if run_id else ''}.zip"
     return export_project(store, project, target, fmt, run_id=run_id, stage=stage, filter=filter,
-                          include_reference=include_reference)
+                          include_reference=include_reference, allow_unfinished=allow_unfinished)
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:
