@@ -28,7 +28,7 @@ from stpp.store.runs import (
     parse_time,
     run_metrics,
 )
-from ui.components import run_label
+from ui.components import chosen_run, run_dropdown, run_label
 from ui.services import Services
 
 TITLE = "Train"
@@ -246,7 +246,7 @@ def build(services: Services) -> None:
     message = gr.Markdown(elem_id="train-message")
 
     gr.Markdown("### Live run")
-    run = gr.Dropdown([], value=None, label="Run", elem_id="train-run")
+    run = run_dropdown(label="Run", elem_id="train-run")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(elem_id="train-progress")
     with gr.Row():
@@ -289,10 +289,10 @@ def build(services: Services) -> None:
                 run_picker(project_runs(services, project_name), started))
 
     def act(action, verb, run_id):
-        if not run_id:
+        if chosen_run(run_id) is None:
             return "Choose a run first."
         try:
-            changed = action(int(run_id))
+            changed = action(chosen_run(run_id))
         except StoreError as error:
             return f"**Could not {verb}:** {error}"
         return f"Run {changed.id} is {changed.status.replace('_', ' ')}."
