@@ -26,6 +26,7 @@ from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested
 from stpp.headless import (
     RunError,
+    check_run_dir,
     describe_inputs,
     evaluate_run,
     load_folder_run_data,
@@ -64,10 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.preset, args.method, args.overrides, args.device, data.classes)
     device = init_distributed(cfg.device)
     try:
-        with ExitStack() as held:
-            # Rank 0 alone writes the run folder, so it alone owns it; the others learn of a refusal.
-            run_on_main(lambda: held.enter_context(RunFolderLock(args.out)) and None)
-            return _run_joined(args, data, cfg, device)
+        return _run_joined(args, data, cfg, device)
     finally:
         shutdown_distributed()
 
@@ -78,7 +76,18 @@ def _run_joined(args: argparse.Namespace, data, cfg, device) -> int:
     if args.auto_batch:
         cfg, note = _auto_batch(args, cfg, device, data.classes.num_classes)
         notes.append(note)
-    layout = run_on_main(lambda: prepare_run_dir(args.out, cfg, describe_inputs(args.data, data), args.resume))
+    inputs = describe_inputs(args.data, data)
+    # A refused --out gets nothing, not even a lock file.
+    run_on_main(lambda: check_run_dir(args.out, cfg, inputs, args.resume))
+    with ExitStack() as held:
+        # Rank 0 alone writes the run folder, so it alone owns it; the others learn of a refusal.
+        run_on_main(lambda: held.enter_context(RunFolderLock(args.out)) and None)
+        layout = run_on_main(lambda: prepare_run_dir(args.out, cfg, inputs, args.resume))
+        return _run_locked(args, data, cfg, device, layout, notes)
+
+
+def _run_locked(args: argparse.Namespace, data, cfg, device, layout: RunLayout, notes: list[Event]) -> int:
+    """Train into the run folder this job owns, and report."""
     sink = TqdmSink() if is_main() else None
     try:
         metrics = run_headless(cfg, data, layout, device, sink, should_stop=StopFlag(), notes=notes,
