@@ -79,3 +79,11 @@ def test_the_worker_refuses_a_run_whose_folder_is_held(workspace: Path, syntheti
         [line] = result.stderr.strip().splitlines()
         assert f"in use by process {os.getpid()}" in line
         assert get_run(store, run.id).status == "queued"  # refused before it claimed the run
+
+
+def test_a_lock_taken_then_entered_is_held_once_and_then_free(tmp_path: Path):
+    lock = RunFolderLock(tmp_path / "run").acquire()
+    with lock:
+        assert (tmp_path / "run" / LOCK_NAME).read_text().strip() == str(os.getpid())
+    with RunFolderLock(tmp_path / "run"):
+        pass

@@ -32,11 +32,13 @@ class RunFolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunFolderLock:
-        """Take the lock without waiting; creates the folder if needed.
+        """Take the lock without waiting (nothing to do when this object holds it); creates the folder if needed.
 
         Raises:
             RunFolderBusy: another process holds it, or ``root`` is not a folder.
         """
+        if self._fd is not None:
+            return self
         if self.root.exists() and not self.root.is_dir():
             raise RunFolderBusy(f"{self.root} exists and is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
