@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--workspace", type=Path, default=default_workspace(),
                         help="workspace folder for the store and its files (default: $STPP_HOME or ./workspace)")
+    parser.add_argument("--cache-ttl", type=int, default=3600, metavar="SECONDS",
+                        help="how long Gradio keeps its copy of a served file (exports, thumbnails); default 3600")
     parser.add_argument("--no-demo", action="store_true", help="do not seed the camvid-demo project")
     parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                         help=f"require this sign-in (repeat for several users; default: ${AUTH_ENV})")
@@ -150,6 +152,8 @@ def fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Open the store, seed the demo, build the UI and serve it until interrupted; returns the exit code."""
     args = parse_args(argv)
+    if args.cache_ttl < 1:
+        return fail(f"--cache-ttl must be at least 1 second, not {args.cache_ttl}")
     try:
         options, warnings = launch_options(args, dict(os.environ))
     except UsageError as exc:
@@ -175,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = JobRunner(store)
     for run in jobs.recover():
         print(f"stpp: run {run.id} was left {run.status} (its worker is gone); it can be resumed", file=sys.stderr)
-    settings = Settings(workspace=store.workspace, host=args.host, port=args.port, demo_dir=DEMO_DIR)
+    settings = Settings(workspace=store.workspace, host=args.host, port=args.port, demo_dir=DEMO_DIR,
+                        download_ttl_s=args.cache_ttl)
     app = build_app(Services(store=store, settings=settings, jobs=jobs))
     try:
         app.launch(**options, allowed_paths=[str(settings.thumbnail_dir)], prevent_thread_lock=True, quiet=True)

@@ -20,6 +20,7 @@ from stpp.core.config import ConfigError, StppConfig
 from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
 from stpp.core.layout import PREDICTION_MANIFEST, RunLayout
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save
+from stpp.core.runlock import LOCK_NAME
 from stpp.data.cityscapes import CityscapesDataset
 from stpp.data.datasets import (
     ClassInfo,
@@ -124,8 +125,8 @@ def describe_inputs(data_root: Path, data: RunData) -> dict:
     }
 
 
-def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> RunLayout:
-    """Create the run folder, or check that the one there is this run, continued with ``resume``.
+def check_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> None:
+    """Check, writing nothing, that ``out`` is new, empty, or this run's folder continued with ``resume``.
 
     Raises:
         RunError: ``out`` holds another run's config (or a different config/inputs under
@@ -142,9 +143,23 @@ def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> R
             raise RunError(f"--resume: the config differs from {layout.config_path}: " + "; ".join(differences))
         if layout.inputs_path.exists() and json.loads(layout.inputs_path.read_text()) != inputs:
             raise RunError(f"--resume: the data or split lists differ from those in {layout.inputs_path}")
-        return layout
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         raise RunError(f"{out} exists and is not an stpp run folder; choose an empty or new --out")
+
+
+def prepare_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> RunLayout:
+    """Create the run folder, or check that the one there is this run, continued with ``resume``.
+
+    The caller holds the folder's :class:`~stpp.core.runlock.RunFolderLock` (its file is no content),
+    and may have called :func:`check_run_dir` before taking it, so that a refused ``out`` gets no lock file.
+
+    Raises:
+        RunError: as :func:`check_run_dir`.
+    """
+    check_run_dir(out, cfg, inputs, resume)
+    layout = RunLayout(out)
+    if layout.config_path.exists():
+        return layout
     out.mkdir(parents=True, exist_ok=True)
     atomic_save(layout.inputs_path, lambda tmp: Path(tmp).write_text(json.dumps(inputs, indent=2)))
     atomic_save(layout.config_path, lambda tmp: Path(tmp).write_text(cfg.to_json()))

@@ -33,6 +33,7 @@ import psutil
 
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import DeviceSpec, parse_device_spec
+from stpp.core.masks import atomic_save
 from stpp.core.method import METHOD_LABELS, pause_points
 from stpp.core.resolve import resolve_config
 from stpp.store.db import Store, StoreError, utc_now
@@ -125,20 +126,73 @@ def form_defaults(preset: str) -> dict[str, Any]:
 
 
 def form_overrides(backbone: str, pretrained: str, epochs: Any, student_epochs: Any, batch_size: Any,
-                   crop_size: Any, reliable_ratio: Any, tta: bool, amp: str, stage3: bool) -> dict[str, Any]:
+                   crop_size: Any, reliable_ratio: Any, tta: bool, amp: str, stage3: bool, *,
+                   weights_dir: Path) -> dict[str, Any]:
     """The ``key=value`` overrides for the Train form's values (see :data:`FORM_FIELDS`).
 
+    Args:
+        weights_dir: the workspace's weights folder, the only place the form takes a file from
+            (see :func:`form_weights`).
+
     Raises:
-        ConfigError: a count that is missing or not a whole number of at least 1.
+        ConfigError: a count that is missing or not a whole number of at least 1, or weights that
+            are not ``imagenet``, ``none`` or a readable file in ``weights_dir``.
     """
     return {
-        "model.backbone": backbone, "model.pretrained": (pretrained or "imagenet").strip(),
+        "model.backbone": backbone, "model.pretrained": form_weights(weights_dir, pretrained),
         "optim.epochs": _count("teacher epochs", epochs),
         "optim.student_epochs": _count("student epochs", student_epochs),
         "optim.batch_size": _count("batch size", batch_size), "augment.crop_size": _count("crop size", crop_size),
         "selftrain.reliable_ratio": float(reliable_ratio), "pseudo.tta": bool(tta), "optim.amp": amp,
         "selftrain.stage3": bool(stage3),
     }
+
+
+WEIGHTS_DIR = "weights"
+"""The workspace folder the app takes weights files from: filled by the Train tab's upload, or by the operator."""
+WEIGHTS_SUFFIXES = (".pth", ".pt")
+
+
+def form_weights(weights_dir: Path, value: str | None) -> str:
+    """The ``model.pretrained`` value for what a person typed into the app's weights field.
+
+    ``imagenet`` and ``none`` pass; anything else must name a readable file directly in
+    ``weights_dir`` (by its name, or by its full path there). Every other value, a path elsewhere,
+    a missing file and an unreadable one, gets the same message, so the field tells nothing about
+    the server's files. The headless CLI (``--set model.pretrained=PATH``) has no such limit: it
+    runs as the operator.
+
+    Raises:
+        ConfigError: the value is none of those.
+    """
+    text = (value or "imagenet").strip()
+    if text in ("imagenet", "none"):
+        return text
+    name = Path(text).name
+    path = weights_dir / name
+    named_here = text == name or Path(text) == path
+    if not (named_here and not name.startswith(".") and path.is_file() and os.access(path, os.R_OK)):
+        raise ConfigError(f"weights must be imagenet, none, or the name of a .pth file in the workspace's "
+                          f"{WEIGHTS_DIR}/ folder (upload it there); {text!r} is none of those")
+    return str(path)
+
+
+def add_weights_file(weights_dir: Path, source: str | Path) -> str:
+    """Copy an uploaded weights file into ``weights_dir`` (atomically) under its own name; returns the name.
+
+    Raises:
+        ConfigError: not a ``.pth`` / ``.pt`` file name, or another file of that name is there already
+            (an upload never replaces a file the operator put there).
+    """
+    name = Path(source).name
+    if name.startswith(".") or Path(name).suffix.lower() not in WEIGHTS_SUFFIXES:
+        raise ConfigError(f"a weights file must be named *.pth or *.pt, not {name!r}")
+    data = Path(source).read_bytes()
+    target = weights_dir / name
+    if target.exists() and target.read_bytes() != data:
+        raise ConfigError(f"{WEIGHTS_DIR}/{name} already holds another file; rename the upload")
+    atomic_save(target, lambda tmp: Path(tmp).write_bytes(data))
+    return name
 
 
 def _count(name: str, value: Any) -> int:

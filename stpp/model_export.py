@@ -33,7 +33,7 @@ from torch import nn
 from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save
 from stpp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from stpp.engine.checkpoint import load_model
+from stpp.engine.checkpoint import CheckpointError, load_model
 from stpp.headless import RunError, read_run_config, stage_model_path
 
 TRACE_SIZE = 96
@@ -71,17 +71,12 @@ def export_model(run_dir: str | Path, out_dir: str | Path, stage: str | None = N
 
     Raises:
         RunError: not a run folder, an unknown stage, or a stage without a model.
+        CheckpointError: the stage's checkpoint is not a plain tensor checkpoint (nothing is written).
     """
     layout = RunLayout(run_dir)
     cfg = read_run_config(layout)
     stage, model_path = stage_model_path(layout, stage)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = ModelExport(stage, out / "checkpoint.pt", out / "config.json", out / "model.torchscript.pt",
-                        out / "model.json")
-    atomic_save(files.checkpoint, lambda tmp: shutil.copyfile(model_path, tmp))
-    atomic_save(files.config, lambda tmp: Path(tmp).write_text(cfg.to_json()))
-
+    # Everything is checked before the first file is written: a refused checkpoint leaves nothing.
     wrapped = ExportedSegmenter(load_model(model_path, "cpu")).eval()
     # TorchScript is deprecated in favour of torch.export, but it is what runs with torch alone.
     with torch.inference_mode(), warnings.catch_warnings():
@@ -91,7 +86,13 @@ def export_model(run_dir: str | Path, out_dir: str | Path, stage: str | None = N
         probe = torch.rand(2, 3, TRACE_SIZE // 2 + 8, TRACE_SIZE + 24)
         if not torch.allclose(traced(probe), wrapped(probe), atol=1e-4, rtol=1e-4):
             raise RunError("the traced model does not match the original on another input size; not exported")
-        atomic_save(files.torchscript, lambda tmp: torch.jit.save(traced, tmp))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = ModelExport(stage, out / "checkpoint.pt", out / "config.json", out / "model.torchscript.pt",
+                        out / "model.json")
+    atomic_save(files.checkpoint, lambda tmp: shutil.copyfile(model_path, tmp))
+    atomic_save(files.config, lambda tmp: Path(tmp).write_text(cfg.to_json()))
+    atomic_save(files.torchscript, lambda tmp: torch.jit.save(traced, tmp))
     info = {
         "stage": stage,
         "classes": list(cfg.data.class_names),
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = export_model(args.run_dir, args.out, args.stage)
         if args.zip:
             zip_export(files, args.zip)
-    except (RunError, FileNotFoundError) as error:
+    except (RunError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"stage": files.stage, "torchscript": str(files.torchscript), "checkpoint": str(files.checkpoint),

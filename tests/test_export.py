@@ -468,3 +468,25 @@ def test_refuses_bad_arguments(store, demo, tmp_path, demo_dir):
     with pytest.raises(ExportError, match="needs a run"):
         export_project(store, demo, tmp_path / "x.zip", "voc", stage="teacher")
     assert not (tmp_path / "x.zip").exists()
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled", "running"])
+def test_an_unfinished_run_exports_only_when_allowed(store, demo, tmp_path, capsys, status):
+    from stpp.cli.main import main
+
+    run_id = add_run(store, demo)
+    add_pseudo(store, run_id, images(store, demo, "unlabelled")[0], "teacher", make_mask(0), demo.classes.palette)
+    with store.transaction() as db:
+        db["runs"].update(run_id, {"status": status})
+    target = tmp_path / "out.zip"
+    with pytest.raises(ExportError, match=f"run {run_id} is {status}, not finished.*--allow-unfinished"):
+        export_project(store, demo, target, "voc", run_id=run_id)
+    assert not target.exists()
+    argv = ["project", "export", demo.name, "--out", str(target), "--run", str(run_id)]
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"run {run_id} is {status}, not finished" in line and not target.exists()
+    assert main([*argv, "--allow-unfinished"]) == 0
+    with zipfile.ZipFile(target) as zf:
+        assert json.loads(zf.read("manifest.json"))["run"]["status"] == status
+    assert export_project(store, demo, target, "voc", run_id=run_id, allow_unfinished=True).counts

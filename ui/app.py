@@ -13,7 +13,9 @@ TABS = [projects, data, train, review, phases, export, predict]
 
 def build_app(services: Services) -> gr.Blocks:
     """The whole interface over ``services``; launch it with ``.launch(...)``."""
-    with gr.Blocks(title="stpp") as app:
+    ttl = services.settings.download_ttl_s
+    # Gradio copies every file it serves into its cache and, without delete_cache, never removes it.
+    with gr.Blocks(title="stpp", delete_cache=(max(1, ttl // 4), ttl)) as app:
         services = services.with_current_project()
         gr.Markdown("# stpp\nSemi-supervised semantic segmentation with ST++ self-training: "
                     "train on a few labelled images, review the pseudo masks, export a dataset.")

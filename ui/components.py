@@ -69,6 +69,27 @@ def run_choices(services: Services, project: str | None, current: int | None = N
     return gr.update(choices=[(run_label(r), r.id) for r in runs], value=value)
 
 
+def run_dropdown(**kwargs) -> gr.Dropdown:
+    """A run dropdown, built empty (each page fills it with its project's runs).
+
+    Custom values are allowed so API callers (``gradio_client``), who never see a page's choices,
+    may name any run id, as :meth:`Services.project_picker` does for projects; handlers read the
+    value with :func:`chosen_run` and the store refuses a run that does not exist.
+
+    Args:
+        kwargs: more ``gr.Dropdown`` arguments (``label``, ``elem_id``, ``scale`` ...).
+    """
+    return gr.Dropdown([], value=None, allow_custom_value=True, **kwargs)
+
+
+def chosen_run(value) -> int | None:
+    """The run id a run dropdown holds, or None for none (empty, 0, or text that is no id)."""
+    try:
+        return int(value) or None
+    except (TypeError, ValueError):
+        return None
+
+
 def enlarge(picture, min_width: int = 480):
     """A small picture scaled up by a whole factor (nearest neighbour) so that it is at least ``min_width`` wide.
 

@@ -26,12 +26,15 @@ class Settings:
         port: the port it listens on.
         workspace: the workspace folder (``STPP_HOME``).
         demo_dir: the shipped demo dataset, or None.
+        download_ttl_s: how long Gradio keeps its copy of a file the app served (an export zip, a
+            thumbnail) in its cache folder; it sweeps every quarter of that.
     """
 
     workspace: Path
     host: str = "127.0.0.1"
     port: int = 7860
     demo_dir: Path | None = None
+    download_ttl_s: int = 3600
 
     @property
     def thumbnail_dir(self) -> Path:

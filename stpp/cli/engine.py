@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import replace
 
 from stpp.cli.output import EXIT_INTERRUPTED, EXIT_OK, usage_error
@@ -17,6 +18,7 @@ from stpp.core.classes import DataError
 from stpp.core.config import ConfigError
 from stpp.core.events import Event
 from stpp.core.layout import RunLayout
+from stpp.core.runlock import RunFolderBusy, RunFolderLock
 from stpp.engine.autobatch import auto_batch_size
 from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.distributed import init_distributed, is_main, run_on_main, shutdown_distributed
@@ -24,6 +26,7 @@ from stpp.engine.signals import StopFlag
 from stpp.engine.train import StopRequested
 from stpp.headless import (
     RunError,
+    check_run_dir,
     describe_inputs,
     evaluate_run,
     load_folder_run_data,
@@ -53,7 +56,7 @@ def run_engine_command(args: argparse.Namespace) -> int:
             sink.close()
             print(f"wrote {len(written)} masks to {args.out}")
         return EXIT_OK
-    except (ConfigError, DataError, RunError, WeightsError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, RunError, RunFolderBusy, WeightsError, ValueError, FileNotFoundError) as error:
         return usage_error(error)
 
 
@@ -73,7 +76,18 @@ def _run_joined(args: argparse.Namespace, data, cfg, device) -> int:
     if args.auto_batch:
         cfg, note = _auto_batch(args, cfg, device, data.classes.num_classes)
         notes.append(note)
-    layout = run_on_main(lambda: prepare_run_dir(args.out, cfg, describe_inputs(args.data, data), args.resume))
+    inputs = describe_inputs(args.data, data)
+    # A refused --out gets nothing, not even a lock file.
+    run_on_main(lambda: check_run_dir(args.out, cfg, inputs, args.resume))
+    with ExitStack() as held:
+        # Rank 0 alone writes the run folder, so it alone owns it; the others learn of a refusal.
+        run_on_main(lambda: held.enter_context(RunFolderLock(args.out)) and None)
+        layout = run_on_main(lambda: prepare_run_dir(args.out, cfg, inputs, args.resume))
+        return _run_locked(args, data, cfg, device, layout, notes)
+
+
+def _run_locked(args: argparse.Namespace, data, cfg, device, layout: RunLayout, notes: list[Event]) -> int:
+    """Train into the run folder this job owns, and report."""
     sink = TqdmSink() if is_main() else None
     try:
         metrics = run_headless(cfg, data, layout, device, sink, should_stop=StopFlag(), notes=notes,

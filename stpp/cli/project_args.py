@@ -75,6 +75,8 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     export.add_argument("--only", default=None, metavar="GROUPS",
                         help="keep only these groups: any of ground_truth,accepted,corrected,reliable,unreliable")
     export.add_argument("--min-stability", type=float, default=None)
+    export.add_argument("--allow-unfinished", action="store_true",
+                        help="export the pseudo masks of a run that failed, was cancelled or is still running")
     export.add_argument("--include-reference", action="store_true",
                         help="also export reference masks (ground truth of unlabelled images) as labels")
 

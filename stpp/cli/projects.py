@@ -180,7 +180,8 @@ def _export(store: Store, args: argparse.Namespace) -> int:
                          f"choose from {', '.join(sorted(groups))}")
     selection = ExportFilter(**{g: g in chosen for g in groups}, min_stability=args.min_stability)
     report = export_project(store, args.name, args.out, args.fmt, run_id=args.run, stage=args.stage,
-                            filter=selection, include_reference=args.include_reference)
+                            filter=selection, include_reference=args.include_reference,
+                            allow_unfinished=args.allow_unfinished)
     print(f"wrote {report.path}: {report.exported} images ({args.fmt}); left out: {len(report.left_out)}")
     return EXIT_OK
 

@@ -4,7 +4,7 @@ as pictures: class colours alone or blended over their image."""
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -55,16 +55,21 @@ def write_mask(path: str | Path, mask: np.ndarray, palette: Sequence[Sequence[in
 
 
 def atomic_save(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    The temp file is created as an ordinary ``open`` creates a file (mode 0666 less the umask), so
+    the result is as readable as any other file the process writes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    # Not mkstemp: it creates 0600 whatever the umask.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

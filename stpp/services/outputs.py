@@ -4,7 +4,8 @@ Dataset exports call :func:`stpp.store.export.export_project` in this process (n
 exports and predictions need torch, so they run as child processes (``python -m stpp.model_export``
 and ``python -m stpp predict``), like training runs in a worker; the web process waits for a few
 seconds of work and never imports torch. Their files go under ``WORKSPACE/cache/`` (git-ignored
-with the workspace); every call writes into a fresh folder.
+with the workspace); every call writes into a fresh folder, and only the newest
+:data:`KEEP_SCRATCH` folders of each kind are kept.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from stpp.store.projects import get_project
 from stpp.store.runs import get_run
 
 CHILD_TIMEOUT_S = 900
+KEEP_SCRATCH = 5
+"""Folders kept per kind under ``WORKSPACE/cache/`` (the new one included): the app serves a file once,
+from Gradio's own copy, so older ones are only disk."""
 
 
 class OutputError(StoreError):
@@ -37,20 +41,26 @@ class OutputError(StoreError):
 
 
 def scratch_dir(store: Store, kind: str) -> Path:
-    """A new folder ``WORKSPACE/cache/<kind>/<random>`` for one export or prediction."""
-    path = store.path("cache") / kind / uuid.uuid4().hex[:12]
+    """A new folder ``WORKSPACE/cache/<kind>/<random>`` for one export or prediction; the oldest
+    folders of that kind beyond :data:`KEEP_SCRATCH` are deleted."""
+    parent = store.path("cache") / kind
+    if parent.is_dir():
+        older = sorted((p for p in parent.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for stale in older[KEEP_SCRATCH - 1:]:
+            shutil.rmtree(stale, ignore_errors=True)
+    path = parent / uuid.uuid4().hex[:12]
     path.mkdir(parents=True)
     return path
 
 
 def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | None = None,
                    stage: str | None = None, filter: ExportFilter = ExportFilter(),
-                   include_reference: bool = False) -> ExportReport:
+                   include_reference: bool = False, allow_unfinished: bool = False) -> ExportReport:
     """Export a project's dataset as ``<project>-<fmt>.zip`` in a fresh cache folder (see :func:`export_project`)."""
     name = str(project).replace("/", "_")
     target = scratch_dir(store, "exports") / f"{name}-{fmt}{f'-run{run_id}' if run_id else ''}.zip"
     return export_project(store, project, target, fmt, run_id=run_id, stage=stage, filter=filter,
-                          include_reference=include_reference)
+                          include_reference=include_reference, allow_unfinished=allow_unfinished)
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:

@@ -67,6 +67,8 @@ from stpp.store.runs import run_stages
 
 """Stages in the order their models label images; a later stage's pseudo mask supersedes an earlier one."""
 SOURCES = ("ground_truth", "reference", "accepted", "corrected", "pseudo")
+EXPORTABLE = ("done", "awaiting_review")
+"""Run statuses whose pseudo masks export without ``allow_unfinished`` (a paused run's are what review sees)."""
 
 ProgressFn = Callable[[int, int], None]
 
@@ -149,6 +151,7 @@ def export_project(
     stage: str | None = None,
     filter: ExportFilter = ExportFilter(),
     include_reference: bool = False,
+    allow_unfinished: bool = False,
     progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Export a project's images and their chosen masks as a zip (see the module docstring).
@@ -164,13 +167,16 @@ def export_project(
             latest stage up to it); None: the latest stage.
         filter: which groups of images to keep.
         include_reference: export the ``reference`` masks of unlabelled images as their labels.
+        allow_unfinished: export a run that is neither done nor awaiting review (failed, cancelled,
+            queued or running: its pseudo masks are partial); refused otherwise.
         progress: called as ``progress(done, total)`` after each image.
 
     Returns:
         An :class:`ExportReport`.
 
     Raises:
-        ExportError: unknown format, a run of another project, a stage the run does not have, or
+        ExportError: unknown format, a run of another project, an unfinished run without
+            ``allow_unfinished``, a stage the run does not have, or
             an image or mask file that is missing, unreadable or of different sizes. Nothing is
             left at ``out_zip`` then.
         StoreError: no such project.
@@ -179,6 +185,9 @@ def export_project(
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     project = get_project(store, project)
     run = _get_run(store, project, run_id)
+    if run is not None and run["status"] not in EXPORTABLE and not allow_unfinished:
+        raise ExportError(f"run {run_id} is {run['status']}, not finished: its pseudo masks are partial; "
+                          "allow an unfinished run to export them anyway (--allow-unfinished)")
     stages = run_stages(store, run_id) if run_id is not None else []
     if stage is not None and stage not in stages:
         raise ExportError(f"run {run_id} has no stage {stage!r}; its stages: {', '.join(stages) or 'none'}"

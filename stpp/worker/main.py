@@ -23,6 +23,7 @@ from stpp.core.devices import DeviceSpec, parse_device_spec
 from stpp.core.events import Event, EventSink
 from stpp.core.layout import RunLayout, default_workspace
 from stpp.core.method import stage_names
+from stpp.core.runlock import RunFolderBusy, RunFolderLock
 from stpp.engine.device import configure_cpu_threads
 from stpp.engine.distributed import (
     broadcast_from_main,
@@ -173,26 +174,37 @@ def _lead(run_id: int, workspace: Path) -> int:
         # long as any rank does.
         pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
         try:
-            run = claim_run(store, run_id, pid)
-        except StoreError as error:
+            lock = RunFolderLock(run_folder(store, get_run(store, run_id)).root).acquire()
+        except (StoreError, RunFolderBusy) as error:
             print(f"stpp worker: error: {error}", file=sys.stderr)
             return EXIT_REFUSED
-        flag = StopFlag()
-        if cancel_requested_at(store, run.id) is not None:
-            flag.requested = True
-        record_worker_start(store, run.id, pid, run.progress)
-        heartbeat = Heartbeat(store, run.id, flag)
-        heartbeat.start()
-        try:
-            code = _execute(store, run, pid, flag)
-        finally:
-            heartbeat.stop()
-            shutdown_distributed()
-        try:
-            JobRunner(store).tick()  # this run's slot is free: start the next queued run
-        except (StoreError, sqlite3.Error) as error:
-            print(f"stpp worker: warning: the queue was not advanced: {error}", file=sys.stderr)
-        return code
+        with lock:
+            return _lead_locked(store, run_id, pid)
+
+
+def _lead_locked(store: Store, run_id: int, pid: int) -> int:
+    """The rest of :func:`_lead`, once this process owns the run folder."""
+    try:
+        run = claim_run(store, run_id, pid)
+    except StoreError as error:
+        print(f"stpp worker: error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    flag = StopFlag()
+    if cancel_requested_at(store, run.id) is not None:
+        flag.requested = True
+    record_worker_start(store, run.id, pid, run.progress)
+    heartbeat = Heartbeat(store, run.id, flag)
+    heartbeat.start()
+    try:
+        code = _execute(store, run, pid, flag)
+    finally:
+        heartbeat.stop()
+        shutdown_distributed()
+    try:
+        JobRunner(store).tick()  # this run's slot is free: start the next queued run
+    except (StoreError, sqlite3.Error) as error:
+        print(f"stpp worker: warning: the queue was not advanced: {error}", file=sys.stderr)
+    return code
 
 
 @dataclass(frozen=True)
@@ -243,8 +255,13 @@ def _follow_main_rank(run_id: int, workspace: Path) -> int:
         shutdown_distributed()
 
 
+def run_folder(store: Store, run: Run) -> RunLayout:
+    """The run folder of a project run, in the workspace."""
+    return RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+
+
 def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
-    layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    layout = run_folder(store, run)
     image_ids: dict[str, int] = {}
     cfg = None
     shared = False

@@ -16,7 +16,7 @@ from stpp.store import StoreError
 from stpp.store.export import ExportFilter
 from stpp.store.export_formats import FORMATS
 from stpp.store.runs import run_stages
-from ui.components import run_choices
+from ui.components import chosen_run, run_choices, run_dropdown
 from ui.services import Services
 
 TITLE = "Export"
@@ -29,7 +29,7 @@ FORMAT_LABELS = {"voc": "Pascal VOC", "coco": "COCO (RLE)", "masks": "per-class 
 
 def stage_update(services: Services, run_id, models_only: bool = False):
     """The stage dropdown for a run: ``latest`` then its stages."""
-    stages = run_stages(services.store, int(run_id), models_only) if run_id else []
+    stages = run_stages(services.store, chosen_run(run_id), models_only) if chosen_run(run_id) else []
     return gr.update(choices=[LATEST, *stages], value=LATEST)
 
 
@@ -48,7 +48,7 @@ def build(services: Services) -> None:
                 "and the run's `scores.csv`.")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="export-project")
-        run = gr.Dropdown([], label="Run", elem_id="export-run")
+        run = run_dropdown(label="Run", elem_id="export-run")
         stage = gr.Dropdown([LATEST], value=LATEST, label="Masks as they stood after stage", elem_id="export-stage")
     with gr.Row():
         fmt = gr.Radio([(label, key) for key, label in FORMAT_LABELS.items() if key in FORMATS], value="voc",
@@ -57,6 +57,8 @@ def build(services: Services) -> None:
         min_stability = gr.Number(None, label="Min stability of pseudo masks", elem_id="export-min-stability")
         reference = gr.Checkbox(False, label="Use reference masks of unlabelled images (demo only)",
                                 elem_id="export-reference")
+        unfinished = gr.Checkbox(False, label="Allow an unfinished run (failed, cancelled or running: its pseudo "
+                                 "masks are partial)", elem_id="export-allow-unfinished")
     build_button = gr.Button("Build export", variant="primary", elem_id="export-build")
     message = gr.Markdown(elem_id="export-message")
     manifest = gr.Code(None, language="json", label="manifest.json", elem_id="export-manifest")
@@ -73,11 +75,12 @@ def build(services: Services) -> None:
         update = run_choices(services, project_name, current)
         return gr.update(choices=[(NO_RUN, 0), *update["choices"]], value=update["value"] or 0)
 
-    def make(project_name, run_id, stage_name, fmt_key, ticked, bound, use_reference):
+    def make(project_name, run_id, stage_name, fmt_key, ticked, bound, use_reference, unfinished):
         try:
-            report = export_dataset(services.store, project_name, fmt_key, run_id=run_id or None,
+            report = export_dataset(services.store, project_name, fmt_key, run_id=chosen_run(run_id),
                                     stage=None if stage_name == LATEST else stage_name,
-                                    filter=export_filter(ticked, bound), include_reference=use_reference)
+                                    filter=export_filter(ticked, bound), include_reference=use_reference,
+                                    allow_unfinished=unfinished)
         except (StoreError, ValueError) as error:
             return f"**Not exported:** {error}", None, gr.update(visible=False)
         counts = report.counts
@@ -86,10 +89,10 @@ def build(services: Services) -> None:
                 gr.update(value=str(report.path), visible=True))
 
     def make_model(run_id, stage_name):
-        if not run_id:
+        if chosen_run(run_id) is None:
             return "**Choose a run.**", gr.update(visible=False)
         try:
-            path = export_model_zip(services.store, int(run_id), None if stage_name == LATEST else stage_name)
+            path = export_model_zip(services.store, chosen_run(run_id), None if stage_name == LATEST else stage_name)
         except StoreError as error:
             return f"**Not exported:** {error}", gr.update(visible=False)
         return f"Model exported: `{path.name}`.", gr.update(value=str(path), visible=True)
@@ -97,7 +100,7 @@ def build(services: Services) -> None:
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
     run.change(lambda r: (stage_update(services, r), stage_update(services, r, True)), inputs=run,
                outputs=[stage, model_stage], **private)
-    build_button.click(make, inputs=[project, run, stage, fmt, groups, min_stability, reference],
+    build_button.click(make, inputs=[project, run, stage, fmt, groups, min_stability, reference, unfinished],
                        outputs=[message, manifest, download], api_name="export_dataset")
     model_button.click(make_model, inputs=[run, model_stage], outputs=[model_message, model_download],
                        api_name="export_model")

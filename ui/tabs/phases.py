@@ -22,7 +22,7 @@ from stpp.services.review import (
 from stpp.store import StoreError
 from stpp.store.reviews import last_review_id
 from stpp.store.runs import get_run, last_event_id, run_metrics
-from ui.components import find_project, run_choices
+from ui.components import find_project, run_choices, run_dropdown
 from ui.services import Services
 
 TITLE = "Phases"
@@ -123,7 +123,7 @@ def build(services: Services) -> None:
                 "here. Accepted and corrected images join the labelled set; rejected images leave the next phases.")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="phases-project", scale=2)
-        run = gr.Dropdown([], label="Run", elem_id="phases-run", scale=3)
+        run = run_dropdown(label="Run", elem_id="phases-run", scale=3)
         refresh = gr.Button("Refresh", size="sm", elem_id="phases-refresh", scale=1)
     status = gr.Markdown(elem_id="phases-status")
     counts = gr.Dataframe(pd.DataFrame(columns=COUNT_COLUMNS), interactive=False, label="Next phase trains on",

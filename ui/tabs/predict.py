@@ -11,7 +11,7 @@ from stpp.core.masks import overlay
 from stpp.services.outputs import predict_images, read_prediction
 from stpp.store import StoreError, get_project
 from stpp.store.runs import get_run
-from ui.components import legend_html, run_choices
+from ui.components import chosen_run, legend_html, run_choices, run_dropdown
 from ui.services import Services
 from ui.tabs.export import LATEST, stage_update
 
@@ -25,7 +25,7 @@ def build(services: Services) -> None:
                 "the images.")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="predict-project")
-        run = gr.Dropdown([], label="Run", elem_id="predict-run")
+        run = run_dropdown(label="Run", elem_id="predict-run")
         stage = gr.Dropdown([LATEST], value=LATEST, label="Model of stage", elem_id="predict-stage")
     files = gr.File(file_count="multiple", file_types=IMAGE_TYPES, label="Images", elem_id="predict-files")
     button = gr.Button("Predict", variant="primary", elem_id="predict-run-button")
@@ -36,13 +36,14 @@ def build(services: Services) -> None:
     private = {"api_visibility": "private"}
 
     def predict(run_id, stage_name, uploads):
-        if not run_id or not uploads:
+        run_id = chosen_run(run_id)
+        if run_id is None or not uploads:
             return "**Choose a run and upload images first.**", "", [], gr.update(visible=False)
         try:
-            result = predict_images(services.store, int(run_id), uploads, None if stage_name == LATEST else stage_name)
+            result = predict_images(services.store, run_id, uploads, None if stage_name == LATEST else stage_name)
         except StoreError as error:
             return f"**Not predicted:** {error}", "", [], gr.update(visible=False)
-        classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
+        classes = get_project(services.store, get_run(services.store, run_id).project_id).classes
         shown = [(overlay(image, mask, classes.palette, 0.5), name) for image, mask, name in read_prediction(result)]
         return (f"{len(shown)} mask(s) predicted.", legend_html(classes.names, classes.palette), shown,
                 gr.update(value=str(result.archive), visible=True))

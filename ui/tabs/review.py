@@ -25,7 +25,7 @@ from stpp.services.review import ReviewError, phase_summary, record_decision, se
 from stpp.store import StoreError, get_project
 from stpp.store.ranking import RANK_FILTERS
 from stpp.store.runs import current_pseudo_masks, get_run, ranked_run_ids
-from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices
+from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices, run_dropdown
 from ui.services import Services, signed_in_user
 
 TITLE = "Review"
@@ -178,7 +178,7 @@ def build(services: Services) -> None:
     gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="review-shortcuts")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="review-project", scale=2)
-        run = gr.Dropdown([], label="Run", elem_id="review-run", scale=3)
+        run = run_dropdown(label="Run", elem_id="review-run", scale=3)
         refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", scale=1)
     status = gr.Markdown(elem_id="review-status")
     with gr.Row():

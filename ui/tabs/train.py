@@ -15,7 +15,15 @@ import pandas as pd
 
 from stpp.core.config import AMP_CHOICES, BACKBONES, ConfigError
 from stpp.core.method import METHOD_LABELS, STAGES
-from stpp.jobs import FORM_FIELDS, detect_devices, form_defaults, form_overrides, preset_names
+from stpp.jobs import (
+    FORM_FIELDS,
+    WEIGHTS_DIR,
+    add_weights_file,
+    detect_devices,
+    form_defaults,
+    form_overrides,
+    preset_names,
+)
 from stpp.store import StoreError, list_projects
 from stpp.store.runs import (
     Run,
@@ -28,7 +36,7 @@ from stpp.store.runs import (
     parse_time,
     run_metrics,
 )
-from ui.components import run_label
+from ui.components import chosen_run, run_dropdown, run_label
 from ui.services import Services
 
 TITLE = "Train"
@@ -233,7 +241,10 @@ def build(services: Services) -> None:
                                        label="Reliable ratio (ST++)", elem_id="train-ratio")
         with gr.Row():
             pretrained = gr.Textbox(defaults["pretrained"], label="ImageNet weights: imagenet (built-in MobileNetV2), "
-                                    "none, or a torchvision .pth file", elem_id="train-weights")
+                                    f"none, or a torchvision .pth file in the workspace's {WEIGHTS_DIR}/ folder",
+                                    elem_id="train-weights")
+            upload_weights = gr.UploadButton("Upload weights (.pth)", file_types=[".pth", ".pt"], size="sm",
+                                             elem_id="train-weights-upload")
             tta = gr.Checkbox(defaults["tta"], label="Test-time augmentation for pseudo masks", elem_id="train-tta")
             amp = gr.Dropdown(list(AMP_CHOICES), value=defaults["amp"], label="Mixed precision (AMP)",
                               elem_id="train-amp")
@@ -246,7 +257,7 @@ def build(services: Services) -> None:
     message = gr.Markdown(elem_id="train-message")
 
     gr.Markdown("### Live run")
-    run = gr.Dropdown([], value=None, label="Run", elem_id="train-run")
+    run = run_dropdown(label="Run", elem_id="train-run")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(elem_id="train-progress")
     with gr.Row():
@@ -269,6 +280,8 @@ def build(services: Services) -> None:
     panel_outputs = [run, status, progress, loss_plot, miou_plot, events, history, cancel, resume, seen]
     form = [backbone, pretrained, epochs, student_epochs, batch_size, crop_size, reliable_ratio, tta, amp, stage3]
 
+    weights_dir = services.store.path(WEIGHTS_DIR)
+
     def fill_form(preset_name):
         values = form_defaults(preset_name)
         return [values[key] for key in FORM_FIELDS]
@@ -281,7 +294,8 @@ def build(services: Services) -> None:
         if not project_name:
             return "**Not launched:** choose a project first.", gr.skip()
         try:
-            started = services.jobs.launch(project_name, method_value, preset_name, form_overrides(*form_values),
+            overrides = form_overrides(*form_values, weights_dir=weights_dir)
+            started = services.jobs.launch(project_name, method_value, preset_name, overrides,
                                            device_id, review=review_between)
         except (StoreError, ConfigError, ValueError) as error:
             gr.Warning(str(error))
@@ -289,11 +303,17 @@ def build(services: Services) -> None:
         return (f"Run {started.id} is {started.status.replace('_', ' ')}.",
                 run_picker(project_runs(services, project_name), started))
 
+    def take_weights(upload):
+        try:
+            return add_weights_file(weights_dir, upload), ""
+        except ConfigError as error:
+            return gr.skip(), f"**Not uploaded:** {error}"
+
     def act(action, verb, run_id):
-        if not run_id:
+        if chosen_run(run_id) is None:
             return "Choose a run first."
         try:
-            changed = action(int(run_id))
+            changed = action(chosen_run(run_id))
         except StoreError as error:
             return f"**Could not {verb}:** {error}"
         return f"Run {changed.id} is {changed.status.replace('_', ' ')}."
@@ -306,6 +326,7 @@ def build(services: Services) -> None:
         return panel(services, project_name, run_id, state)
 
     private = {"api_visibility": "private"}
+    upload_weights.upload(take_weights, inputs=upload_weights, outputs=[pretrained, message], api_name="upload_weights")
     preset.change(fill_form, inputs=preset, outputs=form, **private)
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
     launch.click(start_run, inputs=[project, method, preset, device, review, *form], outputs=[message, run],
