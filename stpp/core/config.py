@@ -236,8 +236,9 @@ LEGACY_VALUES: dict[str, Any] = {
 }
 """What a saved config means by a key it lacks: the behaviour from before the key existed.
 
-A run folder or run row written by an older stpp then resumes as it began (a stage's epochs, crops
-and initial weights do not change halfway). A config built from scratch gets the field defaults.
+A run folder or run row written by an older stpp then resumes as it began (a stage's steps per
+epoch, Cutout boxes and initial weights do not change halfway). A config built from scratch gets the
+field defaults.
 """
 
 
