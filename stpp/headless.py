@@ -137,7 +137,8 @@ def check_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> Non
         if not resume:
             raise RunError(f"{out} already holds a run (config.json); pass --resume to continue it, "
                            "or choose another --out")
-        saved = json.loads(layout.config_path.read_text())
+        # Read through the config class, so keys an older stpp did not write compare as their legacy values.
+        saved = json.loads(read_run_config(layout).to_json())
         differences = _differences(saved, json.loads(cfg.to_json()), ignore={"device"})
         if differences:
             raise RunError(f"--resume: the config differs from {layout.config_path}: " + "; ".join(differences))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,9 +12,19 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from stpp.core.config import ConfigError, apply_overrides, get_preset
+from stpp.core.config import LEGACY_VALUES, ConfigError, StppConfig, apply_overrides, get_preset
 from stpp.core.events import Activity, Event
-from stpp.core.method import METHODS, STAGES, num_reliable, pause_points, stage_after_pause, stage_names, stage_order
+from stpp.core.method import (
+    METHODS,
+    STAGES,
+    labelled_copies,
+    num_reliable,
+    pause_points,
+    stage_after_pause,
+    stage_epochs,
+    stage_names,
+    stage_order,
+)
 from stpp.core.metrics import class_iou, confusion_matrix, mask_miou, mean_iou
 
 HEAVY = ("torch", "torchvision", "gradio", "sqlite_utils", "cv2", "pandas", "pycocotools", "tqdm")
@@ -90,6 +101,51 @@ def test_choice_words_are_checked_without_torch():
     for override in ("model.backbone=vgg16", "optim.amp=fp8", "method=mean-teacher", "selftrain.split=none"):
         with pytest.raises(ConfigError, match="is one of"):
             apply_overrides(cfg, [override])
+
+
+@pytest.mark.parametrize("preset", ["pascal", "cityscapes", "camvid"])
+def test_paper_presets_train_every_stage_as_long_as_the_teacher(preset):
+    cfg = apply_overrides(get_preset(preset), ["method=st++", "selftrain.stage3=true"])
+    epochs = {stage: stage_epochs(cfg, stage) for stage in stage_names(cfg) + ("st",)}
+    assert epochs == dict.fromkeys(("teacher", "stage1", "stage2", "stage3", "st"), cfg.optim.epochs)
+    # The old cut stays one override away.
+    short = apply_overrides(cfg, ["optim.student_epochs=80"])
+    assert stage_epochs(short, "teacher") == cfg.optim.epochs and stage_epochs(short, "stage2") == 80
+
+
+@pytest.mark.parametrize(("preset", "teacher", "students"), [("camvid-cpu", 80, 30), ("tiny", 33, 6), ("test", 12, 6)])
+def test_cpu_presets_cut_the_students_where_the_readme_says(preset, teacher, students):
+    cfg = get_preset(preset)
+    assert stage_epochs(cfg, "teacher") == teacher
+    assert [stage_epochs(cfg, s) for s in ("st", "stage1", "stage2", "stage3")] == [students] * 4
+
+
+def test_the_teacher_doubles_a_labelled_list_under_the_threshold_and_students_do_not():
+    cfg = get_preset("pascal")
+    assert cfg.optim.teacher_double_below == 200
+    assert [labelled_copies(cfg, "teacher", n, 0) for n in (1, 92, 199, 200, 1464)] == [2, 2, 2, 1, 1]
+    off = apply_overrides(cfg, ["optim.teacher_double_below=0"])
+    assert labelled_copies(off, "teacher", 12, 0) == 1
+    # Students repeat their labelled images ceil(|pseudo| / |labelled|) times, whatever the list's length.
+    assert [labelled_copies(cfg, stage, 46, 321) for stage in ("st", "stage1", "stage2")] == [7, 7, 7]
+    assert labelled_copies(cfg, "stage1", 46, 0) == 1 and labelled_copies(cfg, "stage2", 300, 100) == 1
+
+
+def test_a_config_round_trips_and_an_older_saved_config_means_the_old_behaviour():
+    cfg = apply_overrides(get_preset("camvid-cpu"), ["selftrain.fresh_init=false", "optim.teacher_double_below=50"])
+    assert StppConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    saved = json.loads(get_preset("camvid").to_json())
+    for key in LEGACY_VALUES:
+        section, name = key.split(".")
+        del saved[section][name]
+    old = StppConfig.from_dict(saved)
+    assert (old.augment.cutout_redraw, old.optim.teacher_double_below, old.selftrain.fresh_init) == (False, 0, False)
+    assert replace(old, augment=get_preset("camvid").augment, optim=get_preset("camvid").optim,
+                   selftrain=get_preset("camvid").selftrain) == get_preset("camvid")
+    # A new config gets the paper's way; a partial dict without the sections gets the defaults.
+    new = get_preset("camvid")
+    assert (new.augment.cutout_redraw, new.optim.teacher_double_below, new.selftrain.fresh_init) == (True, 200, True)
+    assert StppConfig.from_dict({"method": "st"}).selftrain.fresh_init
 
 
 def test_numpy_iou_skips_ignore_in_either_mask_and_absent_classes():

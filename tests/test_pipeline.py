@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,13 @@ from helpers import run_args, run_stpp
 from stpp.core.config import StppConfig, get_preset
 from stpp.core.events import Activity, ListSink, read_events
 from stpp.core.masks import read_mask
+from stpp.core.method import stage_epochs
 from stpp.data.datasets import EvalDataset, FolderDataset, read_split
 from stpp.engine.checkpoint import load_model
 from stpp.engine.inference import Predictor, tta_predict
 from stpp.engine.train import evaluate
 from stpp.models import build_model
+from stpp.selftrain.pipeline import initial_model
 from stpp.selftrain.pseudo import label_images, size_batches
 from stpp.selftrain.stability import rank_images
 
@@ -47,7 +50,7 @@ def test_run_writes_every_artefact_of_the_contract(stpp_run: Path, synthetic_dat
         assert StppConfig.from_dict(checkpoint["config"]) == StppConfig.from_dict(config)
         assert {p.stem for p in (stpp_run / "stability" / f"ckpt{j}").glob("*.png")} == set(unlabeled)
     assert [c["epoch"] for c in (torch.load(stpp_run / "checkpoints" / f"teacher_ckpt{j}.pt", weights_only=True)
-                                 for j in (1, 2, 3))] == [6, 13, 20]
+                                 for j in (1, 2, 3))] == [4, 8, 12]
     assert (stpp_run / "checkpoints" / "stage1.pt").exists() and (stpp_run / "checkpoints" / "stage2.pt").exists()
     assert not (stpp_run / "checkpoints" / "last.pt").exists()
     assert {p.stem for p in (stpp_run / "pseudo" / "teacher").glob("*.png")} == set(unlabeled)
@@ -86,6 +89,8 @@ def test_training_sets_follow_the_method(stpp_run: Path, synthetic_dataset: Path
 
     teacher = _csv(stpp_run / "stages" / "teacher" / "train_set.csv")
     assert {r["id"] for r in teacher} == labeled and {r["source"] for r in teacher} == {"ground_truth"}
+    # 8 labelled images, under optim.teacher_double_below = 200: the teacher sees its list twice
+    assert {r["copies"] for r in teacher} == {"2"}
 
     stage1 = {r["id"]: r for r in _csv(stpp_run / "stages" / "stage1" / "train_set.csv")}
     assert set(stage1) == labeled | reliable
@@ -103,13 +108,39 @@ def test_training_sets_follow_the_method(stpp_run: Path, synthetic_dataset: Path
     assert not any(r["mask"].startswith(masks_dir) for r in stage2.values() if r["id"] not in labeled)
 
 
-def test_students_start_from_the_initial_weights_not_the_teacher(stpp_run: Path):
+def test_each_stage_starts_from_fresh_weights_for_the_epochs_of_its_config(stpp_run: Path):
+    cfg = StppConfig.from_dict(json.loads((stpp_run / "config.json").read_text()))
     events = read_events(stpp_run / "events.jsonl")
-    starts = {e["stage"]: e["data"]["init_fingerprint"] for e in events if e["kind"] == "stage_start"}
+    starts = {e["stage"]: e["data"] for e in events if e["kind"] == "stage_start"}
     ends = {e["stage"]: e["data"]["final_fingerprint"] for e in events if e["kind"] == "stage_end"}
     assert set(starts) == {"teacher", "stage1", "stage2"}
-    assert starts["stage1"] == starts["stage2"] == starts["teacher"]
-    assert starts["stage1"] != ends["teacher"]
+    assert {stage: data["epochs"] for stage, data in starts.items()} == {stage: stage_epochs(cfg, stage)
+                                                                          for stage in starts}
+    assert (starts["teacher"]["epochs"], starts["stage1"]["epochs"]) == (cfg.optim.epochs, cfg.optim.student_epochs)
+    assert starts["teacher"]["items"] == 2 * 8
+    fingerprints = {data["init_fingerprint"] for data in starts.values()}
+    assert len(fingerprints) == 3 and ends["teacher"] not in fingerprints
+
+
+def _head_and_backbone(cfg: StppConfig, stage: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    model = initial_model(cfg, stage, 4)
+    return [p.detach() for p in model.head_parameters()], [p.detach() for p in model.backbone_parameters()]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_every_stage_draws_its_own_head_the_same_on_every_rerun():
+    cfg = get_preset("test")
+    teacher, stage1, stage2 = (_head_and_backbone(cfg, s) for s in ("teacher", "stage1", "stage2"))
+    assert not _same(teacher[0], stage1[0]) and not _same(stage1[0], stage2[0]) and not _same(teacher[0], stage2[0])
+    assert _same(teacher[1], stage1[1]), "the pretrained backbone is the same for every stage"
+    assert _same(stage1[0], _head_and_backbone(cfg, "stage1")[0]), "a rerun or resume builds the same head"
+    other_seed = replace(cfg, seed=cfg.seed + 100)
+    assert not _same(stage1[0], _head_and_backbone(other_seed, "stage1")[0])
+    same_init = replace(cfg, selftrain=replace(cfg.selftrain, fresh_init=False))
+    assert _same(_head_and_backbone(same_init, "stage2")[0], teacher[0]), "fresh_init off: the teacher's head"
 
 
 def test_stage2_labels_of_unreliable_images_equal_predict_with_stage1(stpp_run: Path, synthetic_dataset: Path,

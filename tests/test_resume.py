@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import REPO, run_args, run_stpp, stpp_command
 
+from stpp.core.config import LEGACY_VALUES, StppConfig, get_preset
 from stpp.core.events import read_events
+from stpp.headless import RunError, prepare_run_dir
 
 FAST = ["--set", "optim.student_epochs=2"]
 
@@ -66,9 +70,9 @@ def test_killed_mid_stage_resumes_from_last_epoch_and_ends_at_the_planned_step(s
     assert resumed and resumed[-1]["data"]["resumed_epoch"] >= saved_epoch
     after = events[events.index(resumed[-1]):]
     epochs_after = [e["data"]["epoch"] for e in after if e["kind"] == "epoch"]
-    assert epochs_after[0] == resumed[-1]["data"]["resumed_epoch"] + 1 and epochs_after[-1] == 20
+    assert epochs_after[0] == resumed[-1]["data"]["resumed_epoch"] + 1 and epochs_after[-1] == 12
     steps = [e for e in events if e["kind"] == "step"]
-    assert steps[-1]["step"] == steps[-1]["total"] == 40  # 20 epochs x 2 steps
+    assert steps[-1]["step"] == steps[-1]["total"] == 48  # 12 epochs x 4 steps (8 images doubled, batch 4)
     assert not last.exists()
     assert (out / "checkpoints" / "teacher_ckpt3.pt").exists()
 
@@ -96,3 +100,22 @@ def test_sigterm_stops_cleanly_with_a_resumable_last_checkpoint(synthetic_datase
     assert state["stage"] == "teacher" and "optimizer" in state and "rng" in state
     run_stpp(*run_args(synthetic_dataset, out, "supervised", "test", *FAST, "--resume"))
     assert read_events(out / "events.jsonl")[-1]["kind"] == "run_end"
+
+
+def test_a_run_folder_of_an_older_stpp_resumes_with_its_old_behaviour(tmp_path: Path):
+    saved = json.loads(get_preset("test").to_json())
+    for key in LEGACY_VALUES:
+        section, name = key.split(".")
+        del saved[section][name]
+    out = tmp_path / "old-run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(saved))
+    (out / "inputs.json").write_text("{}")
+    # What the worker does with the run row: the saved config, read back with the legacy values.
+    prepare_run_dir(out, StppConfig.from_dict(saved), {}, resume=True)
+    # Today's preset differs from the old folder in exactly the keys it lacks.
+    with pytest.raises(RunError, match="optim.teacher_double_below: saved 0, now 200") as refused:
+        prepare_run_dir(out, get_preset("test"), {}, resume=True)
+    assert "augment.cutout_redraw: saved False, now True" in str(refused.value)
+    assert "selftrain.fresh_init: saved False, now True" in str(refused.value)
+

@@ -9,7 +9,15 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
 
 from stpp.core.config import AugmentConfig
-from stpp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, StrongAugment, WeakAugment, normalize, to_eval_tensor
+from stpp.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Cutout,
+    StrongAugment,
+    WeakAugment,
+    normalize,
+    to_eval_tensor,
+)
 
 # Far-apart flat colours, one per class: a pixel's class is the nearest colour.
 COLOURS = np.array([(128, 128, 128), (230, 30, 30), (30, 210, 30), (30, 50, 230), (240, 230, 40)])
@@ -152,6 +160,50 @@ def test_cutout_probability_and_switch():
     assert 150 < hits < 250
     off = StrongAugment(AugmentConfig(base_size=32, crop_size=32, cutout=False), cutout_p=1.0)
     assert not any(bool((off(image, mask)[1] == 255).any()) for _ in range(50))
+
+
+def _official_cutout_areas(size: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Erased fractions of a ``size x size`` crop as the paper's code's cutout draws its boxes.
+
+    ST-PlusPlus ``dataset/transform.py``: area ``U(0.02, 0.4) x H x W``, ratio ``U(0.3, 1/0.3)``,
+    ``w = int(sqrt(area / ratio))``, ``h = int(sqrt(area * ratio))``, corner ``x, y`` any pixel, drawn
+    again (all four) until ``x + w <= W`` and ``y + h <= H``. Vectorised: the accepted ones of many
+    independent tries are independent draws of the accepted box.
+    """
+    areas: list[float] = []
+    while len(areas) < draws:
+        tries = 4 * draws
+        area = rng.uniform(0.02, 0.4, tries) * size * size
+        ratio = rng.uniform(0.3, 1 / 0.3, tries)
+        w, h = np.sqrt(area / ratio).astype(int), np.sqrt(area * ratio).astype(int)
+        x, y = rng.integers(0, size, tries), rng.integers(0, size, tries)
+        fits = (x + w <= size) & (y + h <= size)
+        areas += list((w * h / size**2)[fits])
+    return np.array(areas[:draws])
+
+
+def _cutout_areas(cutout: Cutout, size: int, draws: int) -> np.ndarray:
+    boxes = [cutout.sample_box(size, size) for _ in range(draws)]
+    return np.array([box_h * box_w / size**2 for _, _, box_h, box_w in boxes])
+
+
+def test_cutout_erases_the_area_the_papers_code_erases():
+    size = 321  # the paper's Pascal crop
+    official = _official_cutout_areas(size, 200_000, np.random.default_rng(0))
+    torch.manual_seed(0)
+    ours = _cutout_areas(Cutout(), size, 3000)
+    # 3000 draws of a fraction with std ~0.09: the mean's standard error is ~0.002.
+    assert abs(ours.mean() - official.mean()) < 0.01
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert abs(np.quantile(ours, q) - np.quantile(official, q)) < 0.02, q
+    assert ours.max() <= 0.4
+    clamped = _cutout_areas(Cutout(redraw=False), size, 3000)
+    assert clamped.mean() > official.mean() + 0.04, "the clamping rule should erase clearly more"
+
+
+def test_cutout_redraw_follows_the_config():
+    assert StrongAugment(AugmentConfig()).cutout.redraw
+    assert not StrongAugment(AugmentConfig(cutout_redraw=False)).cutout.redraw
 
 
 @pytest.mark.parametrize("width, height", [(240, 180), (40, 30), (128, 128), (30, 90)])

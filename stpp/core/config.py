@@ -81,6 +81,9 @@ class AugmentConfig:
         strong_unlabeled: strong data augmentation (SDA) on pseudo-labelled images (the paper: on).
         strong_labeled: SDA on labelled images too (a paper ablation: off).
         cutout: Cutout inside SDA (target set to ignore inside the box).
+        cutout_redraw: draw the Cutout box's size, ratio and corner again until the box fits in the
+            crop, as the paper's code does; off: shorten a side that does not fit to the crop side
+            (stpp's earlier rule: about 1.5x the paper's mean erased area).
     """
 
     base_size: int = 400
@@ -91,6 +94,7 @@ class AugmentConfig:
     strong_unlabeled: bool = True
     strong_labeled: bool = False
     cutout: bool = True
+    cutout_redraw: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,10 @@ class OptimConfig:
 
     Attributes:
         epochs: teacher epochs (the paper: the same for students).
-        student_epochs: epochs of each re-training stage; 0 means ``epochs``.
+        student_epochs: epochs of each re-training stage; 0 means ``epochs`` (the paper).
+        teacher_double_below: the teacher trains on its labelled list twice over when the list holds
+            fewer images than this (the paper's code: 200); 0 never doubles it. Students are not
+            affected (their labelled images repeat to match the pseudo-labelled ones).
         batch_size: per-step batch (global batch under DDP).
         base_lr: learning rate at batch 16; scaled by ``batch_size / 16``; backbone uses it,
             the head ``head_lr_mult`` times it.
@@ -111,6 +118,7 @@ class OptimConfig:
 
     epochs: int = 80
     student_epochs: int = 0
+    teacher_double_below: int = 200
     batch_size: int = 16
     base_lr: float = 0.001
     head_lr_mult: float = 10.0
@@ -150,12 +158,16 @@ class SelfTrainConfig:
         pixel_threshold: when > 0, pixels whose confidence is below it become ignore (the paper's
             pixel-level selection ablation, 0.5); 0 disables it.
         stage3: after stage 2, re-label every unlabelled image and train once more.
+        fresh_init: every training stage draws its own random initialisation (seeded by the run's
+            seed and the stage), as the paper's code does; off: every student starts from the
+            teacher's initial weights.
     """
 
     reliable_ratio: float = 0.5
     split: str = "stability"
     pixel_threshold: float = 0.0
     stage3: bool = False
+    fresh_init: bool = True
 
 
 @dataclass(frozen=True)
@@ -209,8 +221,25 @@ class StppConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "StppConfig":
-        """Rebuild a config saved by :meth:`to_dict` (unknown keys are refused)."""
+        """Rebuild a config saved by :meth:`to_dict` (unknown keys are refused).
+
+        A section saved without a key of :data:`LEGACY_VALUES` gets that key's legacy value; a
+        missing section or any other missing key gets the default.
+        """
         return _build(cls, values, prefix="")
+
+
+LEGACY_VALUES: dict[str, Any] = {
+    "augment.cutout_redraw": False,
+    "optim.teacher_double_below": 0,
+    "selftrain.fresh_init": False,
+}
+"""What a saved config means by a key it lacks: the behaviour from before the key existed.
+
+A run folder or run row written by an older stpp then resumes as it began (a stage's steps per
+epoch, Cutout boxes and initial weights do not change halfway). A config built from scratch gets the
+field defaults.
+"""
 
 
 class ConfigError(ValueError):
@@ -235,8 +264,8 @@ PRESETS: dict[str, StppConfig] = {
     "camvid": _mobilenet_preset(
         "camvid",
         augment=AugmentConfig(base_size=480, crop_size=321),
-        # Teacher epochs are two steps long: a resume point every 10 epochs, not every epoch.
-        optim=OptimConfig(epochs=240, student_epochs=80, batch_size=16, base_lr=0.004, last_every=10),
+        # Teacher epochs are five steps long (1/8: 46 images, doubled): a resume point every 10 epochs.
+        optim=OptimConfig(epochs=240, batch_size=16, base_lr=0.004, last_every=10),
     ),
     # CamVid trained at 240x180 scale (crop 160, batch 8, no TTA) so SupOnly + ST + ST++ fit in under
     # two hours on 2 CPU cores; evaluation and labelling stay at the original 480x360. Students keep
@@ -247,19 +276,22 @@ PRESETS: dict[str, StppConfig] = {
         optim=OptimConfig(epochs=80, student_epochs=30, batch_size=8, base_lr=0.004, num_workers=1),
         pseudo=PseudoConfig(tta=False),
     ),
-    # The demo project (data/demo, 240x180 images): ST++ in a few minutes on 2 CPU cores.
+    # The demo project (data/demo, 240x180 images): ST++ in a few minutes on 2 CPU cores. The demo's
+    # 12 labelled images, doubled, are 3 steps an epoch: 33 teacher epochs keep the 100 steps the
+    # teacher had on the single list; students keep 6 epochs.
     "tiny": _mobilenet_preset(
         "tiny",
         augment=AugmentConfig(base_size=240, crop_size=128),
-        optim=OptimConfig(epochs=100, student_epochs=6, batch_size=8, base_lr=0.004, num_workers=1),
+        optim=OptimConfig(epochs=33, student_epochs=6, batch_size=8, base_lr=0.004, num_workers=1),
         pseudo=PseudoConfig(tta=False),
     ),
-    # Seconds on CPU, for the test suite (generated 64x64 images). 20 teacher epochs are 40
-    # steps: fewer leave BatchNorm's running statistics too far from the batch statistics.
+    # Seconds on CPU, for the test suite (generated 64x64 images). 12 teacher epochs on the 8
+    # labelled images, doubled, are 48 steps: fewer leave BatchNorm's running statistics too far from
+    # the batch statistics. Students keep 6 epochs.
     "test": _mobilenet_preset(
         "test",
         augment=AugmentConfig(base_size=64, crop_size=48),
-        optim=OptimConfig(epochs=20, student_epochs=6, batch_size=4, base_lr=0.01, num_workers=0),
+        optim=OptimConfig(epochs=12, student_epochs=6, batch_size=4, base_lr=0.01, num_workers=0),
         pseudo=PseudoConfig(tta_scales=(0.75, 1.0, 1.5)),
     ),
 }
@@ -373,6 +405,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = _field_types(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
+    legacy = {key[len(prefix):]: value for key, value in LEGACY_VALUES.items()
+              if key.startswith(prefix) and "." not in key[len(prefix):]}
+    values = {**legacy, **values}
     if unknown:
         raise ConfigError(f"unknown config keys: {', '.join(prefix + k for k in sorted(unknown))}")
     kwargs = {}

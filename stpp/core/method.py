@@ -87,6 +87,25 @@ def num_reliable(count: int, ratio: float) -> int:
     return int(math.floor(count * float(ratio) + 1e-9))
 
 
+def labelled_copies(cfg: StppConfig, stage: str, num_labelled: int, num_pseudo: int) -> int:
+    """How many times each labelled image appears in one epoch of ``stage``.
+
+    The teacher: twice when it has fewer than ``optim.teacher_double_below`` images (the paper's
+    code doubles a list under 200), else once. A student: ceil(|pseudo| / |labelled|), at least once,
+    so the labelled images weigh about as much as the pseudo-labelled ones.
+    """
+    if stage == "teacher":
+        return 2 if num_labelled < cfg.optim.teacher_double_below else 1
+    if num_pseudo == 0 or num_labelled == 0:
+        return 1
+    return max(1, math.ceil(num_pseudo / num_labelled))
+
+
+def stage_epochs(cfg: StppConfig, stage: str) -> int:
+    """The epochs ``stage`` trains: ``optim.epochs`` for the teacher, :attr:`StppConfig.student_epochs` after."""
+    return cfg.optim.epochs if stage == "teacher" else cfg.student_epochs
+
+
 def scaled_lr(base_lr: float, batch_size: int) -> float:
     """The backbone's learning rate: ``base_lr`` is set for batch 16 and scales linearly with the batch."""
     return base_lr * batch_size / 16

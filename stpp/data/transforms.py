@@ -110,25 +110,37 @@ class Cutout:
     """Cutout (DeVries & Taylor 2017) as ST++ uses it: noise in a box, ignore in the target.
 
     With probability ``p`` a box of area ``U(area_min, area_max) x H x W`` and aspect ratio
-    (height / width) ``U(ratio_min, ratio_max)`` is placed uniformly at random; its pixels get uniform
-    random values per pixel and channel, and the mask inside it becomes ``ignore_index``. A box side
-    longer than the image is shortened to the image side (the paper's code re-draws instead).
+    (height / width) ``U(ratio_min, ratio_max)`` is drawn, its sides truncated to whole pixels; its
+    pixels get uniform random values per pixel and channel, and the mask inside it becomes
+    ``ignore_index``.
+
+    With ``redraw`` (the paper's code) the top-left corner is any pixel of the image, and size, ratio
+    and corner are drawn again until the box lies inside the image: large boxes fit at few corners,
+    so they are rarer than their area draw. Without it, a side longer than the image is shortened to
+    the image side and the corner is drawn among those where the box fits.
     """
 
     def __init__(self, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4),
-                 ratio: tuple[float, float] = (0.3, 1 / 0.3), ignore_index: int = IGNORE_INDEX) -> None:
+                 ratio: tuple[float, float] = (0.3, 1 / 0.3), ignore_index: int = IGNORE_INDEX,
+                 redraw: bool = True) -> None:
         self.p = p
         self.area = area
         self.ratio = ratio
         self.ignore_index = ignore_index
+        self.redraw = redraw
 
     def sample_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """A random box ``(top, left, box_height, box_width)`` inside a ``height x width`` image."""
-        area = _uniform(*self.area) * height * width
-        ratio = _uniform(*self.ratio)
-        box_h = min(height, max(1, int(math.sqrt(area * ratio))))
-        box_w = min(width, max(1, int(math.sqrt(area / ratio))))
-        return _randint(0, height - box_h), _randint(0, width - box_w), box_h, box_w
+        while True:
+            area = _uniform(*self.area) * height * width
+            ratio = _uniform(*self.ratio)
+            box_h, box_w = int(math.sqrt(area * ratio)), int(math.sqrt(area / ratio))
+            if not self.redraw:
+                box_h, box_w = min(height, max(1, box_h)), min(width, max(1, box_w))
+                return _randint(0, height - box_h), _randint(0, width - box_w), box_h, box_w
+            top, left = _randint(0, height - 1), _randint(0, width - 1)
+            if top + box_h <= height and left + box_w <= width:
+                return top, left, box_h, box_w
 
     def __call__(self, image: Tensor, mask: Tensor) -> Pair:
         if torch.rand(()) >= self.p:
@@ -203,7 +215,7 @@ class StrongAugment:
     keyword probabilities default to the paper's; tests switch single ops off with them.
 
     Args:
-        cfg: ``crop_size`` (bounds the blur kernel) and ``cutout``.
+        cfg: ``crop_size`` (bounds the blur kernel), ``cutout`` and ``cutout_redraw``.
         ignore_index: the mask value inside the Cutout box.
     """
 
@@ -216,7 +228,7 @@ class StrongAugment:
             v2.RandomGrayscale(p=grayscale_p),
             v2.RandomApply([v2.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0))], p=blur_p),
         ])
-        self.cutout = Cutout(p=cutout_p, ignore_index=ignore_index) if cfg.cutout else None
+        self.cutout = Cutout(p=cutout_p, ignore_index=ignore_index, redraw=cfg.cutout_redraw) if cfg.cutout else None
 
     def __call__(self, image: Tensor, mask: Tensor) -> Pair:
         """Augment one pair from :class:`WeakAugment`.

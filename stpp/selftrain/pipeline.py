@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,7 +21,16 @@ from stpp.core.config import StppConfig
 from stpp.core.events import Activity, Event, EventSink, NullSink
 from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, read_mask
-from stpp.core.method import RANKING, STAGES, pause_points, scaled_lr, stage_names, teacher_labels_in_stability_pass
+from stpp.core.method import (
+    RANKING,
+    STAGES,
+    labelled_copies,
+    pause_points,
+    scaled_lr,
+    stage_epochs,
+    stage_names,
+    teacher_labels_in_stability_pass,
+)
 from stpp.data.datasets import ClassInfo, EvalDataset, TrainDataset, TrainItem
 from stpp.data.transforms import StrongAugment, WeakAugment
 from stpp.engine.checkpoint import fingerprint, load_model
@@ -169,7 +177,7 @@ class Pipeline:
     def train_teacher(self) -> list[Path]:
         """Train T on the labelled set; K checkpoints at E//K·j. Skipped when all K exist."""
         k = self.cfg.pseudo.num_checkpoints
-        epochs = self.cfg.optim.epochs
+        epochs = stage_epochs(self.cfg, "teacher")
         paths = [self.layout.teacher_checkpoint(j) for j in range(1, k + 1)]
         sources = [TrainSource(s, "ground_truth", s.mask_path) for s in self.data.labeled]
         if not broadcast_from_main(all(p.exists() for p in paths)):
@@ -266,7 +274,8 @@ class Pipeline:
         if broadcast_from_main(path.exists()):
             self._skip(stage, f"{path.name} exists")
         else:
-            plan = FitPlan(stage, self.cfg.student_epochs, {self.cfg.student_epochs: path}, self.layout.last_path,
+            epochs = stage_epochs(self.cfg, stage)
+            plan = FitPlan(stage, epochs, {epochs: path}, self.layout.last_path,
                            shards_path=self.layout.shards_path, last_every=self._last_every())
             self._train(stage, labeled + list(pseudo), plan)
         self.evaluate_stage(stage)
@@ -303,13 +312,14 @@ class Pipeline:
 
     def _train(self, stage: str, sources: Sequence[TrainSource], plan: FitPlan) -> None:
         cfg = self.cfg
+        num_pseudo = sum(s.is_pseudo for s in sources)
+        copies = labelled_copies(cfg, stage, len(sources) - num_pseudo, num_pseudo)
         if is_main():
-            write_train_set(self.layout.train_set_path(stage), sources, _labeled_copies(sources))
-        items = _train_items(sources, cfg)
-        # Every stage starts from the same initial weights (seeded): a student is re-initialised,
-        # never the teacher's continuation; the events record both fingerprints to prove it.
-        seed_everything(cfg.seed)
-        model = build_model(cfg.model, self.data.classes.num_classes)
+            write_train_set(self.layout.train_set_path(stage), sources, copies)
+        items = _train_items(sources, cfg, copies)
+        # A student is re-initialised, never the teacher's continuation; the events record both
+        # fingerprints to prove it.
+        model = initial_model(cfg, stage, self.data.classes.num_classes)
         if not model.pretrained_loaded:
             self.sink.emit(Event("warning", stage, message=f"WARNING: {model.weights_note}"))
         self.sink.emit(Event("stage_start", stage, total=plan.epochs, message=f"training {stage} on {len(items)} items",
@@ -343,17 +353,18 @@ class Pipeline:
         self.sink.emit(Event("stage_skipped", stage, message=f"{stage} skipped: {why}"))
 
 
-def _labeled_copies(sources: Sequence[TrainSource]) -> int:
-    """How many times each labelled image repeats: ceil(|pseudo| / |labelled|), at least once."""
-    num_pseudo = sum(s.is_pseudo for s in sources)
-    num_labeled = len(sources) - num_pseudo
-    if num_pseudo == 0 or num_labeled == 0:
-        return 1
-    return max(1, math.ceil(num_pseudo / num_labeled))
+def initial_model(cfg: StppConfig, stage: str, num_classes: int) -> torch.nn.Module:
+    """The model ``stage`` starts from, built under a seed of its own.
+
+    The seed is ``cfg.seed`` plus the stage's index in :data:`STAGES` (the teacher's is the run's
+    seed), so each stage draws a fresh random head, and a rerun or a resumed stage draws the same one.
+    With ``selftrain.fresh_init`` off every stage is built under ``cfg.seed``: the same weights.
+    """
+    seed_everything(cfg.seed + (STAGES.index(stage) if cfg.selftrain.fresh_init else 0))
+    return build_model(cfg.model, num_classes)
 
 
-def _train_items(sources: Sequence[TrainSource], cfg: StppConfig) -> list[TrainItem]:
-    copies = _labeled_copies(sources)
+def _train_items(sources: Sequence[TrainSource], cfg: StppConfig, copies: int) -> list[TrainItem]:
     items = []
     for src in sources:
         if src.is_pseudo:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
-from stpp.core.method import num_reliable, stage_names, teacher_labels_in_stability_pass
+from stpp.core.method import labelled_copies, num_reliable, stage_epochs, stage_names, teacher_labels_in_stability_pass
 from stpp.selftrain.pipeline import RunData
 
 
@@ -31,15 +29,16 @@ class RunProgress:
         label = pixels_per_image * tta
         evaluate = len(data.val) * pixels_per_image
 
-        def train(epochs: int, pseudo: int) -> float:
-            copies = max(1, math.ceil(pseudo / labelled)) if pseudo and labelled else 1
-            return 3.0 * epochs * (labelled * copies + pseudo) * crop
+        def train(stage: str, pseudo: int) -> float:
+            # The teacher's labelled set is the ground truth alone: reviewed images join from the students on.
+            count = len(data.labeled) if stage == "teacher" else labelled
+            copies = labelled_copies(cfg, stage, count, pseudo)
+            return 3.0 * stage_epochs(cfg, stage) * (count * copies + pseudo) * crop
 
-        phases = [("train:teacher", train(cfg.optim.epochs, 0)), ("eval:teacher", evaluate)]
+        phases = [("train:teacher", train("teacher", 0)), ("eval:teacher", evaluate)]
         stability_passes = cfg.pseudo.num_checkpoints
-        students = cfg.student_epochs
         if cfg.method == "st":
-            phases += [("label:teacher", pool * label), ("train:st", train(students, pool)), ("eval:st", evaluate)]
+            phases += [("label:teacher", pool * label), ("train:st", train("st", pool)), ("eval:st", evaluate)]
         elif cfg.method == "st++":
             reliable = num_reliable(pool, cfg.selftrain.reliable_ratio)
             if teacher_labels_in_stability_pass(cfg):
@@ -49,11 +48,11 @@ class RunProgress:
             teacher_label = pool * label if cfg.pseudo.tta or cfg.selftrain.pixel_threshold > 0 else 0.05 * pool * label
             phases += [("stability", stability_passes * pool * pixels_per_image),
                        ("label:teacher", teacher_label),
-                       ("train:stage1", train(students, reliable)), ("eval:stage1", evaluate),
+                       ("train:stage1", train("stage1", reliable)), ("eval:stage1", evaluate),
                        ("label:stage1", (pool - reliable) * label),
-                       ("train:stage2", train(students, pool)), ("eval:stage2", evaluate)]
+                       ("train:stage2", train("stage2", pool)), ("eval:stage2", evaluate)]
             if cfg.selftrain.stage3:
-                phases += [("label:stage2", pool * label), ("train:stage3", train(students, pool)),
+                phases += [("label:stage2", pool * label), ("train:stage3", train("stage3", pool)),
                            ("eval:stage3", evaluate)]
         total = sum(cost for _, cost in phases) or 1.0
         self.start: dict[str, float] = {}
