@@ -277,7 +277,7 @@ def test_a_project_name_is_what_a_shell_takes_as_it_is(store, demo_dir: Path, na
     with pytest.raises(StoreError, match="only letters, digits"):
         create_project(store, name, demo_dir / "classes.json")
     assert [p.name for p in list_projects(store)] == []
-    assert create_project(store, "street-scenes_v1.2", demo_dir / "classes.json").name == "street-scenes_v1.2"
+    assert create_project(store, "street-scenes_v1.2+", demo_dir / "classes.json").name == "street-scenes_v1.2+"
 
 
 @pytest.mark.parametrize("text, line, problem", [

@@ -14,7 +14,7 @@ from stpp.store.files import review_cache_relpath
 from stpp.store.migrations import MASK_KINDS, ROLES
 
 MAX_NAME_LENGTH = 100
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """What a project name may be."""
 
 
@@ -63,8 +63,8 @@ def _project(row: dict[str, Any]) -> Project:
 def validate_name(name: str) -> str:
     """A clean project name (stripped), or :class:`StoreError` saying what is wrong with it.
 
-    A name is letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, so it is typed
-    on the command line as it is written and is safe in file and folder names.
+    A name is letters, digits, ``.``, ``_``, ``+`` and ``-``, starting with a letter or digit, so it is
+    typed on the command line as it is written and is safe in file and folder names.
     """
     if not isinstance(name, str) or not name.strip():
         raise StoreError("a project needs a name")
@@ -72,9 +72,9 @@ def validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise StoreError(f"project name is longer than {MAX_NAME_LENGTH} characters")
     if not NAME_PATTERN.fullmatch(name):
-        suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
-        raise StoreError(f"project name {name!r} may hold only letters, digits, '.', '_' and '-' (starting with a "
-                         f"letter or digit)" + (f", for example {suggestion!r}" if suggestion else ""))
+        suggestion = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-._+")
+        raise StoreError(f"project name {name!r} may hold only letters, digits, '.', '_', '+' and '-' (starting "
+                         f"with a letter or digit)" + (f", for example {suggestion!r}" if suggestion else ""))
     return name
 
 

@@ -196,7 +196,7 @@ def build(services: Services) -> None:
     message = gr.Markdown(elem_id="projects-message")
     with gr.Accordion("New project", open=False, elem_id="projects-new"):
         name = gr.Textbox(label="Name", placeholder="e.g. street-scenes", elem_id="projects-new-name",
-                          info="Letters, digits, '.', '_' and '-': typed as it is on the command line")
+                          info="Letters, digits, '.', '_', '+' and '-': typed as it is on the command line")
         class_file = gr.File(label="Classes from a file: classes.json or labelmap.txt (fills the table)",
                              file_types=[".json", ".txt"], elem_id="projects-class-file")
         classes = gr.Dataframe(pd.DataFrame(DEFAULT_CLASSES, columns=CLASS_COLUMNS), headers=CLASS_COLUMNS,
