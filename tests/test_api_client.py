@@ -65,9 +65,9 @@ def test_export_dataset_of_an_unfinished_run_needs_the_choice(app, client):
 
 def test_resume_and_cancel_take_a_run_the_client_names(app, client):
     server, run_id = app
-    assert client.predict(run_id, api_name="/resume_run").startswith(f"Run {run_id} is ")
+    assert client.predict(run_id, api_name="/resume_run").startswith(f"Run {run_id} resumed at ")
     with open_store(server.workspace) as store:
         assert get_run(store, run_id).status in ("queued", "running")
-    assert client.predict(run_id, api_name="/cancel_run").startswith(f"Run {run_id} is ")
+    assert client.predict(run_id, api_name="/cancel_run").startswith(f"Run {run_id} asked to stop at ")
     assert client.predict("nonsense", api_name="/resume_run") == "Choose a run first."
     assert client.predict(999, api_name="/resume_run").startswith("**Could not resume:**")

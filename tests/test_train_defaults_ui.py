@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_app import ARTIFACTS
 from test_data_tab import Page, driver  # noqa: F401 (a fixture)
 from test_jobs import log_of
 from test_train_tab import server  # noqa: F401 (a fixture)
@@ -80,7 +81,7 @@ def test_st_pp_with_the_forms_defaults_pauses_for_review_and_continues_to_done(s
     assert page.find("#train-stage3 input").is_selected() == defaults["stage3"]
     assert page.find("#train-review input").is_selected()
     page.find("#train-launch").click()
-    launched = page.until(lambda: re.search(r"Run (\d+) is (queued|running)", page.text("train-message")),
+    launched = page.until(lambda: re.search(r"Run (\d+) launched at ", page.text("train-message")),
                           lambda: page.text("train-message"))
     run_id = int(launched[1])
     log = worker_log(server.workspace, run_id)
@@ -88,9 +89,11 @@ def test_st_pp_with_the_forms_defaults_pauses_for_review_and_continues_to_done(s
     page.until(lambda: progress_status(page) == "awaiting_review", log, timeout=PHASE_TIMEOUT_S)
     assert "status: awaiting review" in page.text("train-status")
 
+    # The run started after the page loaded: opening a tab brings it into the tab's list, no Refresh.
+    page.tab("Review")
+    page.until(lambda: "awaiting review" in page.text("review-status")
+               and f"#{run_id} " in page.find("#review-run input").get_attribute("value"), log)
     page.tab("Phases")
-    # The run started after the page loaded: Refresh brings it into the tab's list.
-    page.find("#phases-refresh").click()
     page.until(lambda: phases_show(page, "awaiting review", "ranking"), log)
     continue_to_the_next_phase(page)
     page.until(lambda: phases_show(page, "awaiting review", "ranking, stage1"), log, timeout=PHASE_TIMEOUT_S)
@@ -101,6 +104,18 @@ def test_st_pp_with_the_forms_defaults_pauses_for_review_and_continues_to_done(s
     page.tab("Train")
     page.until(lambda: progress_status(page) == "done" and "status: done" in page.text("train-status"))
     assert page.find("#train-progress .stpp-progress").get_attribute("data-progress") == "1.0000"
+    assert "launched at" in page.text("train-message")  # what was done, not a status that went stale
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.driver.save_screenshot(str(ARTIFACTS / "tour-train.png"))
+    # Export and Predict, opened after the run ended, show it done with its students' models.
+    for title, prefix in (("Export", "export"), ("Predict", "predict")):
+        page.tab(title)
+        page.until(lambda: "done" in page.find(f"#{prefix}-run input").get_attribute("value"), log)
+        stage = page.find(f"#{prefix}-stage input")
+        stage.click()
+        page.until(lambda: "stage2" in [o.text for o in page.driver.find_elements("css selector", "ul[role=listbox] li")])
+        stage.send_keys(Keys.ESCAPE)
+        page.driver.save_screenshot(str(ARTIFACTS / f"tour-{prefix}.png"))
 
     with open_store(server.workspace) as store:
         run = get_run(store, run_id)

@@ -8,7 +8,8 @@ from ui.services import Services
 from ui.tabs import data, export, phases, predict, projects, review, train
 
 TABS = [projects, data, train, review, phases, export, predict]
-"""Tab modules in display order; each has ``TITLE`` and ``build(services) -> None``."""
+"""Tab modules in display order; each has ``TITLE`` and ``build(services, shown) -> None`` (``shown``: its
+``gr.Tab``, whose ``select`` tells a tab it is opened, to re-read what changed while it was hidden)."""
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -21,7 +22,7 @@ def build_app(services: Services) -> gr.Blocks:
                     "train on a few labelled images, review the pseudo masks, export a dataset.")
         with gr.Tabs():
             for tab in TABS:
-                with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
-                    tab.build(services)
+                with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]) as shown:
+                    tab.build(services, shown)
         gr.Markdown(f"Workspace: `{services.settings.workspace}`", elem_id="workspace-note")
     return app

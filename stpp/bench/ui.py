@@ -160,7 +160,7 @@ def measure_launches(page: Page, runner: JobRunner, repeats: int) -> tuple[list[
             runner.wait(run_id, RUN_TIMEOUT_S)
         before = {r.id for r in list_runs(runner.store, DEMO_PROJECT)}
         seconds.append(timed(lambda: page.find("#train-launch").click(),
-                             lambda: f"Run {max(before, default=0) + 1} is" in page.text("train-message"), page))
+                             lambda: f"Run {max(before, default=0) + 1} launched" in page.text("train-message"), page))
         run_id = max(r.id for r in list_runs(runner.store, DEMO_PROJECT))
     return seconds, run_id
 

@@ -163,7 +163,7 @@ def discard_uploads(uploads: Sequence[str | Path]) -> None:
 # The tab ----------------------------------------------------------------------------------------
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """The project picker and counts, the upload form with its report, and the paged thumbnails."""
     gr.Markdown("Add images to the open project. **Labelled** and **validation** images need a mask: a PNG of "
                 "class indices (or in the project's colours) with the image's name, e.g. `0001.jpg` + `0001.png`, "

@@ -27,10 +27,10 @@ GROUPS = {"ground truth": "ground_truth", "accepted": "accepted", "corrected": "
 FORMAT_LABELS = {"voc": "Pascal VOC", "coco": "COCO (RLE)", "masks": "per-class masks", "overlays": "overlays (JPEG)"}
 
 
-def stage_update(services: Services, run_id, models_only: bool = False):
-    """The stage dropdown for a run: ``latest`` then its stages."""
+def stage_update(services: Services, run_id, models_only: bool = False, current: str | None = None):
+    """The stage dropdown for a run: ``latest`` then its stages; ``current`` is kept when it is one of them."""
     stages = run_stages(services.store, chosen_run(run_id), models_only) if chosen_run(run_id) else []
-    return gr.update(choices=[LATEST, *stages], value=LATEST)
+    return gr.update(choices=[LATEST, *stages], value=current if current in stages else LATEST)
 
 
 def export_filter(groups: list[str], min_stability) -> ExportFilter:
@@ -40,7 +40,7 @@ def export_filter(groups: list[str], min_stability) -> ExportFilter:
                         min_stability=None if min_stability in (None, "") else float(min_stability))
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """Dataset export (format, run, stage, filter → manifest → download) and model export."""
     gr.Markdown("Export a project as a labelled dataset: ground-truth masks, the masks people accepted or corrected, "
                 "and a run's pseudo masks for the rest (rejected images are left out). Every zip holds a "
@@ -100,6 +100,10 @@ def build(services: Services) -> None:
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
     run.change(lambda r: (stage_update(services, r), stage_update(services, r, True)), inputs=run,
                outputs=[stage, model_stage], **private)
+    if shown is not None:  # runs launched, finished or relabelled while the tab was hidden
+        shown.select(pick_run, inputs=[project, run], outputs=run, **private).then(
+            lambda r, s, m: (stage_update(services, r, current=s), stage_update(services, r, True, current=m)),
+            inputs=[run, stage, model_stage], outputs=[stage, model_stage], **private)
     build_button.click(make, inputs=[project, run, stage, fmt, groups, min_stability, reference, unfinished],
                        outputs=[message, manifest, download], api_name="export_dataset")
     model_button.click(make_model, inputs=[run, model_stage], outputs=[model_message, model_download],

@@ -22,7 +22,7 @@ from stpp.services.review import (
 from stpp.store import StoreError
 from stpp.store.reviews import last_review_id
 from stpp.store.runs import get_run, last_event_id, run_metrics
-from ui.components import find_project, run_choices, run_dropdown
+from ui.components import done_note, find_project, run_choices, run_dropdown
 from ui.services import Services
 
 TITLE = "Phases"
@@ -116,7 +116,7 @@ def panel(services: Services, project: str | None, run_id: int | None, seen: dic
 # The tab ------------------------------------------------------------------------------------------
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """Run picker, status, next-phase counts, continue buttons, mIoU table, history and quality report."""
     gr.Markdown("Follow a run through its phases. A run launched with **review between phases** stops after the "
                 "stability ranking and after each re-labelling; review its masks in the *Review* tab, then continue "
@@ -164,14 +164,15 @@ def build(services: Services) -> None:
             run_ = continue_run(services.jobs, int(run_id), review_next=review_next)
         except (StoreError, ReviewError, TypeError) as error:
             return f"**Not continued:** {error}"
-        return f"Run {run_.id} is {run_.status.replace('_', ' ')}."
+        return done_note(run_.id, "continued")
 
     def pick_run(project_name, current):
         return run_choices(services, project_name, current)
 
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
-    # Refresh re-reads the project's runs too: one launched since the page loaded is not in the list yet.
-    refresh.click(pick_run, inputs=[project, run], outputs=run, **private).then(
+    # Refresh and opening the tab re-read the runs: one launched since the page loaded is not listed yet.
+    refresh_events = [refresh.click] + ([shown.select] if shown is not None else [])
+    gr.on(refresh_events, pick_run, inputs=[project, run], outputs=run, **private).then(
         show, inputs=[project, run], outputs=outputs, **private)
     run.change(show, inputs=[project, run], outputs=outputs, **private)
     proceed.click(lambda r: go_on(r, True), inputs=run, outputs=message, api_name="continue_run").then(

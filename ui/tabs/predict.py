@@ -19,7 +19,7 @@ TITLE = "Predict"
 IMAGE_TYPES = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"]
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """Upload images, choose a run and stage, predict: overlays, a legend and a zip of palette-PNG masks."""
     gr.Markdown("Label new images with a trained model. Masks are palette PNGs (value = class index) named like "
                 "the images.")
@@ -50,5 +50,8 @@ def build(services: Services) -> None:
 
     project.change(lambda p, r: run_choices(services, p, r), inputs=[project, run], outputs=run, **private)
     run.change(lambda r: stage_update(services, r, True), inputs=run, outputs=stage, **private)
+    if shown is not None:  # runs launched or finished while the tab was hidden
+        shown.select(lambda p, r: run_choices(services, p, r), inputs=[project, run], outputs=run, **private).then(
+            lambda r, s: stage_update(services, r, True, current=s), inputs=[run, stage], outputs=stage, **private)
     button.click(predict, inputs=[run, stage, files], outputs=[message, legend, results, download],
                  api_name="predict")

@@ -180,7 +180,7 @@ def open_demo(services: Services) -> str:
 # The tab ----------------------------------------------------------------------------------------
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """The projects table, the current project (open, demo, disk usage), and the create and delete forms."""
     user = gr.Markdown(elem_id="signed-in")
     gr.Markdown("Projects in this workspace. The demo project `camvid-demo` holds real CamVid street "

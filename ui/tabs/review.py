@@ -169,7 +169,7 @@ def step_selection(services: Services, query: GalleryQuery, image: int | None, s
 # The tab ------------------------------------------------------------------------------------------
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """The run picker, filters, paged gallery, selected-image panel, decisions and the mask editor."""
     gr.Markdown("Review the pseudo masks of a run's unlabelled images, ranked by **stability**: how much the "
                 "teacher's checkpoints agree. Accept good masks, reject bad images, correct masks by painting. "
@@ -326,7 +326,9 @@ def build(services: Services) -> None:
     refresh_chain = dict(fn=load_page, inputs=[run, page, *filters], outputs=page_outs, **private)
     after = dict(fn=redraw, inputs=[run, selected, ratio, opacity, class_toggles], outputs=detail_outs, **private)
     status_chain = dict(fn=show_status, inputs=run, outputs=status, **private)
-    refresh.click(pick_run, inputs=[project, run], outputs=run, **private).then(
+    # Opening the tab re-reads the runs too: one that paused for review since the page loaded is not listed yet.
+    refresh_events = [refresh.click] + ([shown.select] if shown is not None else [])
+    gr.on(refresh_events, pick_run, inputs=[project, run], outputs=run, **private).then(
         **status_chain).then(**refresh_chain)
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
     run.change(run_changed, inputs=run, outputs=[status, ratio, class_filter, class_toggles, names, paint_class],

@@ -36,7 +36,7 @@ from stpp.store.runs import (
     parse_time,
     run_metrics,
 )
-from ui.components import chosen_run, run_dropdown, run_label
+from ui.components import chosen_run, done_note, run_dropdown, run_label
 from ui.services import Services
 
 TITLE = "Train"
@@ -208,7 +208,7 @@ def default_device(devices) -> str:
 # The tab ----------------------------------------------------------------------------------------
 
 
-def build(services: Services) -> None:
+def build(services: Services, shown: gr.Tab | None = None) -> None:
     """The launch form, the live panel (polled every :data:`POLL_S` s) and the project's run history."""
     defaults = form_defaults(DEFAULT_PRESET)
     devices = detect_devices()
@@ -300,8 +300,7 @@ def build(services: Services) -> None:
         except (StoreError, ConfigError, ValueError) as error:
             gr.Warning(str(error))
             return f"**Not launched:** {error}", gr.skip()
-        return (f"Run {started.id} is {started.status.replace('_', ' ')}.",
-                run_picker(project_runs(services, project_name), started))
+        return (done_note(started.id, "launched"), run_picker(project_runs(services, project_name), started))
 
     def take_weights(upload):
         try:
@@ -309,14 +308,14 @@ def build(services: Services) -> None:
         except ConfigError as error:
             return gr.skip(), f"**Not uploaded:** {error}"
 
-    def act(action, verb, run_id):
+    def act(action, verb, done, run_id):
         if chosen_run(run_id) is None:
             return "Choose a run first."
         try:
             changed = action(chosen_run(run_id))
         except StoreError as error:
             return f"**Could not {verb}:** {error}"
-        return f"Run {changed.id} is {changed.status.replace('_', ' ')}."
+        return done_note(changed.id, done)
 
     def show(project_name, run_id):
         return panel(services, project_name, run_id, None)
@@ -331,9 +330,9 @@ def build(services: Services) -> None:
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
     launch.click(start_run, inputs=[project, method, preset, device, review, *form], outputs=[message, run],
                  api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
-    cancel.click(lambda r: act(services.jobs.cancel, "cancel", r), inputs=run, outputs=message,
+    cancel.click(lambda r: act(services.jobs.cancel, "cancel", "asked to stop", r), inputs=run, outputs=message,
                  api_name="cancel_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
-    resume.click(lambda r: act(services.jobs.resume, "resume", r), inputs=run, outputs=message,
+    resume.click(lambda r: act(services.jobs.resume, "resume", "resumed", r), inputs=run, outputs=message,
                  api_name="resume_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
     gr.on([project.change, run.input], show, inputs=[project, run], outputs=panel_outputs, **private)
     gr.on(triggers=None, fn=show, inputs=[project, run], outputs=panel_outputs, **private)
