@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IGNORE_COLOUR = (255, 255, 255)
+"""How :func:`colorize` shows ignored pixels."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 """The image files a folder dataset, a headless prediction and the app's prediction take."""
-"""How :func:`colorize` shows ignored pixels."""
 
 
 def read_image(path: str | Path) -> Image.Image:
