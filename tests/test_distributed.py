@@ -95,7 +95,8 @@ def test_the_two_ranks_saw_disjoint_shards(ddp_run: Path, synthetic_dataset: Pat
         assert first and second, name
         assert not set(first) & set(second), name
         assert sorted(first + second) == sorted(ids), name  # every image once: no padding duplicates
-    for stage, size in (("teacher", 8), ("stage1", 16), ("stage2", 32)):
+    # The teacher's 8 labelled images are doubled (fewer than optim.teacher_double_below, as the paper's code).
+    for stage, size in (("teacher", 16), ("stage1", 16), ("stage2", 32)):
         first, second = records[f"train:{stage}:epoch1"]["ranks"]
         indices = [int(item.split(":")[0]) for item in first + second]
         assert len(first) == len(second) == size // 2

@@ -150,8 +150,8 @@ def test_review_correct_continue_and_export(server: Server, driver):
     corrected = ranked[9]
     driver.find_element(By.CSS_SELECTOR, "#review-correct-panel button").click()
     painted = classes.names.index("car")
-    next(label for label in driver.find_elements(By.CSS_SELECTOR, "#review-paint-class label")
-         if label.text == "car").click()
+    wait.until(lambda d: [label for label in d.find_elements(By.CSS_SELECTOR, "#review-paint-class label")
+                          if label.text == "car"])[0].click()
     canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#review-editor canvas"))[-1]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     wait.until(lambda d: "%" in text("review-editor"))  # the zoom level shows once the background is drawn
