@@ -22,6 +22,12 @@ def run_stpp(*args: str | os.PathLike, check: bool = True, timeout: float = 600)
     return result
 
 
+def start_stpp(*args: str | os.PathLike) -> subprocess.Popen:
+    """Start ``python -m stpp ARGS`` from the repository root in the background (stderr piped, as text)."""
+    return subprocess.Popen(stpp_command(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def run_args(data: Path, out: Path, method: str = "st++", preset: str = "test", *extra: str) -> list[str | Path]:
     """``run`` arguments for a folder dataset with labeled/unlabeled/val.txt at its root."""
     return ["run", "--data", data, "--labeled", data / "labeled.txt", "--unlabeled", data / "unlabeled.txt",

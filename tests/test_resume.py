@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, run_args, run_stpp, stpp_command
+from helpers import REPO, run_args, run_stpp, start_stpp, stpp_command
 
 from stpp.core.config import LEGACY_VALUES, StppConfig, get_preset
 from stpp.core.events import read_events
@@ -21,8 +21,7 @@ FAST = ["--set", "optim.student_epochs=2"]
 
 
 def _start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(stpp_command(*run_args(data, out, "st++", "test", *FAST, *extra)), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_stpp(*run_args(data, out, "st++", "test", *FAST, *extra))
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

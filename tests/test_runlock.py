@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import REPO, run_args, stpp_command
+from helpers import REPO, run_args, start_stpp, stpp_command
 from test_jobs import config, import_project
 
 from stpp.core.events import read_events
@@ -21,8 +21,7 @@ LONG = ["--set", "optim.epochs=60"]
 
 
 def _start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(stpp_command(*run_args(data, out, "supervised", "test", *LONG, *extra)), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_stpp(*run_args(data, out, "supervised", "test", *LONG, *extra))
 
 
 def _wait_for_steps(out: Path, process: subprocess.Popen, timeout: float = 300) -> None:
