@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, overlay, read_image, read_mask
 from stpp.core.method import num_reliable
 from stpp.store.db import Store
@@ -35,7 +34,7 @@ from stpp.store.images import get_image
 from stpp.store.projects import get_project
 from stpp.store.ranking import RankedImage, count_ranked, count_ranked_images, image_score, ranked_images
 from stpp.store.reviews import latest_decision
-from stpp.store.runs import Run, current_pseudo_masks, get_run
+from stpp.store.runs import Run, current_pseudo_masks, get_run, run_layout
 
 PAGE_SIZE = 50
 THUMB_SIZE = 160
@@ -293,7 +292,7 @@ def image_detail(store: Store, run_id: int, image_id: int, ratio: float | None =
     else:
         stage, mask_path = current_pseudo_masks(store, run.id, [image["id"]]).get(image["id"], (None, None))
         source = f"pseudo:{stage}" if stage else None
-    layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    layout = run_layout(store, run)
     k = run.cfg.pseudo.num_checkpoints
     checkpoint_paths = [layout.stability_dir(j) / f"{image['name']}.png" for j in range(1, k + 1)]
     checkpoints = [read_mask(p) for p in checkpoint_paths] if all(p.is_file() for p in checkpoint_paths) else []

@@ -28,7 +28,7 @@ from stpp.jobs import REPO_ROOT, child_env
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
 from stpp.store.projects import get_project
-from stpp.store.runs import get_run
+from stpp.store.runs import get_run, run_layout
 
 CHILD_TIMEOUT_S = 900
 KEEP_SCRATCH = 5
@@ -72,11 +72,6 @@ def _child(command: Sequence[str]) -> subprocess.CompletedProcess:
     return result
 
 
-def _run_dir(store: Store, run_id: int) -> Path:
-    run = get_run(store, run_id)
-    return store.path(run.run_dir or f"runs/{run.id}")
-
-
 def export_model_zip(store: Store, run_id: int, stage: str | None = None) -> Path:
     """A run stage's checkpoint, config and TorchScript model as one zip, made by a child
     ``python -m stpp.model_export`` (see :mod:`stpp.model_export`).
@@ -86,7 +81,8 @@ def export_model_zip(store: Store, run_id: int, stage: str | None = None) -> Pat
     """
     out = scratch_dir(store, "models")
     target = out / f"run{int(run_id)}-{stage or 'last'}-model.zip"
-    command = [sys.executable, "-m", "stpp.model_export", str(_run_dir(store, run_id)), "--out", str(out / "files"),
+    run_dir = run_layout(store, get_run(store, run_id)).root
+    command = [sys.executable, "-m", "stpp.model_export", str(run_dir), "--out", str(out / "files"),
                "--zip", str(target)] + (["--stage", stage] if stage else [])
     _child(command)
     return target
@@ -131,7 +127,7 @@ def predict_images(store: Store, run_id: int, files: Sequence[str | Path], stage
         target.parent.mkdir(parents=True)
         shutil.copyfile(path, target)
         copies.append(target)
-    command = [sys.executable, "-m", "stpp", "predict", str(_run_dir(store, run_id)), "--images", str(images_dir),
+    command = [sys.executable, "-m", "stpp", "predict", str(run_layout(store, run).root), "--images", str(images_dir),
                "--out", str(masks_dir), "--device", device] + (["--stage", stage] if stage else [])
     _child(command)
     masks = [masks_dir / p.relative_to(images_dir).with_suffix(".png") for p in copies]

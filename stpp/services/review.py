@@ -32,7 +32,6 @@ import numpy as np
 
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
-from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, read_mask
 from stpp.core.method import num_reliable, stage_after_pause
 from stpp.jobs import JobRunner
@@ -51,6 +50,7 @@ from stpp.store.runs import (
     list_events,
     record_event,
     record_scores,
+    run_layout,
     set_review_plan,
     set_run_config,
     transition,
@@ -246,7 +246,7 @@ def set_reliable_ratio(store: Store, run_id: int, ratio: float) -> StppConfig:
     cfg = StppConfig.from_dict(run.config)
     if cfg.selftrain.reliable_ratio == ratio:
         return cfg
-    layout = RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
+    layout = run_layout(store, run)
     if run.status in ("queued", "running"):
         raise ReviewError(f"run {run.id} is {run.status}: its reliable ratio can change only while it waits for review")
     if run.method != "st++" or not layout.scores_path.is_file():

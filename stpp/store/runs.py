@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
+from stpp.core.layout import RunLayout
 from stpp.core.method import pause_points, stage_order
 from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, utc_now
 from stpp.store.files import sha1_bytes
@@ -183,8 +184,17 @@ def create_run(store: Store, project: int | str | Project, config: StppConfig,
             "progress": 0.0,
             "created": utc_now(),
         }).last_pk
-        db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [f"runs/{run_id}", run_id])
+        db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [_default_run_dir(run_id), run_id])
     return get_run(store, run_id)
+
+
+def _default_run_dir(run_id: int) -> str:
+    return f"runs/{run_id}"
+
+
+def run_layout(store: Store, run: Run) -> RunLayout:
+    """The run folder of a project run, in the workspace."""
+    return RunLayout(store.path(run.run_dir or _default_run_dir(run.id)))
 
 
 def set_review_plan(store: Store, run_id: int, pauses: Sequence[str]) -> tuple[str, ...]:

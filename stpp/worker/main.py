@@ -53,6 +53,7 @@ from stpp.store.runs import (
     record_event,
     record_scores,
     record_worker_start,
+    run_layout,
     set_stage_metrics,
     update_run,
 )
@@ -174,7 +175,7 @@ def _lead(run_id: int, workspace: Path) -> int:
         # long as any rank does.
         pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
         try:
-            lock = RunFolderLock(run_folder(store, get_run(store, run_id)).root).acquire()
+            lock = RunFolderLock(run_layout(store, get_run(store, run_id)).root).acquire()
         except (StoreError, RunFolderBusy) as error:
             print(f"stpp worker: error: {error}", file=sys.stderr)
             return EXIT_REFUSED
@@ -255,13 +256,8 @@ def _follow_main_rank(run_id: int, workspace: Path) -> int:
         shutdown_distributed()
 
 
-def run_folder(store: Store, run: Run) -> RunLayout:
-    """The run folder of a project run, in the workspace."""
-    return RunLayout(store.path(run.run_dir or f"runs/{run.id}"))
-
-
 def _execute(store: Store, run: Run, pid: int, flag: StopFlag) -> int:
-    layout = run_folder(store, run)
+    layout = run_layout(store, run)
     image_ids: dict[str, int] = {}
     cfg = None
     shared = False
