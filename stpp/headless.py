@@ -18,9 +18,9 @@ from stpp import __version__
 from stpp.core import resolve
 from stpp.core.config import ConfigError, StppConfig
 from stpp.core.events import Activity, Event, EventSink, JsonlSink, MultiSink
+from stpp.core.handoff import only_handoff
 from stpp.core.layout import PREDICTION_MANIFEST, RunLayout
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save
-from stpp.core.runlock import LOCK_NAME
 from stpp.data.cityscapes import CityscapesDataset
 from stpp.data.datasets import (
     ClassInfo,
@@ -144,7 +144,7 @@ def check_run_dir(out: Path, cfg: StppConfig, inputs: dict, resume: bool) -> Non
             raise RunError(f"--resume: the config differs from {layout.config_path}: " + "; ".join(differences))
         if layout.inputs_path.exists() and json.loads(layout.inputs_path.read_text()) != inputs:
             raise RunError(f"--resume: the data or split lists differ from those in {layout.inputs_path}")
-    elif out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
+    elif out.exists() and (not out.is_dir() or not only_handoff([p.name for p in out.iterdir()])):
         raise RunError(f"{out} exists and is not an stpp run folder; choose an empty or new --out")
 
 

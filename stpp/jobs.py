@@ -1,41 +1,44 @@
-"""The job runner: project runs as detached worker processes, a queue across projects, cancel,
-resume and recovery after a restart.
+"""The job runner: project runs handed to a backend, a queue across projects, cancel, resume,
+recovery after a restart, and the import of every run's results into the store.
 
-A launched run is recorded ``queued``; :meth:`JobRunner.tick` starts queued runs while their device
-has a free slot (one training per GPU and one on the CPU by default) by spawning
-``python -m stpp worker RUN_ID --workspace W`` in a new session, so it outlives the web app. A run
-over several GPUs (device ``cuda:0,1``) or several CPU processes (``cpu*2``) is spawned as
-``python -m torch.distributed.run --standalone --nproc_per_node=N -m stpp.worker RUN_ID ...``, and
-holds a slot on every GPU it uses. All
-state lives in the store and every decision is taken inside a store transaction, so several app
-processes (or a CLI next to the app) may call :meth:`~JobRunner.tick` at the same time. A worker
-that ends calls ``tick`` itself, so the queue moves on even with no page open.
+A launched run is recorded ``queued``. On the ``local`` backend :meth:`JobRunner.tick` starts
+queued runs while their device has a free slot (one training per GPU and one on the CPU by
+default): the run becomes ``running`` and its worker a detached process (:mod:`stpp.backends.local`).
+On the ``slurm`` backend every queued run is submitted at once and stays ``queued`` until Slurm
+starts it (:mod:`stpp.backends.slurm`). Before each start the runner writes the run's order into
+its folder (``job.json``); the worker writes only that folder, and each tick imports what is new
+there into the store (:func:`stpp.services.run_import.import_run_folder`), the same way for every
+backend. All state lives in the store and every decision is taken inside a store transaction, so
+several app processes (or a CLI next to the app) may tick at the same time; the app ticks in the
+background, so runs move on with no page open.
 
-No Gradio here, and torch is never imported into the calling process (the GPU inventory and the
-config check run in the worker's module or a child process).
+No Gradio here, and torch is never imported into the calling process (the GPU inventory runs in
+the worker's module in a child process).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import psutil
-
+from stpp.backends import Backend, LocalBackend, StartError
+from stpp.backends.local import REPO_ROOT, child_env
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
-from stpp.core.devices import DeviceSpec, parse_device_spec
+from stpp.core.devices import Device, DeviceSpec, parse_device_spec
+from stpp.core.handoff import HandoffError, request_stop, write_job
 from stpp.core.masks import atomic_save
 from stpp.core.method import METHOD_LABELS, pause_points
 from stpp.core.resolve import resolve_config
+from stpp.services.run_import import import_run_folder
+from stpp.services.worker_job import compose_job
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.images import count_images, count_labelled_with_masks
 from stpp.store.projects import Project, get_project
@@ -44,6 +47,7 @@ from stpp.store.runs import (
     RunStateError,
     cancel_requested_at,
     claim_queued,
+    claim_submission,
     create_run,
     end_running,
     get_run,
@@ -51,11 +55,13 @@ from stpp.store.runs import (
     parse_time,
     refuse_unfinished,
     request_cancel,
+    run_layout,
     set_worker_pid,
     transition,
+    update_run,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 DEFAULT_GRACE_S = 30.0
 """Seconds a cancelled worker gets to stop cleanly before it is killed."""
 START_GRACE_S = 120.0
@@ -65,20 +71,6 @@ START_GRACE_S = 120.0
 
 class LaunchError(StoreError):
     """A run that cannot be launched as asked (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device choice a run can train on.
-
-    Attributes:
-        id: the config's ``device``: ``cpu``, ``cuda:N``, or ``cuda:0,1,...`` for one run over
-            every GPU.
-        label: what people see, e.g. ``GPU 0: NVIDIA H100 (79 GB)`` or ``all 4 GPUs (torchrun)``.
-    """
-
-    id: str
-    label: str
 
 
 @functools.lru_cache(maxsize=1)
@@ -206,94 +198,6 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def worker_alive(pid: int | None, run_id: int | None = None) -> bool:
-    """Whether ``pid`` is a live (not zombie) process of ours, and, given ``run_id``, a worker of that run.
-
-    The command-line check guards against a pid reused by another program after the worker died.
-    """
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            return False
-        args = process.cmdline() if run_id is not None else []
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False  # gone, or another user's process: not our worker
-    if run_id is None:
-        return True
-    return any("worker" in a for a in args) and str(run_id) in args
-
-
-_TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "WORLD_SIZE",
-                       "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                       "TORCH_NCCL_ASYNC_ERROR_HANDLING")
-"""What ``torchrun`` sets for each rank (besides ``TORCHELASTIC_*``)."""
-_LAUNCH_CHANGES = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
-"""What :meth:`JobRunner._spawn` sets for the ranks of a run over several processes."""
-_SAVED_ENV = "STPP_ENV_BEFORE_TORCHRUN"
-"""Holds (JSON) the values of :data:`_LAUNCH_CHANGES` from before such a launch."""
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a child process of the app (a worker, an export, a prediction)."""
-    env = dict(os.environ)
-    # The child imports stpp from this checkout even when it is not installed.
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    # Rank 0 of a torchrun worker starts the next queued run when it ends: that worker must not
-    # believe it is a rank of the ended group, nor inherit the GPUs and threads chosen for it.
-    for name in [n for n in env if n in _TORCHRUN_VARIABLES or n.startswith("TORCHELASTIC_")]:
-        del env[name]
-    saved = env.pop(_SAVED_ENV, None)
-    if saved is not None:
-        for name, value in json.loads(saved).items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
-    return env
-
-
-def _torchrun_env(spec: DeviceSpec) -> dict[str, str]:
-    """The environment of a run's ``torchrun``: its GPUs, and the CPU threads of each rank.
-
-    ``CUDA_VISIBLE_DEVICES`` narrows the GPUs to the run's (each rank then takes
-    ``cuda:LOCAL_RANK``); the run's indices count within the app's own ``CUDA_VISIBLE_DEVICES``
-    when one is set. An unset ``OMP_NUM_THREADS`` becomes the cores divided among the ranks
-    (torchrun would otherwise give each rank one thread).
-    """
-    env = child_env()
-    env[_SAVED_ENV] = json.dumps({name: env.get(name) for name in _LAUNCH_CHANGES})
-    if spec.kind == "cuda" and spec.gpus:
-        visible = env.get("CUDA_VISIBLE_DEVICES")
-        names = [name.strip() for name in visible.split(",")] if visible is not None else None
-        if names is not None and max(spec.gpus) >= len(names):
-            raise LaunchError(f"device {spec} names a GPU beyond CUDA_VISIBLE_DEVICES={visible}")
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(names[i] if names is not None else str(i) for i in spec.gpus)
-    if not env.get("OMP_NUM_THREADS", "").strip():
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env["OMP_NUM_THREADS"] = str(max(1, cores // spec.processes))
-    return env
-
-
-def _ranks(pid: int, run_id: int) -> list[int]:
-    """The ranks of a torchrun worker ``pid``: its children that run the worker of ``run_id`` in
-    their own process groups (as torchrun starts them); empty for a single-process worker."""
-    try:
-        children = psutil.Process(pid).children()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
-    ranks = []
-    for child in children:
-        try:
-            leads = os.getpgid(child.pid) == child.pid
-        except ProcessLookupError:
-            continue
-        if leads and worker_alive(child.pid, run_id):
-            ranks.append(child.pid)
-    return ranks
-
-
 def worker_log_path(store: Store, run_id: int) -> Path:
     """Where a run's worker writes its output: ``runs/<run_id>.log`` beside the run folder.
 
@@ -303,18 +207,21 @@ def worker_log_path(store: Store, run_id: int) -> Path:
 
 
 class JobRunner:
-    """Starts, queues, cancels, resumes and recovers project runs.
+    """Starts, queues, cancels, resumes and recovers project runs, and imports their results.
 
     Args:
         store: the open store.
-        slots_per_device: trainings at once on each device (the CPU counts as one device).
+        slots_per_device: trainings at once on each device of the local backend (the CPU counts as one device).
         grace_s: seconds between the clean-stop request of :meth:`cancel` and a kill.
-        start_grace_s: seconds a claimed run may wait for its worker's pid.
-        python: the interpreter that runs workers.
+        start_grace_s: seconds a claimed local run may wait for its worker's pid.
+        python: the interpreter that runs local workers.
+        backend: where new runs go (default: a :class:`~stpp.backends.LocalBackend`); a run keeps
+            the backend it was launched on, and local runs always work.
     """
 
     def __init__(self, store: Store, slots_per_device: int = 1, grace_s: float = DEFAULT_GRACE_S,
-                 start_grace_s: float = START_GRACE_S, python: str = sys.executable):
+                 start_grace_s: float = START_GRACE_S, python: str = sys.executable,
+                 backend: Backend | None = None):
         if slots_per_device < 1:
             raise ValueError("slots_per_device must be at least 1")
         self.store = store
@@ -322,15 +229,17 @@ class JobRunner:
         self.grace_s = grace_s
         self.start_grace_s = start_grace_s
         self.python = python
-        self._children: dict[int, subprocess.Popen] = {}
-        self._lock = threading.Lock()  # the web app's handler threads share one runner
+        local = LocalBackend(python)
+        self.backend: Backend = backend or local
+        self.backends: dict[str, Backend] = {"local": local, self.backend.name: self.backend}
+        self._lock = threading.RLock()  # the web app's handler threads share one runner
 
     # Launching ---------------------------------------------------------------------------------
 
     def launch(self, project: int | str | Project, method: str, preset: str,
                overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu", *,
                review: bool = False) -> Run:
-        """Resolve the config, record a ``queued`` run and start it if its device is free.
+        """Resolve the config, record a ``queued`` run on this runner's backend and start it if it can.
 
         The one launch path of the app, the CLI and the API.
 
@@ -341,7 +250,7 @@ class JobRunner:
             overrides: ``{"optim.epochs": 3}`` or ``["optim.epochs=3"]``.
             device: ``cpu``, ``cuda:N``, ``cuda`` or ``auto`` (pinned to a device here), or one run
                 in several processes: ``cuda:N,M,...`` (one per GPU) or ``cpu*N``; see
-                :class:`DeviceSpec`.
+                :class:`DeviceSpec`. On Slurm the GPUs are those the job gets on each node.
             review: stop for a person's review at every pause point of the method (after the
                 ranking and after each re-labelling) with status ``awaiting_review``; the plan is
                 in the run row before the worker starts.
@@ -358,24 +267,35 @@ class JobRunner:
         return self.submit(project, cfg, pause_points(cfg) if review else ())
 
     def submit(self, project: int | str | Project, cfg: StppConfig, review_plan: Sequence[str] = ()) -> Run:
-        """Record a ``queued`` run with an already resolved config and start it if its device is free.
+        """Record a ``queued`` run with an already resolved config and start it if it can.
 
         Raises:
             RunConflict: the project already has an unfinished run.
             ConfigError: a malformed ``device``.
         """
         parse_device_spec(cfg.device)
-        run = create_run(self.store, project, cfg, review_plan)
+        run = create_run(self.store, project, cfg, review_plan, backend=self.backend.name)
         self.tick()
         return get_run(self.store, run.id)
 
+    def devices(self) -> tuple[Device, ...]:
+        """The device choices of a new run on this runner's backend."""
+        if self.backend.queues_itself:
+            return SCHEDULER_DEVICES
+        return detect_devices()
+
     def _pin_device(self, device: str) -> str:
         """The canonical ``device`` of a new run, with ``auto`` and ``cuda`` pinned to one device.
+
+        On a scheduler's backend (Slurm) the GPUs are the job's, on a node this machine cannot see:
+        ``auto`` means the CPU and ``cuda`` one GPU.
 
         Raises:
             ConfigError: a malformed device, or a GPU this machine does not have.
         """
         spec = parse_device_spec(device)
+        if self.backend.queues_itself:
+            return "cpu" if spec.kind == "auto" else "cuda:0" if spec.kind == "cuda" and not spec.gpus else str(spec)
         if spec.kind == "auto":
             return self._first_device()
         if spec.kind == "cuda":
@@ -400,29 +320,58 @@ class JobRunner:
             return (device,)  # its worker reports the error; the run holds no real device meanwhile
         return (self._first_device(),) if spec.kind == "auto" else spec.slots
 
+    def _backend_of(self, run: Run) -> Backend:
+        backend = self.backends.get(run.backend)
+        if backend is None:
+            raise LaunchError(f"run {run.id} was launched on the {run.backend} backend, which this app was not "
+                              f"started with (--backend {run.backend})")
+        return backend
+
+    def _queues_itself(self, run: Run) -> bool:
+        backend = self.backends.get(run.backend)
+        return backend is not None and backend.queues_itself
+
     # The queue ---------------------------------------------------------------------------------
 
     def tick(self) -> list[int]:
-        """Reap ended workers, kill overdue cancels, then start queued runs that have a free slot.
+        """Import every active run's folder, settle ended workers, kill overdue cancels, then start
+        (or submit) queued runs.
 
         Safe to call often and from several processes. Returns the ids of the runs started.
         """
         with self._lock:
-            self._poll_children()
+            self.import_results()
             self.reap()
-            return [run_id for run_id in self._claim() if self._spawn(run_id)]
+            started = [run_id for run_id in self._claim() if self._spawn(run_id)]
+            return started + self._submit_to_schedulers()
+
+    def import_results(self) -> None:
+        """Bring the store up to date with the folder of every running run and every submitted queued run."""
+        with self._lock:
+            for run in list_runs(self.store, statuses=["running", "queued"]):
+                if run.status == "running" or run.job_id:
+                    self._import(run)
+
+    def _import(self, run: Run) -> Run:
+        try:
+            return import_run_folder(self.store, run)
+        except (OSError, StoreError, HandoffError, ValueError) as error:
+            log.warning("run %s: its folder was not imported: %s", run.id, error)
+            return get_run(self.store, run.id)
 
     def _claim(self) -> list[int]:
-        queued = list_runs(self.store, statuses=["queued"])
+        """Claim the queued runs of the local backend that have a free device slot."""
+        queued = [run for run in list_runs(self.store, statuses=["queued"]) if not self._queues_itself(run)]
         if not queued:
             return []
+        running = [run for run in list_runs(self.store, statuses=["running"]) if not self._queues_itself(run)]
         # Slots are worked out before the write lock is taken ("auto" may ask a child process).
-        slots = {run.id: self._slots(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
+        slots = {run.id: self._slots(run.device) for run in queued + running}
         claimed = []
         with self.store.transaction():
             busy: dict[str, int] = {}
-            for running in list_runs(self.store, statuses=["running"]):
-                _occupy(busy, slots.get(running.id) or self._slots(running.device))
+            for run in running:
+                _occupy(busy, slots[run.id])
             for run in sorted(queued, key=lambda r: r.id):
                 if any(busy.get(slot, 0) >= self.slots_per_device for slot in slots[run.id]):
                     # First come, first served on every device: a run waiting for several GPUs keeps
@@ -436,94 +385,130 @@ class JobRunner:
                     claimed.append(run.id)
         return claimed
 
+    def _order(self, run: Run) -> Path:
+        """Write the run's ``job.json`` for its next start; returns the run folder.
+
+        Raises:
+            JobInputError, ReviewError: the run cannot be handed over as it stands.
+        """
+        attempt = run.attempt + 1
+        job = compose_job(self.store, run, attempt)
+        root = run_layout(self.store, run).root.absolute()
+        root.mkdir(parents=True, exist_ok=True)
+        write_job(root, job)
+        update_run(self.store, run.id, attempt=attempt)
+        return root
+
     def _spawn(self, run_id: int) -> bool:
-        log_path = worker_log_path(self.store, run_id)
-        spec = self._device_spec(run_id)
+        """Start the worker of a claimed local run."""
+        run = get_run(self.store, run_id)
         try:
-            env = _torchrun_env(spec) if spec.distributed else child_env()
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(self.worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, start_new_session=True)
-        except (OSError, LaunchError) as error:
+            root = self._order(run)
+            pid, _ = self.backends["local"].start(run.id, root, self._device_spec(run),
+                                                  worker_log_path(self.store, run.id))
+        except (OSError, StartError, StoreError) as error:
             end_running(self.store, run_id, "failed", None, error=f"cannot start the worker: {error}", resumable=True)
             return False
-        self._children[run_id] = process
-        set_worker_pid(self.store, run_id, process.pid)
+        set_worker_pid(self.store, run_id, pid)
         return True
 
+    def _submit_to_schedulers(self) -> list[int]:
+        """Hand every queued run of a scheduler's backend (Slurm) that has no job yet to its scheduler."""
+        submitted = []
+        for run in list_runs(self.store, statuses=["queued"]):
+            if run.job_id or not self._queues_itself(run) or not claim_submission(self.store, run.id, SUBMITTING):
+                continue
+            try:
+                root = self._order(get_run(self.store, run.id))
+                _, job_id = self._backend_of(run).start(run.id, root, self._device_spec(run),
+                                                        worker_log_path(self.store, run.id))
+            except (OSError, StartError, StoreError) as error:
+                _fail_queued(self.store, run.id, f"cannot submit the run: {error}")
+                continue
+            update_run(self.store, run.id, job_id=job_id)
+            submitted.append(run.id)
+        return submitted
+
     def worker_command(self, run_id: int) -> list[str]:
-        """The command line of a run's worker: ``torchrun`` (as a module of the same interpreter) with
-        one process per GPU or per CPU process for a run over several, else one worker process."""
-        workspace = ["--workspace", str(self.store.workspace)]
-        spec = self._device_spec(run_id)
-        if spec.distributed:
-            return [self.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.processes}",
-                    "-m", "stpp.worker", str(int(run_id)), *workspace]
-        return [self.python, "-m", "stpp", "worker", str(int(run_id)), *workspace]
+        """The command line of a local run's worker (see :func:`stpp.backends.local.worker_command`)."""
+        run = get_run(self.store, run_id)
+        return self.backends["local"].command(run_layout(self.store, run).root.absolute(), self._device_spec(run))
 
-    def _device_spec(self, run_id: int) -> DeviceSpec:
+    def _device_spec(self, run: Run) -> DeviceSpec:
         try:
-            return parse_device_spec(get_run(self.store, run_id).device)
+            return parse_device_spec(run.device)
         except ConfigError:
-            return DeviceSpec("cpu")  # one worker process, which records the error as the run's
-
-    def _worker_alive(self, run: Run) -> bool:
-        process = self._children.get(run.id)
-        if process is not None and process.pid == run.pid:
-            # Started here: alive until it exits, even while still inside execve, when its command
-            # line is not yet its own and worker_alive would take it for another program.
-            return process.poll() is None
-        return worker_alive(run.pid, run.id)
-
-    def _poll_children(self) -> None:
-        # Reaps this process's own ended workers, which would otherwise stay zombies and look alive.
-        for run_id, process in list(self._children.items()):
-            if process.poll() is not None:
-                del self._children[run_id]
+            return DeviceSpec("cpu")  # one worker process, which reports the error as the run's
 
     # Ending ------------------------------------------------------------------------------------
 
     def reap(self) -> list[Run]:
-        """Settle running runs whose worker is gone, and kill workers that ignored a cancel too long.
+        """Settle runs whose worker is gone, and kill workers that ignored a cancel too long.
 
-        A worker gone without reporting leaves its run ``failed`` and resumable (``cancelled`` when
-        a cancel was asked for); a claimed run whose worker never recorded a pid fails after
-        ``start_grace_s``. Returns the runs changed.
+        A worker gone without reporting its end leaves its run ``failed`` and resumable
+        (``cancelled`` when a cancel was asked for); a claimed local run whose worker never got
+        a pid fails after ``start_grace_s``; a submitted run whose job ended before its worker
+        started fails. Returns the runs changed.
         """
         changed = []
         now = time.time()
-        for run in list_runs(self.store, statuses=["running"]):
-            if run.pid is None:
-                claimed_at = parse_time(run.heartbeat) if run.heartbeat else 0.0
-                if now - claimed_at > self.start_grace_s and end_running(
-                        self.store, run.id, "failed", None, resumable=True,
-                        error="the worker did not start; resume to try again"):
-                    changed.append(get_run(self.store, run.id))
-                continue
-            asked = cancel_requested_at(self.store, run.id)
-            if self._worker_alive(run):
-                if asked is None or now - asked < self.grace_s:
+        with self._lock:
+            for run in list_runs(self.store, statuses=["running", "queued"]):
+                if run.status == "queued":
+                    if run.job_id and run.job_id != SUBMITTING and not self._alive(run):
+                        run = self._import(run)  # it may have started and ended between two ticks
+                        if run.status == "queued" and _fail_queued(
+                                self.store, run.id, f"{self._describe(run)} ended before its worker started; "
+                                                    f"see runs/{run.id}.log"):
+                            changed.append(get_run(self.store, run.id))
                     continue
-                _signal_group(run.pid, signal.SIGKILL, run.id)
-                ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True,
-                                    error=f"the worker did not stop within {self.grace_s:.0f} s and was killed")
-            elif asked is not None:
-                ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True)
-            else:
-                ended = end_running(self.store, run.id, "failed", run.pid, resumable=True,
-                                    error=f"the worker (pid {run.pid}) ended without reporting (killed or crashed); "
-                                          "resume continues from the last checkpoint")
-            if ended:
-                changed.append(get_run(self.store, run.id))
+                if run.pid is None and run.job_id is None:
+                    claimed_at = parse_time(run.heartbeat) if run.heartbeat else 0.0
+                    if now - claimed_at > self.start_grace_s and end_running(
+                            self.store, run.id, "failed", None, resumable=True,
+                            error="the worker did not start; resume to try again"):
+                        changed.append(get_run(self.store, run.id))
+                    continue
+                ended = self._reap_running(run, now)
+                if ended is not None:
+                    changed.append(ended)
         return changed
 
-    def recover(self) -> list[Run]:
-        """At app start: mark runs whose worker is gone failed and resumable, keep live ones, start the queue.
+    def _reap_running(self, run: Run, now: float) -> Run | None:
+        """Settle one running run if its worker is gone or overdue; returns it when it changed."""
+        asked = cancel_requested_at(self.store, run.id)
+        if self._alive(run):
+            if asked is None or now - asked < self.grace_s:
+                return None
+            self._backend_of(run).kill(run.id, run.pid, run.job_id)
+            ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True,
+                                error=f"the worker did not stop within {self.grace_s:.0f} s and was killed")
+            return get_run(self.store, run.id) if ended else None
+        run = self._import(run)  # its last words may have come after this tick's import
+        if run.status != "running":
+            return run
+        if asked is not None:
+            ended = end_running(self.store, run.id, "cancelled", run.pid, resumable=True)
+        else:
+            ended = end_running(self.store, run.id, "failed", run.pid, resumable=True,
+                                error=f"the worker ({self._describe(run)}) ended without reporting (killed or "
+                                      "crashed); resume continues from the last checkpoint")
+        return get_run(self.store, run.id) if ended else None
 
-        Returns the runs that were marked.
-        """
+    def _alive(self, run: Run) -> bool:
+        try:
+            return self._backend_of(run).alive(run.id, run.pid, run.job_id)
+        except LaunchError:
+            return True  # a backend this app lacks: its runs are left as they are, not failed
+
+    def _describe(self, run: Run) -> str:
+        return f"Slurm job {run.job_id}" if run.job_id else f"pid {run.pid}"
+
+    def recover(self) -> list[Run]:
+        """At app start: import what runs wrote while the app was down, mark runs whose worker is gone
+        failed and resumable, keep live ones, start the queue. Returns the runs that were marked."""
         with self._lock:
+            self.import_results()
             changed = self.reap()
         self.tick()
         return changed
@@ -531,9 +516,10 @@ class JobRunner:
     def cancel(self, run_id: int) -> Run:
         """Cancel a run: a queued or awaiting-review one at once, a running one by a clean stop.
 
-        The running worker is asked to stop (a store event it polls, and SIGTERM, to every rank of a
-        torchrun worker); it saves ``last.pt`` after its current step and reports ``cancelled``.
-        :meth:`tick` kills it if it is still running ``grace_s`` later. Every cancelled run is resumable.
+        The running worker is asked to stop (a stop file in its run folder, which it polls, and,
+        on this machine, SIGTERM to every rank of a torchrun worker); it saves ``last.pt`` after
+        its current step and reports ``cancelled``. :meth:`tick` kills it if it is still running
+        ``grace_s`` later. Every cancelled run is resumable.
 
         Raises:
             RunStateError: the run is already done, failed or cancelled.
@@ -541,22 +527,19 @@ class JobRunner:
         run = get_run(self.store, run_id)
         if run.status in ("queued", "awaiting_review"):
             try:
-                return transition(self.store, run.id, "cancelled", expect=[run.status], resumable=True,
-                                  finished=utc_now())
+                cancelled = transition(self.store, run.id, "cancelled", expect=[run.status], resumable=True,
+                                       finished=utc_now())
             except RunStateError:
                 run = get_run(self.store, run_id)  # claimed meanwhile: stop it as a running run
+            else:
+                if run.job_id and run.job_id != SUBMITTING:
+                    self._backend_of(run).kill(run.id, run.pid, run.job_id)
+                return cancelled
         if run.status != "running":
             raise RunStateError(f"run {run.id} is {run.status.replace('_', ' ')}; there is nothing to cancel")
         request_cancel(self.store, run.id)
-        if run.pid and self._worker_alive(run):
-            # A torchrun worker's ranks are signalled, not torchrun: it would forward the signal to
-            # each rank's whole process group, and the data-loader processes it killed would fail
-            # the ranks' current step instead of letting them stop after it.
-            for pid in _ranks(run.pid, run.id) or [run.pid]:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        request_stop(run_layout(self.store, run).root)
+        self._backend_of(run).stop(run.id, run.pid, run.job_id)
         return get_run(self.store, run.id)
 
     def resume(self, run_id: int) -> Run:
@@ -567,7 +550,7 @@ class JobRunner:
             RunConflict: its project has another unfinished run.
         """
         transition(self.store, run_id, "queued", expect=["failed", "cancelled"], error=None, finished=None,
-                   pid=None, resumable=False)
+                   pid=None, job_id=None, resumable=False)
         self.tick()
         return get_run(self.store, run_id)
 
@@ -595,18 +578,41 @@ class JobRunner:
                 raise TimeoutError(f"run {run_id} is still {run.status} after {timeout:.0f} s")
             time.sleep(poll_s)
 
+    def follow(self, interval_s: float = 2.0) -> threading.Thread:
+        """Tick every ``interval_s`` seconds in a background thread for the life of the process; returns it.
 
-def _signal_group(pid: int, sig: int, run_id: int) -> None:
-    """Signal the worker and its data-loader processes (its process group, when it leads one), and
-    every rank of a torchrun worker with its own group (torchrun starts each in a new session)."""
-    for target in [pid, *_ranks(pid, run_id)]:  # the ranks are looked up while their parent lives
-        try:
-            if os.getpgid(target) == target:
-                os.killpg(target, sig)
-            else:
-                os.kill(target, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        The app calls it, so results are imported and the queue moves on with no page open.
+        """
+        def loop() -> None:
+            while True:
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - one failed tick must not end the app's follower
+                    log.exception("the job runner's tick failed")
+                time.sleep(interval_s)
+
+        thread = threading.Thread(target=loop, name="stpp-job-runner", daemon=True)
+        thread.start()
+        return thread
+
+
+SUBMITTING = "submitting"
+"""The ``job_id`` of a run while one process submits it (so that no other process submits it too)."""
+SCHEDULER_DEVICES = (Device("cpu", "CPU (one process)"), Device("cpu*2", "CPU, 2 processes (torchrun)"),
+                     Device("cuda:0", "1 GPU per node"), Device("cuda:0,1", "2 GPUs per node (torchrun)"),
+                     Device("cuda:0,1,2,3", "4 GPUs per node (torchrun)"),
+                     Device("cuda:0,1,2,3,4,5,6,7", "8 GPUs per node (torchrun)"))
+"""The device choices of a run on Slurm: the GPUs each node of the job gets."""
+
+
+def _fail_queued(store: Store, run_id: int, error: str) -> bool:
+    """End a queued run that could not start as failed and resumable; False when it was no longer queued."""
+    try:
+        transition(store, run_id, "failed", expect=["queued"], resumable=True, job_id=None, finished=utc_now(),
+                   error=error)
+    except RunStateError:
+        return False
+    return True
 
 
 def _occupy(busy: dict[str, int], slots: Iterable[str]) -> None:

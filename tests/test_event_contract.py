@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from stpp.worker.inputs import build_run_data, describe_project_inputs
+from stpp.worker.sink import StoreSink
 from test_jobs import RUN_TIMEOUT_S, import_project, log_of
 
 from stpp.core.config import METHODS, StppConfig, get_preset
@@ -30,9 +32,7 @@ from stpp.jobs import JobRunner
 from stpp.store import Project, Store, open_store
 from stpp.store.images import mean_image_pixels
 from stpp.store.runs import claim_queued, create_run, end_running, get_run, list_events
-from stpp.worker.inputs import build_run_data, describe_project_inputs
 from stpp.worker.progress import RunProgress
-from stpp.worker.sink import StoreSink
 
 PRESET = get_preset("test")
 SHORT = {"optim.epochs": 3, "optim.student_epochs": 1}

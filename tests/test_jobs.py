@@ -18,18 +18,22 @@ from pathlib import Path
 
 import pytest
 
+from stpp.backends.local import LocalBackend, worker_alive
 from stpp.cli.main import main as project_main
 from stpp.core.config import StppConfig
 from stpp.core.events import Event, read_events
+from stpp.core.handoff import PROGRESS_SCALE, read_job
 from stpp.core.layout import RunLayout
+from stpp.core.runlock import RunFolderLock
 from stpp.headless import resolve_config
-from stpp.jobs import JobRunner, worker_alive, worker_log_path
+from stpp.jobs import JobRunner, worker_log_path
 from stpp.selftrain.pipeline import RunData
 from stpp.services.gallery import GalleryQuery, gallery_page, review_cache
+from stpp.services.run_import import EventRecorder
+from stpp.services.worker_job import compose_job
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
 from stpp.store.runs import (
-    PROGRESS_SCALE,
     RunConflict,
     RunStateError,
     claim_queued,
@@ -44,10 +48,8 @@ from stpp.store.runs import (
     run_metrics,
     update_run,
 )
-from stpp.worker.inputs import build_run_data
-from stpp.worker.main import worker_main
+from stpp.worker.main import run_data, worker_main
 from stpp.worker.progress import RunProgress
-from stpp.worker.sink import StoreSink
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
 RUN_TIMEOUT_S = 420
@@ -98,7 +100,6 @@ def kill_group(pid: int) -> None:
 
 
 def test_an_st_pp_run_through_the_worker_records_everything_in_the_store(store, workspace: Path):
-    project = get_project(store, "synth")
     references = [store.path(row["path"]) for row in store.db.query("SELECT path FROM masks WHERE kind = 'reference'")]
     assert len(references) == 16
     for path in references:
@@ -154,8 +155,8 @@ def test_an_st_pp_run_through_the_worker_records_everything_in_the_store(store, 
         assert all(r["source"].startswith("pseudo:") for r in rows if r["id"] in inputs["unlabeled"])
 
     # The progress the store showed only ever went up, and the events file is the same run's.
-    data, _ = build_run_data(store, project)
-    progress = RunProgress(StppConfig.from_dict(run.config), data, 64 * 64)
+    cfg = StppConfig.from_dict(run.config)
+    progress = RunProgress(cfg, run_data(read_job(layout.root), cfg), 64 * 64)
     values = [v for v in (progress(Event(**{k: e[k] for k in e if k in Event.__dataclass_fields__}))
                           for e in read_events(layout.events_path)) if v is not None]
     assert values == sorted(values) and values[-1] == 1.0
@@ -241,8 +242,8 @@ def test_cancel_stops_cleanly_and_the_queue_moves_on(store, synthetic_dataset: P
     try:
         assert get_run(store, long.id).status == "running"
         assert jobs.tick() == [] and get_run(store, waiting.id).status == "queued"  # one training on the CPU
-        wait_for(lambda: count_rows(store, "events", long.id) >= 4 and list_events(store, long.id, kinds=["epoch"]),
-                 what="the long run to train")
+        wait_for(lambda: jobs.tick() is not None and count_rows(store, "events", long.id) >= 4
+                 and list_events(store, long.id, kinds=["epoch"]), what="the long run to train")
         assert jobs.cancel(long.id).status == "running"  # asked to stop; it stops after its step
         long = jobs.wait(long.id, 60, statuses=["cancelled", "failed", "done"])
         assert (long.status, long.resumable, long.error) == ("cancelled", True, None), log_of(store, long.id)
@@ -265,10 +266,10 @@ def test_tick_from_several_processes_starts_one_run_per_slot(store, workspace: P
     first = create_run(store, "synth", config(store))
     second = create_run(store, "synth2", config(store, project="synth2"))
 
-    class SleepingRunner(JobRunner):
-        def worker_command(self, run_id: int) -> list[str]:
+    class SleepingBackend(LocalBackend):
+        def command(self, run_dir: Path, spec) -> list[str]:
             # Looks like a worker of the run to worker_alive, but only sleeps.
-            return [sys.executable, "-c", "import time; time.sleep(60)", "worker", str(run_id)]
+            return [sys.executable, "-c", "import time; time.sleep(60)", "worker", str(run_dir)]
 
     barrier = threading.Barrier(4)
     started: list[int] = []
@@ -276,7 +277,7 @@ def test_tick_from_several_processes_starts_one_run_per_slot(store, workspace: P
     def tick() -> None:
         with open_store(workspace) as own:  # its own connections, as another process would have
             barrier.wait()
-            started.extend(SleepingRunner(own).tick())
+            started.extend(JobRunner(own, backend=SleepingBackend()).tick())
 
     threads = [threading.Thread(target=tick) for _ in range(4)]
     for thread in threads:
@@ -302,30 +303,32 @@ def test_a_claimed_run_whose_worker_never_started_fails_after_the_grace(store):
     assert failed.error == "the worker did not start; resume to try again"
 
 
-def test_the_worker_refuses_a_finished_or_unknown_run(store, workspace: Path, capsys: pytest.CaptureFixture):
+def test_the_worker_refuses_a_folder_without_a_job_or_held_by_another(store, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    assert worker_main(tmp_path / "new") == 2
+    assert "job.json is missing" in capsys.readouterr().err
     run = create_run(store, "synth", config(store))
-    JobRunner(store).cancel(run.id)
-    for run_id, expected in ((run.id, "is cancelled; resume it first"), (999, "no run 999")):
-        assert worker_main(run_id, workspace) == 2
-        assert expected in capsys.readouterr().err
+    JobRunner(store)._order(run)  # what a start writes first
+    with RunFolderLock(store.path(run.run_dir)):
+        assert worker_main(store.path(run.run_dir)) == 2
+    assert "is in use by" in capsys.readouterr().err
 
 
-def test_store_sink_throttles_step_events_only(store, tmp_path: Path):
+def test_imported_step_events_are_thinned_by_their_own_time(store, tmp_path: Path):
     run = create_run(store, "synth", config(store))
-    now = [0.0]
-    sink = StoreSink(store, run.id, RunLayout(tmp_path / "run"), {}, clock=lambda: now[0])
+    recorder = EventRecorder(store, run.id, RunLayout(tmp_path / "run"), {})
     for t, step in ((0.0, 10), (0.3, 20), (0.6, 30), (1.2, 40), (1.3, 50), (1.4, 60)):
-        now[0] = t
-        sink.emit(Event("step", "teacher", step=step, total=60, loss=1.0))
-        sink.emit(Event("labels", "stability1", step=step, total=60))
+        recorder.emit(Event("step", "teacher", step=step, total=60, loss=1.0, time=1000 + t))
+        recorder.emit(Event("labels", "stability1", step=step, total=60, time=1000 + t))
     steps = [e.step for e in list_events(store, run.id, kinds=["step"])]
     assert steps == [10, 40, 60]  # every ~1 s, and the stage's last step
     assert len(list_events(store, run.id, kinds=["labels"])) == 6
 
 
 def test_reference_masks_never_reach_the_run_data(store):
-    data, image_ids = build_run_data(store, get_project(store, "synth"))
-    assert isinstance(data, RunData) and len(image_ids) == 32
+    job = compose_job(store, create_run(store, "synth", config(store)), attempt=1)
+    data = run_data(job, StppConfig.from_dict(job.config))
+    assert isinstance(data, RunData)
     assert (len(data.labeled), len(data.unlabeled), len(data.val)) == (8, 16, 8)
     assert all(s.mask_path is None for s in data.unlabeled)
     assert all("ground_truth" in str(s.mask_path) for s in data.labeled + data.val)

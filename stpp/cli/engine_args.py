@@ -55,9 +55,8 @@ def add_engine_parsers(commands: argparse._SubParsersAction) -> None:
                     help="test-time augmentation (default: as the run's config)")
     pr.add_argument("--device", default="auto")
 
-    wk = commands.add_parser("worker", help="run a project's training run from the store (started by the app)")
-    wk.add_argument("run_id", type=int)
-    wk.add_argument("--workspace", type=Path, default=None, help="default: $STPP_HOME or ./workspace")
+    wk = commands.add_parser("worker", help="run a project run from its folder's job.json (started by the app)")
+    wk.add_argument("run_dir", type=Path, help="the run folder (the app writes job.json there first)")
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser) -> None:

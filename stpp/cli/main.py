@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         from stpp.worker.main import worker_main
 
-        return worker_main(args.run_id, args.workspace)
+        return worker_main(args.run_dir)
     from stpp.cli.projects import run_project_command
 
     return run_project_command(args)

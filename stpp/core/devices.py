@@ -11,6 +11,20 @@ DEVICE_FORMS = "auto, cpu, cpu*N (N processes), cuda, cuda:N or cuda:N,M,... (on
 
 
 @dataclass(frozen=True)
+class Device:
+    """A device choice a run can train on.
+
+    Attributes:
+        id: the config's ``device``: ``cpu``, ``cuda:N``, or ``cuda:0,1,...`` for one run over
+            every GPU.
+        label: what people see, e.g. ``GPU 0: NVIDIA H100 (79 GB)`` or ``all 4 GPUs (torchrun)``.
+    """
+
+    id: str
+    label: str
+
+
+@dataclass(frozen=True)
 class DeviceSpec:
     """A run's ``device`` setting: where it trains, and in how many processes.
 

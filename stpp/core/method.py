@@ -109,3 +109,10 @@ def stage_epochs(cfg: StppConfig, stage: str) -> int:
 def scaled_lr(base_lr: float, batch_size: int) -> float:
     """The backbone's learning rate: ``base_lr`` is set for batch 16 and scales linearly with the batch."""
     return base_lr * batch_size / 16
+
+
+def snapshot_epochs(epochs: int, k: int) -> list[int]:
+    """The epochs after which the K teacher checkpoints are taken: E//K·j (the paper: E//3, 2E//3, E)."""
+    if epochs < 1 or k < 1:
+        raise ValueError("epochs and the number of checkpoints must be at least 1")
+    return [max(1, epochs * j // k) for j in range(1, k + 1)]

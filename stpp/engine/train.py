@@ -67,13 +67,6 @@ class FitPlan:
     last_every: int = 1
 
 
-def snapshot_epochs(epochs: int, k: int) -> list[int]:
-    """The epochs after which the K teacher checkpoints are taken: E//K·j (the paper: E//3, 2E//3, E)."""
-    if epochs < 1 or k < 1:
-        raise ValueError("epochs and the number of checkpoints must be at least 1")
-    return [max(1, epochs * j // k) for j in range(1, k + 1)]
-
-
 def process_batch_size(cfg: StppConfig) -> int:
     """Images per step in this process: ``optim.batch_size`` is the global batch, split over the ranks.
 

@@ -27,6 +27,7 @@ from stpp.core.method import (
     labelled_copies,
     pause_points,
     scaled_lr,
+    snapshot_epochs,
     stage_epochs,
     stage_names,
     teacher_labels_in_stability_pass,
@@ -36,7 +37,7 @@ from stpp.data.transforms import StrongAugment, WeakAugment
 from stpp.engine.checkpoint import fingerprint, load_model
 from stpp.engine.device import peak_memory_mb, reset_peak_memory, seed_everything
 from stpp.engine.distributed import barrier, broadcast_from_main, is_main, max_over_ranks, run_on_main, world_size
-from stpp.engine.train import FitPlan, evaluate, fit, global_batch_size, process_batch_size, snapshot_epochs
+from stpp.engine.train import FitPlan, evaluate, fit, global_batch_size, process_batch_size
 from stpp.models import build_model
 from stpp.selftrain.pseudo import label_images
 from stpp.selftrain.stability import ImageScore, rank_images

@@ -26,7 +26,7 @@ import csv
 import io
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -34,7 +34,6 @@ from stpp.core.config import StppConfig
 from stpp.core.events import Event
 from stpp.core.masks import atomic_save, read_mask
 from stpp.core.method import num_reliable, stage_after_pause
-from stpp.jobs import JobRunner
 from stpp.store import reviews
 from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.files import store_mask
@@ -58,6 +57,9 @@ from stpp.store.runs import (
 
 PAUSE_EVENT = "awaiting_review"
 """The event kind that records a pause reached (its stage: the pause point)."""
+
+if TYPE_CHECKING:
+    from stpp.jobs import JobRunner
 
 
 class ReviewError(StoreError):
@@ -220,7 +222,7 @@ def continue_run(runner: JobRunner, run_id: int, *, reliable_ratio: float | None
         set_reliable_ratio(store, run.id, reliable_ratio)
     if not review_next:
         set_review_plan(store, run.id, [])
-    transition(store, run.id, "queued", expect=["awaiting_review"], error=None, pid=None, finished=None)
+    transition(store, run.id, "queued", expect=["awaiting_review"], error=None, pid=None, job_id=None, finished=None)
     runner.tick()
     return get_run(store, run.id)
 

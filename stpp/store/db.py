@@ -29,9 +29,11 @@ class StoreError(Exception):
     """A store that cannot be opened or used; the message is one line meant for the user."""
 
 
-def utc_now() -> str:
-    """The current time as an ISO 8601 UTC string (the store's time format)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(timestamp: float | None = None) -> str:
+    """The current time (or ``timestamp``, seconds since the epoch) as an ISO 8601 UTC string (the store's
+    time format)."""
+    moment = datetime.now(timezone.utc) if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Store:

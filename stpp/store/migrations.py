@@ -164,6 +164,18 @@ def _v3(db: sqlite_utils.Database) -> None:
         db.conn.execute("UPDATE runs SET review_plan = ? WHERE id = ?", [json.dumps(plan), run_id])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Runs record how their results reach the store: the worker writes only its run folder, and the
+    app imports it (how far into ``events.jsonl``, which start of the run, which backend and job)."""
+    for statement in (
+        "ALTER TABLE runs ADD COLUMN events_read INTEGER NOT NULL DEFAULT 0",  # bytes of events.jsonl imported
+        "ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",  # starts ordered (job.json's attempt)
+        "ALTER TABLE runs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local'",
+        "ALTER TABLE runs ADD COLUMN job_id TEXT",  # the backend's handle of the current start (a Slurm job id)
+    ):
+        db.conn.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code writes and understands."""

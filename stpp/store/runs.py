@@ -13,22 +13,21 @@ review plan (the pause points where it stops for review) is a column of its row.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
+from stpp.core.handoff import PROGRESS_SCALE
 from stpp.core.layout import RunLayout
 from stpp.core.method import pause_points, stage_order
-from stpp.store.db import BUSY_TIMEOUT_S, DB_NAME, Store, StoreError, utc_now
+from stpp.store.db import Store, StoreError, utc_now
 from stpp.store.files import sha1_bytes
 from stpp.store.projects import Project, get_project
 
@@ -47,12 +46,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 """Allowed status changes: ``failed``/``cancelled`` go back to ``queued`` only when resumable."""
 
-PROGRESS_SCALE = 10_000
-"""A ``worker_start`` event stores the run's progress at that moment as ``step / PROGRESS_SCALE``."""
 WORK_EVENTS = ("step", "labels", "eval_progress")
 """The events of a worker doing the run's work (training, labelling, evaluating), not starting up."""
 
-_RUN_FIELDS = ("status", "resumable", "stage", "progress", "pid", "heartbeat", "error", "started", "finished")
+_RUN_FIELDS = ("status", "resumable", "stage", "progress", "pid", "heartbeat", "error", "started", "finished",
+               "events_read", "attempt", "backend", "job_id")
 
 
 class RunConflict(StoreError):
@@ -72,6 +70,10 @@ class Run:
         progress: 0..1 over the whole run.
         run_dir: the run folder, relative to the workspace.
         review_plan: the pause points where the run stops for review, in run order (empty: none).
+        events_read: how many bytes of the run folder's ``events.jsonl`` the store holds.
+        attempt: the starts ordered so far (the ``attempt`` of the latest ``job.json``).
+        backend: where its worker runs: ``local`` or ``slurm``.
+        job_id: the backend's handle of the current start (a Slurm job id; None for a local process).
     """
 
     id: int
@@ -92,6 +94,10 @@ class Run:
     started: str | None
     finished: str | None
     review_plan: tuple[str, ...] = ()
+    events_read: int = 0
+    attempt: int = 0
+    backend: str = "local"
+    job_id: str | None = None
 
     @property
     def unfinished(self) -> bool:
@@ -139,13 +145,6 @@ def _run(row: Mapping[str, Any]) -> Run:
     return Run(**values)
 
 
-def _now_iso(timestamp: float | None = None) -> str:
-    if timestamp is None:
-        return utc_now()
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_time(value: str) -> float:
     """A store timestamp (ISO 8601 UTC) as seconds since the epoch."""
     return datetime.fromisoformat(value).timestamp()
@@ -155,7 +154,7 @@ def parse_time(value: str) -> float:
 
 
 def create_run(store: Store, project: int | str | Project, config: StppConfig,
-               review_plan: Sequence[str] = ()) -> Run:
+               review_plan: Sequence[str] = (), backend: str = "local") -> Run:
     """Record a new ``queued`` run of ``project`` with a resolved config.
 
     Args:
@@ -163,6 +162,7 @@ def create_run(store: Store, project: int | str | Project, config: StppConfig,
         project: id, name or :class:`Project`.
         config: the resolved config (``data`` filled in).
         review_plan: the pause points where the run stops for review (see :func:`set_review_plan`).
+        backend: where its worker runs (``local`` or ``slurm``).
 
     Raises:
         RunConflict: the project already has a queued, running or awaiting-review run.
@@ -182,6 +182,7 @@ def create_run(store: Store, project: int | str | Project, config: StppConfig,
             "status": "queued",
             "resumable": 0,
             "progress": 0.0,
+            "backend": backend,
             "created": utc_now(),
         }).last_pk
         db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [_default_run_dir(run_id), run_id])
@@ -334,6 +335,15 @@ def claim_queued(store: Store, run_id: int, **fields: Any) -> bool:
         return cursor.rowcount == 1
 
 
+def claim_submission(store: Store, run_id: int, marker: str) -> bool:
+    """Mark a queued run that has no backend job yet with ``marker`` as its ``job_id``; False when it
+    was not so any more (another process is submitting it)."""
+    with store.transaction() as db:
+        cursor = db.execute("UPDATE runs SET job_id = ? WHERE id = ? AND status = 'queued' AND job_id IS NULL",
+                            [marker, int(run_id)])
+        return cursor.rowcount == 1
+
+
 def end_running(store: Store, run_id: int, status: str, pid: int | None, **fields: Any) -> bool:
     """Move a ``running`` run owned by ``pid`` to a final status; False when it was no longer so.
 
@@ -359,7 +369,7 @@ def record_event(store: Store, run_id: int, event: Event) -> int:
     """Store one event; returns its row id."""
     with store.transaction() as db:
         return db["events"].insert({
-            "run_id": int(run_id), "time": _now_iso(event.time), "kind": event.kind, "stage": event.stage or None,
+            "run_id": int(run_id), "time": utc_now(event.time), "kind": event.kind, "stage": event.stage or None,
             "step": event.step, "total": event.total, "loss": event.loss, "miou": event.miou,
             "message": event.message or "", "data": json.dumps(event.data) if event.data else None,
         }).last_pk
@@ -415,12 +425,6 @@ def loss_points(store: Store, run_id: int) -> list[tuple[str, int, float]]:
             merged = {step: (stage, step, loss) for stage, step, loss in series["step"] + series["epoch"]}
             points += [merged[step] for step in sorted(merged)]
     return points
-
-
-def record_worker_start(store: Store, run_id: int, pid: int, progress: float) -> None:
-    """The event that opens a worker session; it keeps the progress at the start for the ETA."""
-    record_event(store, run_id, Event("worker_start", step=int(round(progress * PROGRESS_SCALE)),
-                                      total=PROGRESS_SCALE, message=f"worker started (pid {pid})"))
 
 
 def request_cancel(store: Store, run_id: int) -> None:
@@ -609,29 +613,6 @@ def set_run_config(store: Store, run_id: int, cfg: StppConfig) -> None:
     with store.transaction() as db:
         db.execute("UPDATE runs SET config = ?, config_hash = ? WHERE id = ?",
                    [json.dumps(cfg.to_dict(), sort_keys=True), cfg.config_hash(), int(run_id)])
-
-
-def read_run_device(workspace: str | Path, run_id: int) -> str:
-    """A run's ``device`` setting, read without writing to the store (not even a migration).
-
-    The ranks of a torchrun worker other than rank 0 call it to join the process group on the
-    run's backend; only rank 0 opens the store for writing.
-
-    Raises:
-        StoreError: no store in ``workspace``, or no such run.
-    """
-    db_path = Path(workspace).expanduser().absolute() / DB_NAME
-    if not db_path.is_file():
-        raise StoreError(f"no stpp store in {workspace}")
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True,
-                                                timeout=BUSY_TIMEOUT_S)) as conn:
-            row = conn.execute("SELECT config FROM runs WHERE id = ?", [int(run_id)]).fetchone()
-    except sqlite3.Error as error:
-        raise StoreError(f"cannot read run {run_id} from {db_path}: {error}") from None
-    if row is None:
-        raise StoreError(f"no run {run_id}")
-    return str(json.loads(row[0]).get("device", "auto"))
 
 
 def current_pseudo_masks(store: Store, run_id: int,

@@ -98,3 +98,22 @@ class RunProgress:
         if activity.kind == "ranking":
             return self.ranking_ends, 1.0
         return None
+
+
+class ProgressTracker:
+    """An event sink that keeps the run's progress (never going back) for the worker's status file.
+
+    Args:
+        progress: maps an event to the progress over the whole run, or None when it says nothing new.
+        start: the progress when this worker started (a continued run goes on from there, while its
+            finished stages are passed again).
+    """
+
+    def __init__(self, progress: RunProgress, start: float = 0.0):
+        self.progress_of = progress
+        self.progress = float(start)
+
+    def emit(self, event: Event) -> None:
+        progress = self.progress_of(event)
+        if progress is not None:
+            self.progress = max(self.progress, min(1.0, progress))
