@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+from stpp.cli.backend_args import add_backend_arguments, backend_from_args
+from stpp.core.config import ConfigError
 from stpp.core.layout import default_workspace
 
 # Offline by default; set before gradio is imported.
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="allow a non-loopback --host without sign-in (everyone on the network gets full access)")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key file: serve HTTPS (with --ssl-certfile)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate file: serve HTTPS (with --ssl-keyfile)")
+    add_backend_arguments(parser)
     parser.add_argument("--max-upload", default=DEFAULT_MAX_UPLOAD, metavar="SIZE",
                         help=f"largest file one upload may hold, e.g. 500mb or 2gb (default: {DEFAULT_MAX_UPLOAD})")
     return parser.parse_args(argv)
@@ -175,10 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     from stpp.jobs import JobRunner
     from ui import Services, Settings, build_app
 
-    # Runs whose worker died while the app was down become failed + resumable; live ones are kept.
-    jobs = JobRunner(store)
+    try:
+        backend = backend_from_args(args, store.workspace)
+    except ConfigError as exc:
+        return fail(str(exc))
+    # What runs wrote while the app was down is imported; runs whose worker died become failed +
+    # resumable; live ones are kept, and followed from now on with no page open.
+    jobs = JobRunner(store, backend=backend)
     for run in jobs.recover():
         print(f"stpp: run {run.id} was left {run.status} (its worker is gone); it can be resumed", file=sys.stderr)
+    jobs.follow()
     settings = Settings(workspace=store.workspace, host=args.host, port=args.port, demo_dir=DEMO_DIR,
                         download_ttl_s=args.cache_ttl)
     app = build_app(Services(store=store, settings=settings, jobs=jobs))

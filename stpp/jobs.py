@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from stpp.backends import Backend, LocalBackend, StartError
+from stpp.backends import Backend, LocalBackend, StartError, make_backend
 from stpp.backends.local import REPO_ROOT, child_env
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import Device, DeviceSpec, parse_device_spec
@@ -321,15 +321,14 @@ class JobRunner:
         return (self._first_device(),) if spec.kind == "auto" else spec.slots
 
     def _backend_of(self, run: Run) -> Backend:
-        backend = self.backends.get(run.backend)
-        if backend is None:
-            raise LaunchError(f"run {run.id} was launched on the {run.backend} backend, which this app was not "
-                              f"started with (--backend {run.backend})")
-        return backend
+        """The backend a run was launched on (made from the workspace's settings when this runner sends new
+        runs elsewhere)."""
+        if run.backend not in self.backends:
+            self.backends[run.backend] = make_backend(run.backend, self.store.workspace)
+        return self.backends[run.backend]
 
     def _queues_itself(self, run: Run) -> bool:
-        backend = self.backends.get(run.backend)
-        return backend is not None and backend.queues_itself
+        return self._backend_of(run).queues_itself
 
     # The queue ---------------------------------------------------------------------------------
 
@@ -496,10 +495,7 @@ class JobRunner:
         return get_run(self.store, run.id) if ended else None
 
     def _alive(self, run: Run) -> bool:
-        try:
-            return self._backend_of(run).alive(run.id, run.pid, run.job_id)
-        except LaunchError:
-            return True  # a backend this app lacks: its runs are left as they are, not failed
+        return self._backend_of(run).alive(run.id, run.pid, run.job_id)
 
     def _describe(self, run: Run) -> str:
         return f"Slurm job {run.job_id}" if run.job_id else f"pid {run.pid}"

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 from browser import headless_chrome
 
-from stpp.jobs import worker_alive
+from stpp.backends.local import worker_alive
 from stpp.store import open_store
 from stpp.store.runs import list_runs
 

@@ -18,21 +18,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from stpp.worker.inputs import build_run_data, describe_project_inputs
-from stpp.worker.sink import StoreSink
 from test_jobs import RUN_TIMEOUT_S, import_project, log_of
 
 from stpp.core.config import METHODS, StppConfig, get_preset
 from stpp.core.events import Activity, Event, ListSink, MultiSink, read_events
+from stpp.core.handoff import new_status, write_job, write_status
 from stpp.core.layout import RunLayout
 from stpp.core.method import num_reliable
 from stpp.data.datasets import read_split
 from stpp.headless import prepare_run_dir, resolve_config, run_headless
 from stpp.jobs import JobRunner
+from stpp.services.run_import import import_run_folder
+from stpp.services.worker_job import compose_job
 from stpp.store import Project, Store, open_store
-from stpp.store.images import mean_image_pixels
-from stpp.store.runs import claim_queued, create_run, end_running, get_run, list_events
-from stpp.worker.progress import RunProgress
+from stpp.store.runs import claim_queued, create_run, get_run, list_events, update_run
+from stpp.worker.main import run_data
+from stpp.worker.progress import ProgressTracker, RunProgress
 
 PRESET = get_preset("test")
 SHORT = {"optim.epochs": 3, "optim.student_epochs": 1}
@@ -88,24 +89,29 @@ class RecordedRun:
 
 def run_as_the_worker_does(store: Store, project: Project, cfg: StppConfig,
                            teacher_from: RunLayout | None = None) -> RecordedRun:
-    """The worker's path without its process: the run's data from the store, its run folder in the workspace,
-    the engine with a :class:`StoreSink` (and a list of the events) on the run's row.
+    """The worker's path without its process: the run's job from the store, its run folder in the workspace,
+    the engine (with a list of the events) writing the folder, then the folder imported into the run's row.
 
     Args:
         teacher_from: a run folder whose teacher checkpoints to start from: the teacher does not depend on
             the switches, and a teacher whose checkpoints are on disk skips its training.
     """
-    data, image_ids = build_run_data(store, project)
     run = create_run(store, project, cfg)
     assert claim_queued(store, run.id, pid=os.getpid())
-    layout = prepare_run_dir(store.path(run.run_dir), cfg, describe_project_inputs(project, data), resume=False)
+    job = compose_job(store, run, attempt=1)
+    root = store.path(run.run_dir)
+    write_job(root, job)
+    update_run(store, run.id, attempt=1)
+    data = run_data(job, cfg)
+    layout = prepare_run_dir(root, cfg, job.inputs, resume=False)
     if teacher_from is not None:
         shutil.copytree(teacher_from.checkpoints_dir, layout.checkpoints_dir)
-    progress = RunProgress(cfg, data, mean_image_pixels(store, project))
+    progress = RunProgress(cfg, data, job.pixels_per_image)
+    tracker = ProgressTracker(progress)
     captured = ListSink()
-    sink = MultiSink([captured, StoreSink(store, run.id, layout, image_ids, progress)])
-    run_headless(cfg, data, layout, torch.device("cpu"), sink)
-    assert end_running(store, run.id, "done", os.getpid())
+    run_headless(cfg, data, layout, torch.device("cpu"), MultiSink([captured, tracker]))
+    write_status(root, new_status(job, root, state="done", progress=tracker.progress))
+    assert import_run_folder(store, get_run(store, run.id)).status == "done"
     return RecordedRun(cfg, run.id, layout, captured.events, progress)
 
 

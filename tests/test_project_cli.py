@@ -18,13 +18,13 @@ from helpers import run_stpp
 from PIL import Image
 from test_jobs import kill_group, log_of, wait_for
 
+from stpp.backends.local import worker_alive
 from stpp.cli.main import main
 from stpp.cli.project_args import add_project_parser
 from stpp.cli.projects import run_project_command
 from stpp.core.classes import load_classes
 from stpp.core.layout import RunLayout
 from stpp.core.masks import read_mask
-from stpp.jobs import worker_alive
 from stpp.services.review import latest_decisions
 from stpp.store import open_store, project_summary
 from stpp.store.runs import get_run, list_events

@@ -19,8 +19,8 @@ import pytest
 from test_app import REPO, Server, kill_running_workers
 from test_data_tab import Page, driver  # noqa: F401 (a fixture)
 
+from stpp.backends.local import worker_alive
 from stpp.core.layout import RunLayout
-from stpp.jobs import worker_alive
 from stpp.store import create_project, import_folder_dataset, open_store
 from stpp.store.runs import get_run, list_events
 

@@ -13,9 +13,11 @@ from helpers import REPO, run_args, start_stpp, stpp_command
 from test_jobs import config, import_project
 
 from stpp.core.events import read_events
+from stpp.core.handoff import read_status
 from stpp.core.runlock import LOCK_NAME, RunFolderBusy, RunFolderLock
+from stpp.jobs import JobRunner
 from stpp.store import open_store
-from stpp.store.runs import create_run, get_run
+from stpp.store.runs import create_run
 
 LONG = ["--set", "optim.epochs=60"]
 
@@ -71,13 +73,15 @@ def test_the_worker_refuses_a_run_whose_folder_is_held(workspace: Path, syntheti
     with open_store(workspace) as store:
         import_project(store, synthetic_dataset, "synth")
         run = create_run(store, "synth", config(store))
-        with RunFolderLock(store.path(run.run_dir)):
-            result = subprocess.run([sys.executable, "-m", "stpp", "worker", str(run.id), "--workspace", workspace],
+        root = store.path(run.run_dir)
+        JobRunner(store)._order(run)  # the job.json a start writes first
+        with RunFolderLock(root):
+            result = subprocess.run([sys.executable, "-m", "stpp", "worker", str(root)],
                                     cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.strip().splitlines()
         assert f"in use by process {os.getpid()}" in line
-        assert get_run(store, run.id).status == "queued"  # refused before it claimed the run
+        assert read_status(root) is None  # refused before it reported anything
 
 
 def test_a_lock_taken_then_entered_is_held_once_and_then_free(tmp_path: Path):

@@ -100,13 +100,13 @@ def test_launch_an_st_pp_run_and_watch_it_finish(server: Server, driver):
 def test_the_device_choices_offer_one_run_over_all_gpus(workspace: Path, monkeypatch: pytest.MonkeyPatch):
     import gradio as gr
 
-    from stpp.jobs import Device
+    from stpp.core.devices import Device
     from ui import Services, Settings
     from ui.tabs import train
 
     devices = (Device("cpu", "CPU"), Device("cuda:0", "GPU 0: NVIDIA H100 (79 GB)"),
                Device("cuda:1", "GPU 1: NVIDIA H100 (79 GB)"), Device("cuda:0,1", "all 2 GPUs (torchrun)"))
-    monkeypatch.setattr(train, "detect_devices", lambda: devices)
+    monkeypatch.setattr("stpp.jobs.detect_devices", lambda: devices)
     with open_store(workspace) as store, gr.Blocks() as page:
         train.build(Services(store=store, settings=Settings(workspace=store.workspace)))
     [dropdown] = [block for block in page.blocks.values() if getattr(block, "elem_id", None) == "train-device"]

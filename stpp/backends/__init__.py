@@ -12,9 +12,10 @@ from typing import Protocol
 
 from stpp.backends.local import LocalBackend, StartError
 from stpp.backends.slurm import SlurmBackend
+from stpp.core.cluster import SlurmOptions, load_slurm_options, parse_backend
 from stpp.core.devices import DeviceSpec
 
-__all__ = ["Backend", "LocalBackend", "SlurmBackend", "StartError"]
+__all__ = ["Backend", "LocalBackend", "SlurmBackend", "StartError", "make_backend"]
 
 
 class Backend(Protocol):
@@ -39,3 +40,14 @@ class Backend(Protocol):
 
     def kill(self, run_id: int, pid: int | None, job_id: str | None) -> None:
         """End the worker now."""
+
+
+def make_backend(name: str, workspace: str | Path, slurm: SlurmOptions | None = None) -> Backend:
+    """The backend called ``name``; Slurm's settings are ``slurm``, else the workspace's ``slurm.json``.
+
+    Raises:
+        ConfigError: an unknown backend name, or a bad ``slurm.json``.
+    """
+    if parse_backend(name) == "slurm":
+        return SlurmBackend(slurm or load_slurm_options(workspace))
+    return LocalBackend()

@@ -119,7 +119,10 @@ class SlurmBackend:
         Slurm no longer lists it (it ended a while ago, or never was); :data:`UNKNOWN` when Slurm did not answer."""
         if not job_id:
             return None
-        result = self._slurm(["squeue", "--noheader", f"--jobs={job_id}", "--states=all", "--format=%T"])
+        try:
+            result = self._slurm(["squeue", "--noheader", f"--jobs={job_id}", "--states=all", "--format=%T"])
+        except StartError:
+            return UNKNOWN
         if result.returncode != 0:
             return None if "invalid job id" in (result.stderr or "").lower() else UNKNOWN
         states = result.stdout.split()

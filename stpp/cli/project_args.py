@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stpp.cli.backend_args import add_backend_arguments
 from stpp.cli.engine_args import add_overrides_argument
 from stpp.core.config import METHODS, PRESETS
 
@@ -104,6 +105,7 @@ def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.Argu
                         help="auto (default: the first GPU, else the CPU), cpu, cuda:N, cuda:N,M (torchrun) or cpu*N")
     launch.add_argument("--review", action="store_true",
                         help="pause for review after the ranking and after each re-labelling (see 'project continue')")
+    add_backend_arguments(launch)
 
     runs = commands.add_parser("runs", parents=[common], help="a project's runs: status, stage, progress, val mIoU")
     runs.add_argument("name")

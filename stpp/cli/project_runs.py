@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from stpp.cli.backend_args import backend_from_args
 from stpp.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, print_table
 from stpp.cli.progress import RunBar
 from stpp.cli.project_args import REVIEW_CHOICES
@@ -62,14 +63,15 @@ def status_line(store: Store, run: Run) -> str:
 
 
 def _launch(store: Store, args: argparse.Namespace) -> int:
-    run = JobRunner(store).launch(args.name, args.method, args.preset, args.overrides, args.device,
-                                  review=args.review)
+    runner = JobRunner(store, backend=backend_from_args(args, store.workspace))
+    run = runner.launch(args.name, args.method, args.preset, args.overrides, args.device, review=args.review)
     print(status_line(store, run))
     return EXIT_OK
 
 
 def _runs(store: Store, args: argparse.Namespace) -> int:
     project = get_project(store, args.name)
+    JobRunner(store).tick()  # what the runs' folders hold since the last look, and the queue moved on
     runs = list(reversed(list_runs(store, project)))
     metrics = {run.id: run_metrics(store, run.id) for run in runs}
     if args.json:

@@ -19,7 +19,6 @@ from stpp.jobs import (
     FORM_FIELDS,
     WEIGHTS_DIR,
     add_weights_file,
-    detect_devices,
     form_defaults,
     form_overrides,
     preset_names,
@@ -211,7 +210,7 @@ def default_device(devices) -> str:
 def build(services: Services, shown: gr.Tab | None = None) -> None:
     """The launch form, the live panel (polled every :data:`POLL_S` s) and the project's run history."""
     defaults = form_defaults(DEFAULT_PRESET)
-    devices = detect_devices()
+    devices = services.jobs.devices()
     gr.Markdown("Train a model on a project. **SupOnly** trains on the labelled images only; **ST** adds every "
                 "unlabelled image with the teacher's pseudo masks; **ST++** first re-trains on the most reliable "
                 "half (by stability across the teacher's checkpoints), re-labels the rest, and trains again. "
