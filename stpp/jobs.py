@@ -363,14 +363,15 @@ class JobRunner:
         queued = [run for run in list_runs(self.store, statuses=["queued"]) if not self._queues_itself(run)]
         if not queued:
             return []
-        running = [run for run in list_runs(self.store, statuses=["running"]) if not self._queues_itself(run)]
         # Slots are worked out before the write lock is taken ("auto" may ask a child process).
-        slots = {run.id: self._slots(run.device) for run in queued + running}
+        slots = {run.id: self._slots(run.device) for run in queued + list_runs(self.store, statuses=["running"])}
         claimed = []
         with self.store.transaction():
             busy: dict[str, int] = {}
-            for run in running:
-                _occupy(busy, slots[run.id])
+            # Read again under the lock: another process may have claimed a run since.
+            for run in list_runs(self.store, statuses=["running"]):
+                if not self._queues_itself(run):
+                    _occupy(busy, slots.get(run.id) or self._slots(run.device))
             for run in sorted(queued, key=lambda r: r.id):
                 if any(busy.get(slot, 0) >= self.slots_per_device for slot in slots[run.id]):
                     # First come, first served on every device: a run waiting for several GPUs keeps

@@ -86,6 +86,12 @@ def wait_for(condition, timeout: float = RUN_TIMEOUT_S, what: str = "condition")
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def imported_events(jobs: JobRunner, run_id: int, kinds: list[str]) -> list:
+    """The run's events of ``kinds`` once what its worker wrote so far is imported (as the app's ticks do)."""
+    jobs.import_results()
+    return list_events(jobs.store, run_id, kinds=kinds)
+
+
 def log_of(store, run_id: int) -> str:
     path = worker_log_path(store, run_id)
     return path.read_text()[-4000:] if path.exists() else "(no worker log)"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import run_stpp
 from PIL import Image
-from test_jobs import kill_group, log_of, wait_for
+from test_jobs import imported_events, kill_group, log_of, wait_for
 
 from stpp.backends.local import worker_alive
 from stpp.cli.main import main
@@ -25,6 +25,7 @@ from stpp.cli.projects import run_project_command
 from stpp.core.classes import load_classes
 from stpp.core.layout import RunLayout
 from stpp.core.masks import read_mask
+from stpp.jobs import JobRunner
 from stpp.services.review import latest_decisions
 from stpp.store import open_store, project_summary
 from stpp.store.runs import get_run, list_events
@@ -284,14 +285,15 @@ def test_cancel_and_resume_a_running_run_through_the_cli(workspace: Path, synthe
                                   "--set", "optim.epochs=500", "--device", "cpu"))
     try:
         with open_store(workspace) as store:
-            wait_for(lambda: list_events(store, run_id, kinds=["epoch"]), what="the teacher's first epoch")
+            jobs = JobRunner(store)  # imports what the worker's folder holds, as the app or a CLI command does
+            wait_for(lambda: imported_events(jobs, run_id, ["epoch"]), what="the teacher's first epoch")
             assert "asked to stop after its current step" in user("cancel", run_id).stdout
             assert f"run {run_id} (st++, test): cancelled" in follow(workspace, run_id, code=130).stdout
             assert json.loads(user("runs", "synth", "--json").stdout)[0]["resumable"] is True
 
             assert f"run {run_id} (st++, test): running" in user("resume", run_id).stdout
             wait_for(lambda: any(e.message.startswith("resumed teacher")
-                                 for e in list_events(store, run_id, kinds=["info"])),
+                                 for e in imported_events(jobs, run_id, ["info"])),
                      what="the resumed worker to continue from last.pt")
             user("cancel", run_id)
             follow(workspace, run_id, code=130)

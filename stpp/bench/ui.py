@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from stpp.jobs import REPO_ROOT, JobRunner, child_env
+from stpp.backends.local import REPO_ROOT, child_env
+from stpp.jobs import JobRunner
 from stpp.store import open_store
 from stpp.store.demo import DEMO_PROJECT
 from stpp.store.runs import get_run, list_runs

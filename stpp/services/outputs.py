@@ -22,9 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
+from stpp.backends.local import REPO_ROOT, child_env
 from stpp.core.layout import PREDICTION_MANIFEST
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save, read_image, read_mask
-from stpp.jobs import REPO_ROOT, child_env
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
 from stpp.store.projects import get_project

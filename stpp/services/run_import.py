@@ -240,7 +240,8 @@ def _settle(store: Store, run: Run, status: WorkerStatus) -> None:
     fields: dict[str, Any] = {}
     if status.state == "paused":
         record_pause(store, run.id, status.pause or "")
-        fields = {"resumable": False, "error": None, "finished": None}
+        # The run stands at its pause point (its last event names the pass that got there).
+        fields = {"resumable": False, "error": None, "finished": None, "stage": status.pause}
     elif status.state == "done":
         fields = {"resumable": False, "error": None, "progress": 1.0}
     elif status.state == "cancelled":
