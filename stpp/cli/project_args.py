@@ -95,7 +95,7 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """The verbs of a project's runs: launch, runs, follow, cancel, resume, continue, review."""
+    """The verbs of a project's runs: launch, runs, follow, cancel, resume, continue, import-run, review."""
     launch = commands.add_parser("launch", parents=[common], help="start a training run of a project (in the queue)")
     launch.add_argument("name")
     launch.add_argument("--method", required=True, choices=METHODS)
@@ -126,6 +126,11 @@ def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.Argu
     carry_on.add_argument("--reliable-ratio", type=float, default=None, metavar="R",
                           help="the reliable ratio for stage 1 (only at the ranking pause)")
     carry_on.add_argument("--no-more-review", action="store_true", help="run to the end without pausing again")
+
+    copied = commands.add_parser("import-run", parents=[common],
+                                 help="import a run folder made elsewhere (a cluster, 'python -m stpp run') as a run")
+    copied.add_argument("name", help="the project the run trained on (same classes and images)")
+    copied.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (config.json, events.jsonl...)")
 
     review = commands.add_parser("review", parents=[common], help="decide on a pseudo mask of a paused run")
     review.add_argument("run_id", type=int)

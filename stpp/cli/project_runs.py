@@ -1,4 +1,4 @@
-"""``python -m stpp project launch|runs|follow|cancel|resume|continue|review``: a project's runs from the
+"""``python -m stpp project launch|runs|follow|cancel|resume|continue|review|import-run``: a project's runs from the
 command line, through the functions the app calls (:class:`~stpp.jobs.JobRunner` and
 :mod:`stpp.services.review`).
 
@@ -10,6 +10,7 @@ Subcommands (each takes ``--workspace DIR``)::
     cancel RUN_ID | resume RUN_ID
     continue RUN_ID [--reliable-ratio R] [--no-more-review]
     review RUN_ID IMAGE {accept,reject,correct} [--mask FILE.png] [--user U]
+    import-run NAME RUN_DIR
 
 Each prints the run's status line on stdout. ``follow`` ticks the queue while it shows the run's
 progress (a tqdm bar on stderr) and exits 0 once the run is done or awaits review, 1 when it failed
@@ -34,6 +35,7 @@ from stpp.cli.project_args import REVIEW_CHOICES
 from stpp.core.masks import read_mask
 from stpp.jobs import JobRunner
 from stpp.services.review import ReviewError, continue_run, pauses_reached, record_decision
+from stpp.services.run_copy import import_run_copy
 from stpp.store import Store
 from stpp.store.projects import get_project
 from stpp.store.runs import Run, get_run, list_events, list_runs, run_metrics
@@ -143,6 +145,13 @@ def _continue(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _import_run(store: Store, args: argparse.Namespace) -> int:
+    report = import_run_copy(store, args.name, args.run_dir)
+    print(f"{status_line(store, report.run)}; imported from {args.run_dir} into {report.run.run_dir}: "
+          f"{report.events} events, {report.scores} scores, {report.pseudo_masks} pseudo masks")
+    return EXIT_OK
+
+
 def _review(store: Store, args: argparse.Namespace) -> int:
     mask = None if args.mask is None else _read_mask_file(args.mask)
     decision = record_decision(store, args.run_id, args.image, REVIEW_CHOICES[args.decision], mask=mask,
@@ -168,5 +177,5 @@ def _read_mask_file(path: Path) -> np.ndarray:
 
 
 RUN_COMMANDS = {"launch": _launch, "runs": _runs, "follow": _follow, "cancel": _cancel, "resume": _resume,
-                "continue": _continue, "review": _review}
+                "continue": _continue, "review": _review, "import-run": _import_run}
 """The handlers of the run subcommands, by name (:func:`stpp.cli.projects.run_project_command` runs them)."""

@@ -26,7 +26,7 @@ from stpp.core.method import RANKING, snapshot_epochs, stage_names
 from stpp.services.review import record_pause
 from stpp.store.db import Store, utc_now
 from stpp.store.images import images_with_masks
-from stpp.store.projects import get_project
+from stpp.store.projects import Project, get_project
 from stpp.store.runs import (
     Run,
     RunStateError,
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 STEP_EVENT_INTERVAL_S = 1.0
 """Step events closer together than this (by their own time) are not recorded; a stage's last step always is."""
+MOVED_PATH_DEPTH = 3
+"""The most trailing parts of a file's path that are looked up in a moved run folder (``pseudo/stage1/x.png``)."""
 ENDED_AS = {"done": "done", "failed": "failed", "cancelled": "cancelled", "paused": "awaiting_review"}
 """The run status a worker's final state gives."""
 
@@ -115,10 +117,22 @@ class EventRecorder:
             self.record_all_pseudo_masks()
 
     def local_path(self, path: str) -> Path:
-        """A file the worker named, as this machine sees it (under :attr:`layout`)."""
+        """A file the worker named, as this machine sees it (under :attr:`layout`).
+
+        A folder copied from elsewhere (its worker's root unknown) names files under another path:
+        the file is then the one under :attr:`layout` with the same last parts
+        (``checkpoints/teacher_ckpt1.pt``), when there is one.
+        """
         path = Path(path)
+        root = self.layout.root
+        if path.is_relative_to(root):
+            return path
         if self.worker_root is not None and path.is_relative_to(self.worker_root):
-            return self.layout.root / path.relative_to(self.worker_root)
+            return root / path.relative_to(self.worker_root)
+        for depth in range(1, min(len(path.parts), MOVED_PATH_DEPTH) + 1):
+            moved = root.joinpath(*path.parts[-depth:])
+            if moved.exists():
+                return moved
         return path
 
     def record_all_pseudo_masks(self) -> int:
@@ -130,9 +144,9 @@ class EventRecorder:
                    for folder in sorted(root.iterdir()) if folder.is_dir())
 
 
-def project_image_ids(store: Store, run: Run) -> dict[str, int]:
-    """Image name to image row id in the run's project (the run's sample ids are image names)."""
-    return {row.name: row.id for row in images_with_masks(store, get_project(store, run.project_id))}
+def project_image_ids(store: Store, project: int | Project) -> dict[str, int]:
+    """Image name to image row id in a project (a run's sample ids are its project's image names)."""
+    return {row.name: row.id for row in images_with_masks(store, get_project(store, project))}
 
 
 def import_events(store: Store, run: Run, worker_root: str | None = None) -> int:
@@ -150,7 +164,7 @@ def import_events(store: Store, run: Run, worker_root: str | None = None) -> int
     complete = chunk[:chunk.rfind(b"\n") + 1]
     if not complete:
         return 0
-    recorder = EventRecorder(store, run.id, layout, project_image_ids(store, run), worker_root)
+    recorder = EventRecorder(store, run.id, layout, project_image_ids(store, run.project_id), worker_root)
     count = 0
     with store.transaction():
         for line in complete.decode("utf-8", errors="replace").splitlines():
@@ -194,7 +208,7 @@ def sync_run_outputs(store: Store, run: Run) -> None:
         for stage, summary in json.loads(layout.metrics_path.read_text()).get("stages", {}).items():
             if summary:
                 set_stage_metrics(store, run.id, stage, summary)
-    image_ids = project_image_ids(store, run)
+    image_ids = project_image_ids(store, run.project_id)
     if layout.scores_path.exists():
         record_scores(store, run.id, layout.scores_path, image_ids)
     EventRecorder(store, run.id, layout, image_ids).record_all_pseudo_masks()

@@ -2,10 +2,11 @@
 
 A run row holds the resolved config, the status (``queued``, ``running``, ``awaiting_review``,
 ``done``, ``failed``, ``cancelled`` plus a ``resumable`` flag), the current stage, the progress over
-the whole run (0..1), the worker's pid and heartbeat, the error of a failed run and its times. The
-run's files live in ``WORKSPACE/runs/<run_id>/`` (the headless run-folder layout); the worker's
-:class:`StoreSink` records, as they appear, the events, the checkpoints, the stability scores and the
-pseudo masks of that folder, so the app reads everything from the store.
+the whole run (0..1), the worker's pid and heartbeat (or its Slurm job), the error of a failed run
+and its times. The run's files live in ``WORKSPACE/runs/<run_id>/`` (the headless run-folder
+layout); the worker writes only there, and :mod:`stpp.services.run_import` records what it wrote
+(the events, the checkpoints, the stability scores and the pseudo masks) through the functions
+here, so the app reads everything from the store.
 
 A project has at most one unfinished run (queued, running or awaiting review) at a time. A run's
 review plan (the pause points where it stops for review) is a column of its row.
@@ -172,21 +173,41 @@ def create_run(store: Store, project: int | str | Project, config: StppConfig,
     plan = _checked_plan(config, review_plan)
     with store.transaction() as db:
         _refuse_unfinished(db, project)
-        run_id = db["runs"].insert({
-            "project_id": project.id,
-            "method": config.method,
-            "preset": config.preset,
-            "config": json.dumps(config.to_dict(), sort_keys=True),
-            "config_hash": config.config_hash(),
-            "review_plan": json.dumps(plan) if plan else None,
-            "status": "queued",
-            "resumable": 0,
-            "progress": 0.0,
-            "backend": backend,
-            "created": utc_now(),
-        }).last_pk
-        db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [_default_run_dir(run_id), run_id])
+        run_id = _insert_run(db, project, config, status="queued", backend=backend,
+                             review_plan=json.dumps(plan) if plan else None)
     return get_run(store, run_id)
+
+
+IMPORTED_STATUSES = ("done", "failed", "cancelled")
+"""The statuses a run trained elsewhere is imported with (it never runs here)."""
+
+
+def record_imported_run(store: Store, project: int | str | Project, config: StppConfig, status: str, *,
+                        error: str | None = None) -> Run:
+    """Record a run trained elsewhere, already ended, whose folder the caller copies to its ``run_dir``.
+
+    It takes no unfinished slot of its project and is not resumable.
+
+    Raises:
+        RunStateError: a status other than :data:`IMPORTED_STATUSES`.
+    """
+    if status not in IMPORTED_STATUSES:
+        raise RunStateError(f"an imported run is {', '.join(IMPORTED_STATUSES)}, not {status}")
+    project = get_project(store, project)
+    now = utc_now()
+    with store.transaction() as db:
+        run_id = _insert_run(db, project, config, status=status, error=error, started=now, finished=now,
+                             progress=1.0 if status == "done" else 0.0)
+    return get_run(store, run_id)
+
+
+def _insert_run(db, project: Project, config: StppConfig, **fields: Any) -> int:
+    row = {"project_id": project.id, "method": config.method, "preset": config.preset,
+           "config": json.dumps(config.to_dict(), sort_keys=True), "config_hash": config.config_hash(),
+           "resumable": 0, "progress": 0.0, "created": utc_now(), **fields}
+    run_id = db["runs"].insert(row).last_pk
+    db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [_default_run_dir(run_id), run_id])
+    return run_id
 
 
 def _default_run_dir(run_id: int) -> str:

@@ -1,4 +1,4 @@
-"""``python -m stpp.worker RUN_ID`` (what torchrun starts on every rank); see :mod:`stpp.worker`."""
+"""``python -m stpp.worker RUN_DIR`` (what torchrun starts on every rank); see :mod:`stpp.worker`."""
 
 import sys
 
