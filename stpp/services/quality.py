@@ -1,5 +1,9 @@
 """The quality report of a run's pseudo masks, where unlabelled images have ``reference`` masks.
 
+:func:`dataset_quality` measures, the same way, the dataset an export of the run would write for its
+unlabelled images: after review, accepted and corrected masks in place of the pseudo masks and
+rejected images left out.
+
 Measures what the paper's Fig. 3 shows: the mIoU of the teacher's pseudo masks on the reliable
 part of the ranking against the unreliable part, and of the unreliable part again after a student
 re-labelled it. Reference masks are read only here, never by training. Confusion matrices are
@@ -17,6 +21,7 @@ from stpp.core.masks import read_mask
 from stpp.core.method import stage_order
 from stpp.core.metrics import class_iou, confusion_matrix, mean_iou, percent
 from stpp.store.db import Store
+from stpp.store.export import ExportFilter, export_plan
 from stpp.store.projects import get_project
 from stpp.store.ranking import ranked_references
 from stpp.store.runs import get_run, pseudo_masks_by_stage
@@ -92,3 +97,49 @@ def quality_report(store: Store, run_id: int) -> QualityReport:
         miou, iou = iou_from_confusion(matrix)
         rows.append(QualityRow(group, stage, len(ids), miou, tuple(iou)))
     return QualityReport(run.id, tuple(classes.names), len(references), len(ranked), tuple(rows))
+
+
+@dataclass(frozen=True)
+class DatasetQuality:
+    """The unlabelled part of the dataset an export of a run writes, against the reference masks.
+
+    Attributes:
+        run_id: the run whose pseudo masks the export takes.
+        images: the run's ranked images that have a reference mask (the ones measured).
+        kept: how many of them the export keeps (rejected images, for one, are left out).
+        sources: the kept images per mask source (``pseudo``, ``accepted``, ``corrected``...).
+        miou: pooled mIoU in percent of the kept masks against their references (None when none is kept).
+        iou: per-class IoU in percent (None for a class absent from both sides).
+    """
+
+    run_id: int
+    images: int
+    kept: int
+    sources: dict[str, int]
+    miou: float | None
+    iou: tuple[float | None, ...]
+
+
+def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
+                    filter: ExportFilter = ExportFilter()) -> DatasetQuality:
+    """Measure what :func:`~stpp.store.export.export_project` of the run would write for its ranked
+    images with reference masks (the export's own choice of mask per image: the latest review's, else
+    the run's pseudo mask), against those references; one confusion matrix over all kept images.
+
+    Args:
+        stage: the run's labels as they stood after this stage (None: the latest).
+        filter: the export's filter.
+    """
+    run = get_run(store, run_id)
+    classes = get_project(store, run.project_id).classes
+    references = {image_id: path for image_id, _, path in ranked_references(store, run.id) if path}
+    items, _ = export_plan(store, run.project_id, run_id=run.id, stage=stage, filter=filter, allow_unfinished=True)
+    kept = [item for item in items if item.image_id in references]
+    matrix = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
+    sources: dict[str, int] = {}
+    for item in kept:
+        matrix += confusion_matrix(read_mask(store.path(references[item.image_id])), read_mask(item.mask_path),
+                                   classes.num_classes, classes.ignore_index)
+        sources[item.source] = sources.get(item.source, 0) + 1
+    miou, iou = iou_from_confusion(matrix)
+    return DatasetQuality(run.id, len(references), len(kept), sources, miou, tuple(iou))

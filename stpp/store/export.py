@@ -122,8 +122,19 @@ class ExportReport:
 
 
 @dataclass(frozen=True)
-class _Item:
-    """One image to export and the mask it gets."""
+class ExportItem:
+    """One image an export writes, and the mask it gets.
+
+    Attributes:
+        image_id: the image row id.
+        name: the image's name (its files in the zip are named after it).
+        split: ``train`` or ``val``.
+        image_path: the image file.
+        mask_path: the mask file the export writes for it.
+        source: ``ground_truth``, ``reference``, ``accepted``, ``corrected`` or ``pseudo``.
+        run_id: the run whose pseudo mask it is (accepted and pseudo masks).
+        stage: the stage that made that pseudo mask.
+    """
 
     image_id: int
     name: str
@@ -137,7 +148,7 @@ class _Item:
 
 @dataclass
 class _Plan:
-    items: list[_Item] = field(default_factory=list)
+    items: list[ExportItem] = field(default_factory=list)
     left_out: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -184,14 +195,7 @@ def export_project(
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     project = get_project(store, project)
-    run = _get_run(store, project, run_id)
-    if run is not None and run["status"] not in EXPORTABLE and not allow_unfinished:
-        raise ExportError(f"run {run_id} is {run['status']}, not finished: its pseudo masks are partial; "
-                          "allow an unfinished run to export them anyway (--allow-unfinished)")
-    stages = run_stages(store, run_id) if run_id is not None else []
-    if stage is not None and stage not in stages:
-        raise ExportError(f"run {run_id} has no stage {stage!r}; its stages: {', '.join(stages) or 'none'}"
-                          if run_id is not None else "a stage needs a run: pass run_id")
+    run = _checked_run(store, project, run_id, stage, allow_unfinished)
     with _snapshot(store):
         plan = _plan(store, project, run_id, stage, filter, include_reference)
         counts = _counts(plan)
@@ -217,6 +221,40 @@ def export_project(
     atomic_save(out_zip, write)
     return ExportReport(path=out_zip, fmt=fmt, exported=len(plan.items), counts=counts,
                         left_out=tuple(plan.left_out), manifest=manifest)
+
+
+def export_plan(store: Store, project: int | str | Project, *, run_id: int | None = None, stage: str | None = None,
+                filter: ExportFilter = ExportFilter(), include_reference: bool = False,
+                allow_unfinished: bool = False) -> tuple[list[ExportItem], list[tuple[str, str]]]:
+    """What :func:`export_project` with these arguments would write, without writing it.
+
+    Returns:
+        The exported images with the mask of each, in the export's order, and ``(image name,
+        reason)`` for every image it leaves out.
+
+    Raises:
+        ExportError: as :func:`export_project` for the run and stage.
+        StoreError: no such project.
+    """
+    project = get_project(store, project)
+    _checked_run(store, project, run_id, stage, allow_unfinished)
+    with _snapshot(store):
+        plan = _plan(store, project, run_id, stage, filter, include_reference)
+    return plan.items, plan.left_out
+
+
+def _checked_run(store: Store, project: Project, run_id: int | None, stage: str | None,
+                 allow_unfinished: bool) -> dict[str, Any] | None:
+    """The run row to export (None without a run), refused when unfinished or without ``stage``."""
+    run = _get_run(store, project, run_id)
+    if run is not None and run["status"] not in EXPORTABLE and not allow_unfinished:
+        raise ExportError(f"run {run_id} is {run['status']}, not finished: its pseudo masks are partial; "
+                          "allow an unfinished run to export them anyway (--allow-unfinished)")
+    stages = run_stages(store, run_id) if run_id is not None else []
+    if stage is not None and stage not in stages:
+        raise ExportError(f"run {run_id} has no stage {stage!r}; its stages: {', '.join(stages) or 'none'}"
+                          if run_id is not None else "a stage needs a run: pass run_id")
+    return run
 
 
 @contextlib.contextmanager
@@ -281,7 +319,7 @@ def _plan(store: Store, project: Project, run_id: int | None, stage: str | None,
             plan.left_out.append((name, choice))
         else:
             source, mask_path, mask_run, mask_stage = choice
-            plan.items.append(_Item(**base, mask_path=store.path(mask_path), source=source,
+            plan.items.append(ExportItem(**base, mask_path=store.path(mask_path), source=source,
                                     run_id=mask_run, stage=mask_stage))
     return plan
 
@@ -354,7 +392,7 @@ def _choose(store: Store, row: dict, given: dict, review: dict | None, pseudo: d
     return "pseudo", path, run_id, stage_name
 
 
-def _load(item: _Item) -> tuple[ExportImage, np.ndarray]:
+def _load(item: ExportItem) -> tuple[ExportImage, np.ndarray]:
     """Read one image (upright JPEG bytes) and its mask, checking that they line up."""
     try:
         data = item.image_path.read_bytes()
@@ -479,7 +517,7 @@ def _write_scores(store: Store, zf: zipfile.ZipFile, run_id: int | None) -> None
         out.detach()
 
 
-def _write_images_csv(zf: zipfile.ZipFile, items: list[_Item]) -> None:
+def _write_images_csv(zf: zipfile.ZipFile, items: list[ExportItem]) -> None:
     with zf.open("images.csv", "w", force_zip64=True) as raw:
         out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         writer = csv.writer(out)

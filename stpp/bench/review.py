@@ -1,0 +1,334 @@
+"""What a review is worth: a simulated reviewer on a run paused after the ranking.
+
+``python -m stpp.bench review (--data ROOT --split 1_8 [--preset camvid-cpu] | --run ID)
+[--workspace DIR] [--orders ...] [--budgets 10,25,50,100] [--threshold 0.6] [--corrections 0,10]
+[--seed 0] [--results FILE] [--plot FILE]``
+
+The data is a folder dataset whose unlabelled images have ground truth; imported into a project of
+the store (``bench-<dataset>-<split>``), that ground truth becomes ``reference`` masks, which training
+never reads. The benchmark starts from that project's ST++ run paused after the ranking (launched
+with review, as the app's Train tab does, when there is none yet; ``--run`` names one). A simulated
+reviewer then goes through the run's unlabelled images in an **order** (``least-stable`` first,
+``most-stable`` first, or ``random``, seeded) and decides on the first N of them (the **budget**):
+
+- it accepts the pseudo mask the Review tab shows when its mIoU against the reference is at least
+  ``--threshold``, else rejects the image;
+- with ``M`` corrections (``--corrections``), the first M images it would reject get the reference
+  mask as their corrected mask instead (an upper bound on what a person's correction gives).
+
+Decisions are recorded with :func:`stpp.services.review.record_decision`, the Review tab's own
+function, so the store's review rows are what the app writes. Each (order, corrections) sequence runs
+inside a store transaction that is rolled back afterwards (:func:`stpp.store.trial.rolled_back`): the
+run stays paused with no decision recorded, and the benchmark can be run again.
+
+The outcome is the *dataset quality* at each budget (no training): the pooled mIoU and per-class IoU of
+what an export of the run would write for the unlabelled images, against their references
+(:func:`stpp.services.quality.dataset_quality`), and how many images it keeps. Budget 0 is the run's
+automatic result (every pseudo mask kept). No "lowest confidence first" order: a run keeps no
+per-image confidence (its labelling pass argmaxes the probabilities and stores only the masks).
+Training students after the review (the *model quality*) is not done here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from stpp.core.masks import atomic_save, read_mask
+from stpp.core.metrics import mask_miou
+from stpp.jobs import JobRunner
+from stpp.services.quality import DatasetQuality, dataset_quality
+from stpp.services.review import pauses_reached, record_decision
+from stpp.store import Store, StoreError, create_project, find_project, import_folder_dataset, load_classes, open_store
+from stpp.store.images import image_ids_by_name
+from stpp.store.projects import Project, get_project
+from stpp.store.ranking import ranked_references, ranks_by_name
+from stpp.store.reviews import Decision
+from stpp.store.runs import Run, current_pseudo_masks, get_run, list_runs
+from stpp.store.trial import rolled_back
+
+ORDERS = ("least-stable", "most-stable", "random")
+"""The orders the simulated reviewer can go through the images in."""
+SIMULATED_USER = "simulated-reviewer"
+"""The user recorded with the simulated reviewer's decisions."""
+DEFAULT_WORKSPACE = Path("benchmarks/runs/review-ws")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the simulated reviewer decides.
+
+    Attributes:
+        threshold: accept a pseudo mask whose mIoU (0..1) against the reference is at least this.
+        corrections: M: the first M images it would reject are corrected with the reference instead.
+    """
+
+    threshold: float = 0.6
+    corrections: int = 0
+
+
+def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[str]:
+    """The run's ranked images, by name, in the order the simulated reviewer goes through them.
+
+    Raises:
+        ValueError: an unknown order.
+    """
+    by_rank = sorted(ranks_by_name(store, run_id).items(), key=lambda item: (item[1], item[0]))
+    names = [name for name, _ in by_rank]
+    if order == "most-stable":
+        return names
+    if order == "least-stable":
+        return names[::-1]
+    if order == "random":
+        return [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    raise ValueError(f"unknown order {order!r}; choose from: {', '.join(ORDERS)}")
+
+
+def simulate_review(store: Store, run_id: int, names: Sequence[str], rule: Rule,
+                    user: str = SIMULATED_USER) -> Iterator[Decision]:
+    """Decide on ``names`` in order, as :class:`Rule` says, through the Review tab's ``record_decision``.
+
+    Yields each decision once it is recorded, so a caller can measure after any number of them.
+
+    Raises:
+        StoreError: an image with no pseudo mask in the run or no reference mask.
+    """
+    run = get_run(store, run_id)
+    classes = get_project(store, run.project_id).classes
+    ids = image_ids_by_name(store, get_project(store, run.project_id))
+    references = {image_id: path for image_id, _, path in ranked_references(store, run.id) if path}
+    corrected = 0
+    for name in names:
+        image_id = ids[name]
+        if image_id not in references:
+            raise StoreError(f"image {name!r} has no reference mask: the simulated reviewer cannot judge it")
+        shown = current_pseudo_masks(store, run.id, [image_id]).get(image_id)
+        if shown is None:
+            raise StoreError(f"run {run.id} has no pseudo mask of {name!r}")
+        reference = read_mask(store.path(references[image_id]))
+        score = mask_miou(reference, read_mask(store.path(shown[1])), classes.num_classes, classes.ignore_index)
+        if not np.isnan(score) and score >= rule.threshold:
+            yield record_decision(store, run.id, image_id, "accepted", user=user)
+        elif corrected < rule.corrections:
+            corrected += 1
+            yield record_decision(store, run.id, image_id, "corrected", mask=reference, user=user)
+        else:
+            yield record_decision(store, run.id, image_id, "rejected", user=user)
+
+
+def measure_grid(store: Store, run_id: int, orders: Sequence[str], budgets: Sequence[int],
+                 corrections: Sequence[int], threshold: float, seed: int = 0,
+                 on_point: Callable[[dict], None] | None = None) -> dict:
+    """Dataset quality for every (order, corrections, budget), each sequence rolled back afterwards.
+
+    Returns:
+        ``{"automatic": row, "grid": [row, ...]}``; a row holds the order, corrections, budget,
+        decisions made, images kept, their sources, mIoU and per-class IoU.
+    """
+    names = get_project(store, get_run(store, run_id).project_id).classes.names
+    automatic = _row(dataset_quality(store, run_id), names, {"budget": 0})
+    grid = []
+    for order in orders:
+        sequence = review_order(store, run_id, order, seed)
+        for m in corrections:
+            wanted = sorted({min(b, len(sequence)) for b in budgets})
+            counts = {"accepted": 0, "rejected": 0, "corrected": 0}
+            with rolled_back(store):
+                decided = 0
+                for decision in simulate_review(store, run_id, sequence[:wanted[-1]], Rule(threshold, m)):
+                    decided += 1
+                    counts[decision.decision] += 1
+                    if decided in wanted:
+                        row = _row(dataset_quality(store, run_id), names,
+                                   {"order": order, "corrections": m, "budget": decided, **counts})
+                        grid.append(row)
+                        if on_point is not None:
+                            on_point(row)
+    return {"automatic": automatic, "grid": grid}
+
+
+def _row(quality: DatasetQuality, class_names: Sequence[str], head: dict) -> dict:
+    return {**head, "kept": quality.kept, "images": quality.images, "sources": quality.sources,
+            "miou": quality.miou, "per_class": dict(zip(class_names, quality.iou))}
+
+
+def bench_project(store: Store, root: Path, split: str) -> Project:
+    """The project ``bench-<dataset>-<split>`` of a folder dataset: imported (images in place) when missing."""
+    name = f"bench-{root.resolve().name}-{split}"
+    project = find_project(store, name)
+    if project is not None:
+        return project
+    project = create_project(store, name, load_classes(root / "classes.json"))
+    split_dir = root / "splits" / split
+    report = import_folder_dataset(store, project, root, split_dir / "labeled.txt", split_dir / "unlabeled.txt",
+                                   root / "splits" / "val.txt", in_place=True)
+    if report.failed:
+        raise StoreError(f"importing {root}: {report.summary()}; first: {report.failed[0]}")
+    return project
+
+
+def ranked_run(runner: JobRunner, project: Project, preset: str, overrides: Sequence[str], device: str,
+               on_poll: Callable[[Run], None] | None = None) -> Run:
+    """The project's ST++ run of ``preset`` paused after the ranking: an unfinished one is waited for,
+    and one is launched with review when there is none.
+
+    Raises:
+        StoreError: the run failed or was cancelled, or it paused elsewhere than after the ranking.
+    """
+    store = runner.store
+    runs = [r for r in list_runs(store, project) if r.method == "st++" and r.preset == preset
+            and r.status in ("queued", "running", "awaiting_review")]
+    run = max(runs, key=lambda r: r.id) if runs else runner.launch(project, "st++", preset, list(overrides), device,
+                                                                    review=True)
+    run = runner.wait(run.id, None, statuses=("awaiting_review", "done", "failed", "cancelled"), on_poll=on_poll)
+    check_ranking_pause(store, run.id)
+    return run
+
+
+def check_ranking_pause(store: Store, run_id: int) -> None:
+    """Refuse a run that is not paused right after its ranking (what the benchmark starts from).
+
+    Raises:
+        StoreError: it is not awaiting review, or it paused after a later stage.
+    """
+    run = get_run(store, run_id)
+    pauses = pauses_reached(store, run.id)
+    if run.status != "awaiting_review" or pauses[-1:] != ("ranking",):
+        where = f"paused after {pauses[-1]}" if run.status == "awaiting_review" and pauses else run.status
+        raise StoreError(f"run {run.id} is {where}; the benchmark needs a run paused after the ranking")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stpp.bench review", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="folder dataset with ROOT/splits/SPLIT/{labeled,unlabeled}.txt")
+    parser.add_argument("--split", help="folder name under ROOT/splits, e.g. 1_8")
+    parser.add_argument("--preset", default="camvid-cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
+    parser.add_argument("--run", type=int, default=None, help="a run of the workspace paused after the ranking")
+    parser.add_argument("--orders", default=",".join(ORDERS))
+    parser.add_argument("--budgets", default="10,25,50,100")
+    parser.add_argument("--threshold", type=float, default=0.6)
+    parser.add_argument("--corrections", default="0,10", help="M values: corrections per sequence")
+    parser.add_argument("--seed", type=int, default=0, help="the random order's seed")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="JSON file (default: benchmarks/results/review-<project>-run<ID>.json)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG file (default: the results file's, .png)")
+    args = parser.parse_args(argv)
+    orders = args.orders.split(",")
+    if any(order not in ORDERS for order in orders):
+        parser.error(f"--orders takes some of: {', '.join(ORDERS)}")
+    if args.run is None and (args.data is None or args.split is None):
+        parser.error("give --data and --split (or --run)")
+    budgets = [int(b) for b in args.budgets.split(",")]
+    corrections = [int(m) for m in args.corrections.split(",")]
+
+    with open_store(args.workspace) as store:
+        if args.run is None:
+            project = bench_project(store, args.data, args.split)
+            run = ranked_run(JobRunner(store), project, args.preset, args.overrides, args.device, _show_progress)
+        else:
+            check_ranking_pause(store, args.run)
+            run = get_run(store, args.run)
+            project = get_project(store, run.project_id)
+        measured = measure_grid(store, run.id, orders, budgets, corrections, args.threshold, args.seed,
+                                on_point=_show_point)
+        report = {
+            "project": project.name,
+            "run": {"id": run.id, "method": run.method, "preset": run.preset, "config_hash": run.config_hash,
+                    "device": run.device},
+            "date": date.today().isoformat(),
+            "classes": list(project.classes.names),
+            "threshold": args.threshold,
+            "seed": args.seed,
+            "orders": orders,
+            "budgets": budgets,
+            "corrections": corrections,
+            "not_measured": {"lowest-confidence order": "a run keeps no per-image confidence",
+                             "model quality": "students trained after the review: not run"},
+            **measured,
+            "command": "python -m stpp.bench review " + " ".join(argv if argv is not None else sys.argv[2:]),
+        }
+    results = args.results or Path("benchmarks/results") / f"review-{project.name}-run{run.id}.json"
+    atomic_save(results, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    plot_path = args.plot or results.with_suffix(".png")
+    plot(report, plot_path)
+    print(to_markdown(report))
+    print(f"results: {results}; plot: {plot_path}", file=sys.stderr)
+    return 0
+
+
+def _show_progress(run: Run) -> None:
+    print(f"\rrun {run.id}: {run.status}, stage {run.stage or '-'}, {run.progress:.0%}", end="", file=sys.stderr,
+          flush=True)
+
+
+def _show_point(row: dict) -> None:
+    miou = "n/a" if row["miou"] is None else f"{row['miou']:.2f}"
+    print(f"{row['order']}, M={row['corrections']}, {row['budget']} reviewed: {row['kept']} kept, mIoU {miou}",
+          file=sys.stderr, flush=True)
+
+
+def to_markdown(report: dict) -> str:
+    """The grid as a Markdown table: one row per (order, corrections), mIoU and images kept per budget."""
+    auto = report["automatic"]
+    budgets = sorted({row["budget"] for row in report["grid"]})
+    lines = [f"automatic (no review): mIoU {_fmt(auto['miou'])} over {auto['kept']} of {auto['images']} images",
+             "", "| order | M | " + " | ".join(f"{b} reviewed: mIoU (kept)" for b in budgets) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for order in report["orders"]:
+        for m in report["corrections"]:
+            cells = {row["budget"]: row for row in report["grid"]
+                     if row["order"] == order and row["corrections"] == m}
+            lines.append(f"| {order} | {m} | " + " | ".join(
+                f"{_fmt(cells[b]['miou'])} ({cells[b]['kept']})" if b in cells else "" for b in budgets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def plot(report: dict, path: Path) -> None:
+    """mIoU and images kept against images reviewed, one line per order, one column per M."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corrections = report["corrections"]
+    figure, axes = plt.subplots(2, len(corrections), figsize=(5 * len(corrections), 7), squeeze=False, sharex=True)
+    auto = report["automatic"]
+    for column, m in enumerate(corrections):
+        for order in report["orders"]:
+            rows = sorted((r for r in report["grid"] if r["order"] == order and r["corrections"] == m),
+                          key=lambda r: r["budget"])
+            budgets = [0] + [r["budget"] for r in rows]
+            axes[0][column].plot(budgets, [auto["miou"]] + [r["miou"] for r in rows], marker="o", label=order)
+            axes[1][column].plot(budgets, [auto["kept"]] + [r["kept"] for r in rows], marker="o", label=order)
+        axes[0][column].set_title(f"accept at mIoU >= {report['threshold']:g}, else reject; "
+                                  f"first {m} rejected corrected", fontsize=9)
+        axes[0][column].set_ylabel("dataset mIoU vs reference (%)")
+        axes[1][column].set_ylabel("unlabelled images kept")
+        axes[1][column].set_xlabel("images reviewed")
+        axes[0][column].legend(fontsize=8)
+        axes[0][column].grid(alpha=0.3)
+        axes[1][column].grid(alpha=0.3)
+    figure.suptitle(f"Simulated review of {report['project']}, run {report['run']['id']} "
+                    f"({report['run']['preset']}), paused after the ranking", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The simulated reviewer benchmark (``python -m stpp.bench review``) on a real paused run of the
+``test`` preset: its decisions are the Review tab's review rows, and the dataset quality it measures
+moves the way the decisions say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stpp.bench.review import SIMULATED_USER, Rule, main, review_order, simulate_review
+from stpp.core.layout import RunLayout
+from stpp.core.masks import read_mask
+from stpp.core.metrics import confusion_matrix, mask_miou, mean_iou
+from stpp.jobs import JobRunner
+from stpp.services.quality import dataset_quality
+from stpp.services.review import latest_decisions, reviewed_inputs
+from stpp.store import create_project, import_folder_dataset, open_store
+from stpp.store.ranking import ranks_by_name
+from stpp.store.trial import rolled_back
+
+FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def paused(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path):
+    """A store with the generated dataset (unlabelled masks imported as references) and an ST++ run
+    paused after its ranking, launched with review as the Train tab launches it."""
+    workspace = tmp_path_factory.mktemp("bench-review") / "workspace"
+    with open_store(workspace) as store:
+        project = create_project(store, "synth", synthetic_dataset / "classes.json")
+        assert not import_folder_dataset(store, project, synthetic_dataset).failed
+        runner = JobRunner(store, start_grace_s=300)
+        run = runner.launch("synth", "st++", "test", FAST, "cpu", review=True)
+        run = runner.wait(run.id, 420, statuses=("awaiting_review", "done", "failed", "cancelled"))
+        assert run.status == "awaiting_review", run.error
+        yield store, run
+
+
+def truth(dataset: Path, name: str) -> np.ndarray:
+    """The generated ground truth, read from the dataset folder (not from the store)."""
+    return read_mask(dataset / "masks" / f"{name}.png")
+
+
+def test_the_simulated_reviewer_records_review_tab_decisions(paused, synthetic_dataset: Path):
+    store, run = paused
+    layout = RunLayout(store.path(run.run_dir))
+    order = review_order(store, run.id, "least-stable")
+    ranks = ranks_by_name(store, run.id)
+    assert [ranks[name] for name in order] == sorted(ranks.values(), reverse=True)
+    assert review_order(store, run.id, "most-stable") == order[::-1]
+    assert review_order(store, run.id, "random", seed=3) == review_order(store, run.id, "random", seed=3)
+    assert sorted(review_order(store, run.id, "random", seed=3)) == sorted(order)
+
+    reviewed = order[:8]
+    teacher = {name: read_mask(layout.pseudo_dir("teacher") / f"{name}.png") for name in reviewed}
+    scores = {name: mask_miou(truth(synthetic_dataset, name), teacher[name], NUM_CLASSES) for name in reviewed}
+    threshold = float(np.median(list(scores.values())))
+    expected, corrected = {}, 0
+    for name in reviewed:
+        if scores[name] >= threshold:
+            expected[name] = "accepted"
+        elif corrected < 2:
+            expected[name], corrected = "corrected", corrected + 1
+        else:
+            expected[name] = "rejected"
+    assert {"accepted", "rejected", "corrected"} <= set(expected.values())
+
+    with rolled_back(store):
+        decisions = list(simulate_review(store, run.id, reviewed, Rule(threshold, corrections=2)))
+        assert [d.image for d in decisions] == reviewed
+        latest = latest_decisions(store, "synth")
+        assert {name: d.decision for name, d in latest.items()} == expected
+        assert {(d.user, d.run_id) for d in latest.values()} == {(SIMULATED_USER, run.id)}
+        for name, decision in expected.items():
+            if decision == "accepted":
+                np.testing.assert_array_equal(read_mask(store.path(latest[name].mask_path)), teacher[name])
+                assert latest[name].stage == "teacher"
+            elif decision == "corrected":
+                np.testing.assert_array_equal(read_mask(store.path(latest[name].mask_path)),
+                                              truth(synthetic_dataset, name))
+            else:
+                assert latest[name].mask_path is None
+        # What the worker hands the next stage: the same as after decisions in the Review tab.
+        kept, rejected = reviewed_inputs(store, "synth")
+        assert {name for name, _, _ in kept} == {n for n, d in expected.items() if d != "rejected"}
+        assert rejected == {n for n, d in expected.items() if d == "rejected"}
+    assert latest_decisions(store, "synth") == {}
+
+
+def test_dataset_quality_follows_the_decisions(paused, synthetic_dataset: Path):
+    store, run = paused
+    layout = RunLayout(store.path(run.run_dir))
+    names = review_order(store, run.id, "random", seed=1)
+    matrix = sum(confusion_matrix(truth(synthetic_dataset, name),
+                                  read_mask(layout.pseudo_dir("teacher") / f"{name}.png"), NUM_CLASSES)
+                 for name in names)
+    automatic = dataset_quality(store, run.id)
+    assert (automatic.images, automatic.kept, automatic.sources) == (16, 16, {"pseudo": 16})
+    assert automatic.miou == round(100 * mean_iou(matrix), 2)
+    assert automatic.miou < 100
+
+    def reviewed(rule: Rule, count: int = len(names)):
+        with rolled_back(store):
+            decisions = list(simulate_review(store, run.id, names[:count], rule))
+            return decisions, dataset_quality(store, run.id)
+
+    decisions, quality = reviewed(Rule(threshold=1.01))
+    assert {d.decision for d in decisions} == {"rejected"}
+    assert (quality.kept, quality.sources, quality.miou) == (0, {}, None)
+
+    decisions, quality = reviewed(Rule(threshold=0.0))
+    assert {d.decision for d in decisions} == {"accepted"}
+    assert (quality.kept, quality.sources, quality.miou) == (16, {"accepted": 16}, automatic.miou)
+
+    decisions, quality = reviewed(Rule(threshold=1.01, corrections=len(names)))
+    assert {d.decision for d in decisions} == {"corrected"}
+    assert (quality.kept, quality.sources, quality.miou) == (16, {"corrected": 16}, 100.0)
+    assert set(quality.iou) <= {100.0, None}
+
+    decisions, quality = reviewed(Rule(threshold=1.01, corrections=4), count=6)
+    assert [d.decision for d in decisions] == ["corrected"] * 4 + ["rejected"] * 2
+    assert (quality.kept, quality.sources) == (14, {"corrected": 4, "pseudo": 10})
+    assert latest_decisions(store, "synth") == {}
+
+
+def test_the_benchmark_command_writes_the_grid_and_the_plot(paused, tmp_path: Path, capsys):
+    store, run = paused
+    results = tmp_path / "review.json"
+    assert main(["--workspace", str(store.workspace), "--run", str(run.id), "--budgets", "3,6,40",
+                 "--corrections", "0,2", "--results", str(results)]) == 0
+    report = json.loads(results.read_text())
+    assert report["run"]["id"] == run.id and report["automatic"]["kept"] == 16
+    cells = {(row["order"], row["corrections"], row["budget"]): row for row in report["grid"]}
+    assert set(cells) == {(order, m, budget) for order in ("least-stable", "most-stable", "random")
+                          for m in (0, 2) for budget in (3, 6, 16)}
+    for (order, m, budget), row in cells.items():
+        assert row["accepted"] + row["rejected"] + row["corrected"] == budget
+        assert row["corrected"] <= m and row["kept"] == 16 - row["rejected"]
+    assert cells[("least-stable", 0, 16)]["kept"] == cells[("random", 0, 16)]["kept"]
+    assert results.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| least-stable | 2 |" in capsys.readouterr().out
+    assert latest_decisions(store, "synth") == {}
