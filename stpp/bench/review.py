@@ -34,10 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,7 +46,15 @@ from stpp.core.metrics import mask_miou
 from stpp.jobs import JobRunner
 from stpp.services.quality import DatasetQuality, dataset_quality
 from stpp.services.review import pauses_reached, record_decision
-from stpp.store import Store, StoreError, create_project, find_project, import_folder_dataset, load_classes, open_store
+from stpp.store import (
+    Store,
+    StoreError,
+    create_project,
+    find_project,
+    import_folder_dataset,
+    load_classes,
+    open_store,
+)
 from stpp.store.images import image_ids_by_name
 from stpp.store.projects import Project, get_project
 from stpp.store.ranking import ranked_references, ranks_by_name
@@ -141,9 +149,8 @@ def measure_grid(store: Store, run_id: int, orders: Sequence[str], budgets: Sequ
             wanted = sorted({min(b, len(sequence)) for b in budgets})
             counts = {"accepted": 0, "rejected": 0, "corrected": 0}
             with rolled_back(store):
-                decided = 0
-                for decision in simulate_review(store, run_id, sequence[:wanted[-1]], Rule(threshold, m)):
-                    decided += 1
+                decisions = simulate_review(store, run_id, sequence[:wanted[-1]], Rule(threshold, m))
+                for decided, decision in enumerate(decisions, 1):
                     counts[decision.decision] += 1
                     if decided in wanted:
                         row = _row(dataset_quality(store, run_id), names,

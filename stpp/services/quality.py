@@ -121,19 +121,20 @@ class DatasetQuality:
 
 
 def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
-                    filter: ExportFilter = ExportFilter()) -> DatasetQuality:
+                    filter: ExportFilter | None = None) -> DatasetQuality:
     """Measure what :func:`~stpp.store.export.export_project` of the run would write for its ranked
     images with reference masks (the export's own choice of mask per image: the latest review's, else
     the run's pseudo mask), against those references; one confusion matrix over all kept images.
 
     Args:
         stage: the run's labels as they stood after this stage (None: the latest).
-        filter: the export's filter.
+        filter: the export's filter (None: every image, as the Export tab's default).
     """
     run = get_run(store, run_id)
     classes = get_project(store, run.project_id).classes
     references = {image_id: path for image_id, _, path in ranked_references(store, run.id) if path}
-    items, _ = export_plan(store, run.project_id, run_id=run.id, stage=stage, filter=filter, allow_unfinished=True)
+    items, _ = export_plan(store, run.project_id, run_id=run.id, stage=stage,
+                           filter=filter or ExportFilter(), allow_unfinished=True)
     kept = [item for item in items if item.image_id in references]
     matrix = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
     sources: dict[str, int] = {}
