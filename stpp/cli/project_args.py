@@ -95,7 +95,8 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """The verbs of a project's runs: launch, runs, follow, cancel, resume, continue, import-run, review."""
+    """The verbs of a project's runs: launch, runs, follow, cancel, resume, continue, import-run, label-next,
+    review."""
     launch = commands.add_parser("launch", parents=[common], help="start a training run of a project (in the queue)")
     launch.add_argument("name")
     launch.add_argument("--method", required=True, choices=METHODS)
@@ -131,6 +132,12 @@ def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.Argu
                                  help="import a run folder made elsewhere (a cluster, 'python -m stpp run') as a run")
     copied.add_argument("name", help="the project the run trained on (same classes and images)")
     copied.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (config.json, events.jsonl...)")
+    label_next = commands.add_parser("label-next", parents=[common],
+                                     help="the run's least stable images still unlabelled, as a CVAT task zip "
+                                          "(Segmentation mask 1.1, pseudo masks as pre-annotations)")
+    label_next.add_argument("run_id", type=int)
+    label_next.add_argument("--count", type=int, default=20, help="how many images (default: 20)")
+    label_next.add_argument("--out", type=Path, required=True, help="the zip file to write")
 
     review = commands.add_parser("review", parents=[common], help="decide on a pseudo mask of a paused run")
     review.add_argument("run_id", type=int)

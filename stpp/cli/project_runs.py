@@ -1,6 +1,6 @@
-"""``python -m stpp project launch|runs|follow|cancel|resume|continue|review|import-run``: a project's runs from the
-command line, through the functions the app calls (:class:`~stpp.jobs.JobRunner` and
-:mod:`stpp.services.review`).
+"""``python -m stpp project launch|runs|follow|cancel|resume|continue|label-next|review|import-run``: a
+project's runs from the command line, through the functions the app calls (:class:`~stpp.jobs.JobRunner`,
+:mod:`stpp.services.review`, :mod:`stpp.services.label_queue` and :mod:`stpp.services.run_copy`).
 
 Subcommands (each takes ``--workspace DIR``)::
 
@@ -9,12 +9,14 @@ Subcommands (each takes ``--workspace DIR``)::
     follow RUN_ID
     cancel RUN_ID | resume RUN_ID
     continue RUN_ID [--reliable-ratio R] [--no-more-review]
+    label-next RUN_ID [--count N] --out FILE.zip
     review RUN_ID IMAGE {accept,reject,correct} [--mask FILE.png] [--user U]
     import-run NAME RUN_DIR
 
 Each prints the run's status line on stdout. ``follow`` ticks the queue while it shows the run's
 progress (a tqdm bar on stderr) and exits 0 once the run is done or awaits review, 1 when it failed
-and 130 when it was cancelled. Torch stays out of this process: the config check and the training
+and 130 when it was cancelled. ``label-next`` writes the run's N least stable images still unlabelled
+as a CVAT task zip; ``project import-labels`` brings the labelled result back as ground truth. Torch stays out of this process: the config check and the training
 run in child processes.
 """
 
@@ -34,6 +36,7 @@ from stpp.cli.progress import RunBar
 from stpp.cli.project_args import REVIEW_CHOICES
 from stpp.core.masks import read_mask
 from stpp.jobs import JobRunner
+from stpp.services.label_queue import export_label_task
 from stpp.services.review import ReviewError, continue_run, pauses_reached, record_decision
 from stpp.services.run_copy import import_run_copy
 from stpp.store import Store
@@ -149,6 +152,12 @@ def _import_run(store: Store, args: argparse.Namespace) -> int:
     report = import_run_copy(store, args.name, args.run_dir)
     print(f"{status_line(store, report.run)}; imported from {args.run_dir} into {report.run.run_dir}: "
           f"{report.events} events, {report.scores} scores, {report.pseudo_masks} pseudo masks")
+def _label_next(store: Store, args: argparse.Namespace) -> int:
+    task = export_label_task(store, args.run_id, args.out, args.count)
+    project = get_project(store, get_run(store, args.run_id).project_id)
+    print(f"wrote {task.path}: {len(task.images)} images to label, least stable first "
+          f"({', '.join(image.name for image in task.images)})")
+    print(f"once labelled: python -m stpp project import-labels {project.name} --data LABELLED.zip")
     return EXIT_OK
 
 
@@ -177,5 +186,5 @@ def _read_mask_file(path: Path) -> np.ndarray:
 
 
 RUN_COMMANDS = {"launch": _launch, "runs": _runs, "follow": _follow, "cancel": _cancel, "resume": _resume,
-                "continue": _continue, "review": _review, "import-run": _import_run}
+                "continue": _continue, "label-next": _label_next, "review": _review, "import-run": _import_run}
 """The handlers of the run subcommands, by name (:func:`stpp.cli.projects.run_project_command` runs them)."""

@@ -1,0 +1,159 @@
+"""The "label these next" queue: a run's least stable images go out as a CVAT task zip, a person's
+labels come back as ground truth, and the next run trains on them (real runs of the ``test`` preset)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_stpp
+from PIL import Image
+
+from stpp.core.classes import parse_labelmap
+from stpp.core.layout import RunLayout
+from stpp.core.masks import read_mask
+from stpp.jobs import JobRunner
+from stpp.services.label_queue import export_label_task, label_queue, task_labels
+from stpp.services.review import record_decision
+from stpp.store import (
+    StoreError,
+    create_project,
+    import_folder_dataset,
+    make_classes,
+    open_store,
+)
+from stpp.store.classes import load_classes
+from stpp.store.runs import current_pseudo_masks
+
+FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
+# The generated dataset's classes with its class 0 renamed: a project without a "background" class,
+# so the task adds one and shifts every class by one label.
+CLASSES = {"classes": ["grey", "red", "green", "blue"], "palette": [[0, 0, 0], [220, 30, 30], [30, 200, 30],
+                                                                    [40, 60, 230]], "ignore_index": 255}
+
+
+def image_row(store, name: str) -> dict:
+    return next(iter(store.db.query("SELECT id, role FROM images WHERE name = ?", [name])))
+
+
+def test_task_labels_put_ignore_on_background(synthetic_dataset: Path):
+    classes = load_classes(synthetic_dataset / "classes.json")
+    labels, lut = task_labels(classes)  # it has a class named background: kept as it is
+    assert labels.names == classes.names and (lut[:4].tolist(), lut[255]) == ([0, 1, 2, 3], 0)
+    labels, lut = task_labels(make_classes(CLASSES["classes"], CLASSES["palette"]))
+    assert labels.names == ("background", "grey", "red", "green", "blue")
+    assert labels.palette[0] == (1, 1, 1)  # black is grey's colour here: the next free grey
+    assert (lut[:4].tolist(), lut[255]) == ([1, 2, 3, 4], 0)
+
+
+def to_project(task_mask: np.ndarray) -> np.ndarray:
+    """A task mask's values as the project's: background (no label) is ignore, label i is class i - 1."""
+    return np.where(task_mask == 0, 255, task_mask.astype(np.int64) - 1)
+
+
+def test_label_task_round_trip_gives_the_next_run_ground_truth(workspace: Path, synthetic_dataset: Path,
+                                                               tmp_path: Path):
+    with open_store(workspace) as store:
+        project = create_project(store, "synth", CLASSES)
+        assert not import_folder_dataset(store, project, synthetic_dataset).failed
+        runner = JobRunner(store, start_grace_s=300)
+        run = runner.wait(runner.launch("synth", "st++", "test", FAST, "cpu").id, 420)
+        assert run.status == "done", run.error
+
+        ranked = [r[0] for r in store.db.execute("SELECT i.name FROM scores s JOIN images i ON i.id = s.image_id "
+                                                 "WHERE s.run_id = ? ORDER BY s.rank DESC", [run.id])]
+        record_decision(store, run.id, ranked[0], "accepted")  # a person's mask already: not queued
+        record_decision(store, run.id, ranked[1], "rejected")  # judged wrong: worth labelling
+        queue = [image.name for image in label_queue(store, run.id)]
+        assert queue == ranked[1:]
+
+        task_zip = tmp_path / "task.zip"
+        result = run_stpp("project", "label-next", run.id, "--count", "3", "--out", task_zip,
+                          "--workspace", workspace)
+        assert "3 images to label" in result.stdout and "import-labels synth" in result.stdout
+        names = ranked[1:4]
+        with zipfile.ZipFile(task_zip) as zf:
+            files = set(zf.namelist())
+            labelmap = parse_labelmap(zf.read("labelmap.txt").decode(), "labelmap.txt")
+            default = zf.read("ImageSets/Segmentation/default.txt").decode().split()
+            manifest = json.loads(zf.read("manifest.json"))
+            zf.extractall(tmp_path / "task")
+        assert default == names
+        assert files == {"labelmap.txt", "ImageSets/Segmentation/default.txt", "manifest.json",
+                         *(f"JPEGImages/{n}.jpg" for n in names), *(f"SegmentationClass/{n}.png" for n in names)}
+        assert labelmap.names == ("background", "grey", "red", "green", "blue")
+        assert [image["name"] for image in manifest["images"]] == names
+        pseudo = current_pseudo_masks(store, run.id, [image_row(store, n)["id"] for n in names])
+        for name in names:
+            with Image.open(tmp_path / "task" / "SegmentationClass" / f"{name}.png") as png:
+                assert png.mode == "P"
+                assert tuple(png.getpalette()[3:6]) == (0, 0, 0)  # grey's colour on its label, 1
+                task_mask = np.array(png)
+            shown = read_mask(store.path(pseudo[image_row(store, name)["id"]][1]))
+            np.testing.assert_array_equal(to_project(task_mask), shown)
+            with Image.open(tmp_path / "task" / "JPEGImages" / f"{name}.jpg") as jpeg:
+                assert jpeg.size == (64, 64)
+
+        # A person labels: paints blue into the first mask (kept as a palette PNG), background
+        # (no label) across the second, saved as colours the way an RGB export would; the third is
+        # left as it was pre-annotated.
+        folder = tmp_path / "task"
+        blue, expected = labelmap.names.index("blue"), {}
+        first = folder / "SegmentationClass" / f"{names[0]}.png"
+        with Image.open(first) as png:
+            edited, palette = np.array(png), png.getpalette()
+        edited[:20, :20] = blue
+        painted = Image.fromarray(edited, mode="P")
+        painted.putpalette(palette)
+        painted.save(first)
+        expected[names[0]] = to_project(edited)
+        second = folder / "SegmentationClass" / f"{names[1]}.png"
+        with Image.open(second) as png:
+            edited = np.array(png)
+        edited[30:34, :] = 0
+        colours = np.array(labelmap.palette, dtype=np.uint8)[edited]
+        Image.fromarray(colours, mode="RGB").save(second)
+        expected[names[1]] = to_project(edited)
+        with Image.open(folder / "SegmentationClass" / f"{names[2]}.png") as png:
+            expected[names[2]] = to_project(np.array(png))
+
+        result = run_stpp("project", "import-labels", "synth", "--data", folder, "--workspace", workspace,
+                          "--verbose")
+        assert "3 added, 0 skipped, 0 failed" in result.stdout
+        for name in names:
+            row = image_row(store, name)
+            assert row["role"] == "labelled"
+            kinds = {r[0]: r[1] for r in store.db.execute("SELECT kind, path FROM masks WHERE image_id = ?",
+                                                          [row["id"]])}
+            assert "reference" in kinds
+            np.testing.assert_array_equal(read_mask(store.path(kinds["ground_truth"])), expected[name])
+        assert [image.name for image in label_queue(store, run.id)] == ranked[4:]
+
+        # The next run trains on them as ground truth.
+        following = runner.wait(runner.launch("synth", "supervised", "test", FAST, "cpu").id, 420)
+        assert following.status == "done", following.error
+        layout = RunLayout(store.path(following.run_dir))
+        with open(layout.train_set_path("teacher"), newline="") as handle:
+            train_set = {row["id"]: row for row in csv.DictReader(handle)}
+        for name in names:
+            assert train_set[name]["source"] == "ground_truth"
+            gt = store.db.execute("SELECT path FROM masks WHERE image_id = ? AND kind = 'ground_truth'",
+                                  [image_row(store, name)["id"]]).fetchone()[0]
+            assert Path(train_set[name]["mask"]) == store.path(gt)
+        assert set(train_set) == {f"labeled_{i:03d}" for i in range(8)} | set(names)
+
+
+def test_a_label_task_needs_something_to_label(workspace: Path, synthetic_dataset: Path, tmp_path: Path):
+    with open_store(workspace) as store:
+        project = create_project(store, "synth", CLASSES)
+        import_folder_dataset(store, project, synthetic_dataset)
+        with pytest.raises(StoreError, match="at least one image"):
+            export_label_task(store, 1, tmp_path / "t.zip", 0)
+        result = run_stpp("project", "label-next", "99", "--out", tmp_path / "t.zip", "--workspace", workspace,
+                          check=False)
+        assert result.returncode == 2 and "no run 99" in result.stderr
+        assert not (tmp_path / "t.zip").exists()
