@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from stpp.backends import Backend, LocalBackend, StartError, make_backend
 from stpp.backends.local import REPO_ROOT, child_env
+from stpp.core.cluster import parse_run_settings
 from stpp.core.config import PRESETS, ConfigError, StppConfig, get_preset
 from stpp.core.devices import Device, DeviceSpec, parse_device_spec
 from stpp.core.handoff import HandoffError, request_stop, write_job
@@ -238,7 +239,7 @@ class JobRunner:
 
     def launch(self, project: int | str | Project, method: str, preset: str,
                overrides: Mapping[str, Any] | Sequence[str] = (), device: str = "cpu", *,
-               review: bool = False) -> Run:
+               review: bool = False, backend_options: Mapping[str, Any] | None = None) -> Run:
         """Resolve the config, record a ``queued`` run on this runner's backend and start it if it can.
 
         The one launch path of the app, the CLI and the API.
@@ -254,27 +255,34 @@ class JobRunner:
             review: stop for a person's review at every pause point of the method (after the
                 ranking and after each re-labelling) with status ``awaiting_review``; the plan is
                 in the run row before the worker starts.
+            backend_options: the run's own Slurm settings over the workspace's (keys of
+                :data:`~stpp.core.cluster.RUN_SLURM_SETTINGS`; blank values are left out).
 
         Raises:
             RunConflict: the project already has an unfinished run.
             LaunchError: the project has no data the method can train on.
-            ConfigError: a bad preset, method, override or value.
+            ConfigError: a bad preset, method, override, value or Slurm setting.
         """
         project = get_project(self.store, project)
         refuse_unfinished(self.store, project)  # before the slower config check
         check_trainable(self.store, project, method)
         cfg = resolve_run_config(project, method, preset, overrides, self._pin_device(device))
-        return self.submit(project, cfg, pause_points(cfg) if review else ())
+        return self.submit(project, cfg, pause_points(cfg) if review else (), backend_options)
 
-    def submit(self, project: int | str | Project, cfg: StppConfig, review_plan: Sequence[str] = ()) -> Run:
+    def submit(self, project: int | str | Project, cfg: StppConfig, review_plan: Sequence[str] = (),
+               backend_options: Mapping[str, Any] | None = None) -> Run:
         """Record a ``queued`` run with an already resolved config and start it if it can.
 
         Raises:
             RunConflict: the project already has an unfinished run.
-            ConfigError: a malformed ``device``.
+            ConfigError: a malformed ``device``, or Slurm settings for a run that is not submitted to Slurm.
         """
         parse_device_spec(cfg.device)
-        run = create_run(self.store, project, cfg, review_plan, backend=self.backend.name)
+        settings = parse_run_settings(backend_options or {})
+        if settings and not self.backend.queues_itself:
+            raise ConfigError(f"{', '.join(settings)}: Slurm settings, but runs train on the {self.backend.name} "
+                              "backend (start the app with --backend slurm)")
+        run = create_run(self.store, project, cfg, review_plan, backend=self.backend.name, backend_options=settings)
         self.tick()
         return get_run(self.store, run.id)
 
@@ -420,8 +428,8 @@ class JobRunner:
                 continue
             try:
                 root = self._order(get_run(self.store, run.id))
-                _, job_id = self._backend_of(run).start(run.id, root, self._device_spec(run),
-                                                        worker_log_path(self.store, run.id))
+                backend = self._backend_of(run).with_settings(run.backend_options)
+                _, job_id = backend.start(run.id, root, self._device_spec(run), worker_log_path(self.store, run.id))
             except (OSError, StartError, StoreError) as error:
                 _fail_queued(self.store, run.id, f"cannot submit the run: {error}")
                 continue

@@ -181,7 +181,7 @@ def test_a_version_1_store_is_upgraded_and_its_events_keep_kind_and_message(work
     conn.close()
 
     with open_store(workspace) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         old = list_events(store, 1)
         assert [(e.kind, e.message, e.data) for e in old] == [("eval", "teacher: val mIoU 55.26", {}),
                                                               ("stage_end", "", {})]
@@ -216,6 +216,7 @@ def test_a_version_2_store_keeps_each_runs_latest_review_plan_in_its_row(workspa
         # v4: an old run was a local worker's, with nothing of its folder imported yet.
         old = get_run(store, 1)
         assert (old.backend, old.job_id, old.attempt, old.events_read) == ("local", None, 0, 0)
+        assert old.backend_options == {}  # v5: launched with the backend's own settings
 
 
 def test_workspace_that_is_a_file_is_refused(tmp_path: Path):

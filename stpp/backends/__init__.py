@@ -8,7 +8,7 @@ into the store, is the job runner's (:mod:`stpp.jobs`), the same for every backe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from stpp.backends.local import LocalBackend, StartError
 from stpp.backends.slurm import SlurmBackend
@@ -25,6 +25,12 @@ class Backend(Protocol):
     queues_itself: bool
     """True: every queued run is handed over at once and the backend's scheduler starts it; False:
     the job runner's device slots decide."""
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings a run may set for itself, as a new run gets them (empty: none)."""
+
+    def with_settings(self, settings: Mapping[str, Any]) -> Backend:
+        """This backend with a run's own settings (:attr:`stpp.store.runs.Run.backend_options`) over its own."""
 
     def start(self, run_id: int, run_dir: Path, spec: DeviceSpec, log_path: Path) -> tuple[int | None, str | None]:
         """Start (or submit) the worker; returns its pid and/or the backend's job id."""

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import psutil
 
@@ -131,6 +132,14 @@ class LocalBackend:
     def __init__(self, python: str = sys.executable):
         self.python = python
         self._children: dict[int, subprocess.Popen] = {}
+
+    def run_settings(self) -> dict[str, Any]:
+        """Empty: a local run has no settings of its own."""
+        return {}
+
+    def with_settings(self, settings: Mapping[str, Any]) -> LocalBackend:
+        """A local worker has no settings of its own (a run's are for a scheduler)."""
+        return self
 
     def command(self, run_dir: Path, spec: DeviceSpec) -> list[str]:
         """The worker's command line (see :func:`worker_command`)."""

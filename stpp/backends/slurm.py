@@ -16,10 +16,10 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from stpp.backends.local import REPO_ROOT, StartError, child_env
-from stpp.core.cluster import SlurmOptions
+from stpp.core.cluster import RUN_SLURM_SETTINGS, SlurmOptions
 from stpp.core.devices import DeviceSpec
 
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
@@ -48,6 +48,14 @@ class SlurmBackend:
     def __init__(self, options: SlurmOptions | None = None, env: Mapping[str, str] | None = None):
         self.options = options or SlurmOptions()
         self.env = dict(env or {})
+
+    def run_settings(self) -> dict[str, Any]:
+        """The partition, account, time limit and nodes a new run gets unless it sets its own."""
+        return {key: getattr(self.options, key) for key in RUN_SLURM_SETTINGS}
+
+    def with_settings(self, settings: Mapping[str, Any]) -> SlurmBackend:
+        """This backend with a run's own Slurm settings (partition, account, time limit, nodes) over its own."""
+        return SlurmBackend(self.options.updated(**settings), self.env) if settings else self
 
     # The job ------------------------------------------------------------------------------------
 

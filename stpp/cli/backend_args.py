@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stpp.core.cluster import BACKENDS, SLURM_SETTINGS_NAME, load_slurm_options, parse_backend
 
@@ -37,6 +37,12 @@ def backend_from_args(args: argparse.Namespace, workspace: str | Path) -> Backen
     if parse_backend(args.backend) != "slurm":
         return make_backend("local", workspace)
     options = load_slurm_options(workspace).updated(
-        partition=args.slurm_partition, account=args.slurm_account, time_limit=args.slurm_time,
-        nodes=args.slurm_nodes, setup=tuple(args.slurm_setup) if args.slurm_setup else None)
+        **run_settings_from_args(args), setup=tuple(args.slurm_setup) if args.slurm_setup else None)
     return SlurmBackend(options)
+
+
+def run_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--slurm-*`` flags a run keeps as its own settings (see :data:`~stpp.core.cluster.RUN_SLURM_SETTINGS`)."""
+    given = {"partition": args.slurm_partition, "account": args.slurm_account, "time_limit": args.slurm_time,
+             "nodes": args.slurm_nodes}
+    return {key: value for key, value in given.items() if value is not None}

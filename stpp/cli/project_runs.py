@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from stpp.cli.backend_args import backend_from_args
+from stpp.cli.backend_args import backend_from_args, run_settings_from_args
 from stpp.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, print_table
 from stpp.cli.progress import RunBar
 from stpp.cli.project_args import REVIEW_CHOICES
@@ -69,7 +69,10 @@ def status_line(store: Store, run: Run) -> str:
 
 def _launch(store: Store, args: argparse.Namespace) -> int:
     runner = JobRunner(store, backend=backend_from_args(args, store.workspace))
-    run = runner.launch(args.name, args.method, args.preset, args.overrides, args.device, review=args.review)
+    # Kept in the run's row, so that a resume from the app submits it the same way.
+    settings = run_settings_from_args(args) if runner.backend.queues_itself else None
+    run = runner.launch(args.name, args.method, args.preset, args.overrides, args.device, review=args.review,
+                        backend_options=settings)
     print(status_line(store, run))
     return EXIT_OK
 

@@ -89,6 +89,32 @@ class SlurmOptions:
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
 
 
+RUN_SLURM_SETTINGS = ("partition", "account", "time_limit", "nodes")
+"""The Slurm settings one run may set for itself (the Train form's, over the workspace's ``slurm.json``)."""
+
+
+def parse_run_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's own Slurm settings: keys of :data:`RUN_SLURM_SETTINGS`, blank values left out, text stripped.
+
+    Raises:
+        ConfigError: another key, or a value :class:`SlurmOptions` refuses.
+    """
+    unknown = sorted(set(values) - set(RUN_SLURM_SETTINGS))
+    if unknown:
+        raise ConfigError(f"a run cannot set slurm {', '.join(unknown)}; it may set: {', '.join(RUN_SLURM_SETTINGS)}")
+    settings: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "":
+            continue
+        if key == "nodes" and isinstance(value, float) and value == int(value):
+            value = int(value)  # a form's number field
+        settings[key] = value
+    SlurmOptions.from_dict(settings)
+    return settings
+
+
 def load_slurm_options(workspace: str | Path) -> SlurmOptions:
     """The workspace's Slurm settings (``WORKSPACE/slurm.json``), or the defaults when it has none.
 

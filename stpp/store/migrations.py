@@ -176,6 +176,11 @@ def _v4(db: sqlite_utils.Database) -> None:
         db.conn.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Runs keep the backend settings they were launched with (a Slurm partition, time limit...)."""
+    db.conn.execute("ALTER TABLE runs ADD COLUMN backend_options TEXT")  # JSON object; NULL: the backend's own
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code writes and understands."""

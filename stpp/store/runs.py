@@ -75,6 +75,8 @@ class Run:
         attempt: the starts ordered so far (the ``attempt`` of the latest ``job.json``).
         backend: where its worker runs: ``local`` or ``slurm``.
         job_id: the backend's handle of the current start (a Slurm job id; None for a local process).
+        backend_options: the backend settings this run was launched with, over the backend's own
+            (``{"partition": "gpu", "time_limit": "8:00:00"}``; see :data:`stpp.core.cluster.RUN_SLURM_SETTINGS`).
     """
 
     id: int
@@ -99,6 +101,7 @@ class Run:
     attempt: int = 0
     backend: str = "local"
     job_id: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unfinished(self) -> bool:
@@ -143,6 +146,7 @@ def _run(row: Mapping[str, Any]) -> Run:
     values["config"] = json.loads(values["config"])
     values["resumable"] = bool(values["resumable"])
     values["review_plan"] = tuple(json.loads(values["review_plan"])) if values["review_plan"] else ()
+    values["backend_options"] = json.loads(values["backend_options"]) if values["backend_options"] else {}
     return Run(**values)
 
 
@@ -155,7 +159,8 @@ def parse_time(value: str) -> float:
 
 
 def create_run(store: Store, project: int | str | Project, config: StppConfig,
-               review_plan: Sequence[str] = (), backend: str = "local") -> Run:
+               review_plan: Sequence[str] = (), backend: str = "local",
+               backend_options: Mapping[str, Any] | None = None) -> Run:
     """Record a new ``queued`` run of ``project`` with a resolved config.
 
     Args:
@@ -164,6 +169,7 @@ def create_run(store: Store, project: int | str | Project, config: StppConfig,
         config: the resolved config (``data`` filled in).
         review_plan: the pause points where the run stops for review (see :func:`set_review_plan`).
         backend: where its worker runs (``local`` or ``slurm``).
+        backend_options: its own settings for that backend (see :attr:`Run.backend_options`).
 
     Raises:
         RunConflict: the project already has a queued, running or awaiting-review run.
@@ -174,7 +180,8 @@ def create_run(store: Store, project: int | str | Project, config: StppConfig,
     with store.transaction() as db:
         _refuse_unfinished(db, project)
         run_id = _insert_run(db, project, config, status="queued", backend=backend,
-                             review_plan=json.dumps(plan) if plan else None)
+                             review_plan=json.dumps(plan) if plan else None,
+                             backend_options=json.dumps(dict(backend_options)) if backend_options else None)
     return get_run(store, run_id)
 
 

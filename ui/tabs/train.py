@@ -13,6 +13,7 @@ import time
 import gradio as gr
 import pandas as pd
 
+from stpp.core.cluster import RUN_SLURM_SETTINGS
 from stpp.core.config import AMP_CHOICES, BACKBONES, ConfigError
 from stpp.core.method import METHOD_LABELS, STAGES
 from stpp.jobs import (
@@ -249,6 +250,16 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                               elem_id="train-amp")
             device = gr.Dropdown([(d.label, d.id) for d in devices], value=default_device(devices), label="Device",
                                  elem_id="train-device")
+        # Always built, hidden on the local backend, so that the launch API takes the same inputs.
+        slurm = services.jobs.backend.run_settings()
+        with gr.Row(visible=bool(slurm), elem_id="train-slurm"):
+            partition = gr.Textbox(slurm.get("partition") or "", label="Slurm partition (blank: the cluster's default)",
+                                   elem_id="train-slurm-partition")
+            account = gr.Textbox(slurm.get("account") or "", label="Account (blank: yours)",
+                                 elem_id="train-slurm-account")
+            time_limit = gr.Textbox(slurm.get("time_limit") or "", label="Time limit (8:00:00, 1-00:00:00)",
+                                    elem_id="train-slurm-time")
+            nodes = gr.Number(slurm.get("nodes", 1), label="Nodes", precision=0, minimum=1, elem_id="train-slurm-nodes")
         with gr.Row():
             review = gr.Checkbox(True, label="Review between phases (pause after the ranking and each re-labelling)",
                                  elem_id="train-review")
@@ -289,13 +300,15 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         names = project_choices(services)
         return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
-    def start_run(project_name, method_value, preset_name, device_id, review_between, *form_values):
+    def start_run(project_name, method_value, preset_name, device_id, review_between, *values):
         if not project_name:
             return "**Not launched:** choose a project first.", gr.skip()
+        form_values, slurm_values = values[:len(form)], values[len(form):]
         try:
             overrides = form_overrides(*form_values, weights_dir=weights_dir)
+            own = dict(zip(RUN_SLURM_SETTINGS, slurm_values)) if slurm else None
             started = services.jobs.launch(project_name, method_value, preset_name, overrides,
-                                           device_id, review=review_between)
+                                           device_id, review=review_between, backend_options=own)
         except (StoreError, ConfigError, ValueError) as error:
             gr.Warning(str(error))
             return f"**Not launched:** {error}", gr.skip()
@@ -327,7 +340,9 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     upload_weights.upload(take_weights, inputs=upload_weights, outputs=[pretrained, message], api_name="upload_weights")
     preset.change(fill_form, inputs=preset, outputs=form, **private)
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
-    launch.click(start_run, inputs=[project, method, preset, device, review, *form], outputs=[message, run],
+    slurm_form = [partition, account, time_limit, nodes]  # RUN_SLURM_SETTINGS' order
+    launch.click(start_run, inputs=[project, method, preset, device, review, *form, *slurm_form],
+                 outputs=[message, run],
                  api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
     cancel.click(lambda r: act(services.jobs.cancel, "cancel", "asked to stop", r), inputs=run, outputs=message,
                  api_name="cancel_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
