@@ -361,10 +361,20 @@ class JobRunner:
 
     def _import(self, run: Run) -> Run:
         try:
-            return import_run_folder(self.store, run)
+            return import_run_folder(self.store, run, requeued=self._requeued)
         except (OSError, StoreError, HandoffError, ValueError) as error:
             log.warning("run %s: its folder was not imported: %s", run.id, error)
             return get_run(self.store, run.id)
+
+    def _requeued(self, run: Run) -> bool | None:
+        """Whether the scheduler queued again the job of a run whose worker stopped without being asked to
+        (Slurm's requeue); None while the job is still ending."""
+        if not run.job_id or run.job_id == SUBMITTING or cancel_requested_at(self.store, run.id) is not None:
+            return False
+        backend = self._backend_of(run)
+        if backend.pending(run.id, run.job_id):
+            return True
+        return None if backend.alive(run.id, run.pid, run.job_id) else False
 
     def _claim(self) -> list[int]:
         """Claim the queued runs of the local backend that have a free device slot."""

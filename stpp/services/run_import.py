@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from stpp.core.config import StppConfig
 from stpp.core.events import Event
@@ -214,7 +214,7 @@ def sync_run_outputs(store: Store, run: Run) -> None:
     EventRecorder(store, run.id, layout, image_ids).record_all_pseudo_masks()
 
 
-def import_run_folder(store: Store, run: Run) -> Run:
+def import_run_folder(store: Store, run: Run, requeued: Callable[[Run], bool | None] | None = None) -> Run:
     """Bring the store up to date with the run folder; returns the run as it is then.
 
     A queued run whose worker reports it started becomes ``running``; a running run takes the
@@ -222,6 +222,12 @@ def import_run_folder(store: Store, run: Run) -> Run:
     the status's ``attempt``), the run gets the matching status (``paused`` becomes
     ``awaiting_review`` with the pause recorded; a failure's error and a stop on request get an event).
     A status of an earlier start is ignored.
+
+    Args:
+        requeued: for a worker that reports it stopped or failed, whether its scheduler will start it
+            again (Slurm's requeue after a preemption or a node failure): True keeps the run running
+            with a ``requeued`` event, None (not known yet: the job is still ending) waits for the
+            next import, False or no callable ends the run.
     """
     layout = run_layout(store, run)
     # The status first: every event the worker wrote before it is in events.jsonl by then.
@@ -236,8 +242,22 @@ def import_run_folder(store: Store, run: Run) -> Run:
         return get_run(store, run.id)
     update_run(store, run.id, progress=max(run.progress, current.progress), heartbeat=utc_now(current.heartbeat))
     if current.ended:
-        _settle(store, get_run(store, run.id), current)
+        run = get_run(store, run.id)
+        again = requeued(run) if requeued is not None and current.state in ("cancelled", "failed") else False
+        if again:
+            _note_requeue(store, run)
+        elif again is False:
+            _settle(store, run, current)
     return get_run(store, run.id)
+
+
+def _note_requeue(store: Store, run: Run) -> None:
+    """Say once per stop that the scheduler queued the run's job again."""
+    latest = list_events(store, run.id, limit=1, kinds=["worker_start", "requeued"])
+    if not latest or latest[-1].kind != "requeued":
+        record_event(store, run.id, Event("requeued", message=(
+            f"Slurm queued job {run.job_id} again (preempted, or its node failed); its worker continues "
+            "from the run folder's last checkpoint when the job starts")))
 
 
 def _mark_started(store: Store, run: Run, status: WorkerStatus) -> Run:

@@ -18,6 +18,7 @@ from stpp.core.config import AMP_CHOICES, BACKBONES, ConfigError
 from stpp.core.method import METHOD_LABELS, STAGES
 from stpp.jobs import (
     FORM_FIELDS,
+    SUBMITTING,
     WEIGHTS_DIR,
     add_weights_file,
     form_defaults,
@@ -76,6 +77,8 @@ def status_markdown(services: Services, run: Run | None) -> str:
     lines = [f"**Run {run.id}** · {METHOD_LABELS.get(run.method, run.method)} · preset `{run.preset}` · "
              f"{run.device} — status: **{run.status.replace('_', ' ')}**"
              + (" (resumable)" if run.can_resume else "")]
+    if run.backend == "slurm" and run.job_id and run.job_id != SUBMITTING:
+        lines.append(f"Slurm job `{run.job_id}`" + (", waiting for Slurm to start it" if run.status == "queued" else ""))
     if run.stage:
         lines.append(f"Stage: `{run.stage}`")
     metrics = metrics_text(run_metrics(services.store, run.id))
