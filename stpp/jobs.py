@@ -404,17 +404,16 @@ class JobRunner:
         return claimed
 
     def _order(self, run: Run) -> Path:
-        """Write the run's ``job.json`` for its next start; returns the run folder.
+        """Write the run's ``job.json`` for the start just claimed (the claim counted its ``attempt``); returns
+        the run folder.
 
         Raises:
             JobInputError, ReviewError: the run cannot be handed over as it stands.
         """
-        attempt = run.attempt + 1
-        job = compose_job(self.store, run, attempt)
+        job = compose_job(self.store, run, run.attempt)
         root = run_layout(self.store, run).root.absolute()
         root.mkdir(parents=True, exist_ok=True)
         write_job(root, job)
-        update_run(self.store, run.id, attempt=attempt)
         return root
 
     def _spawn(self, run_id: int) -> bool:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "sinfo", "mungekey")
 START_TIMEOUT_S = 60
@@ -84,9 +86,12 @@ class SlurmCluster:
         return self
 
     def stop(self) -> None:
-        """Cancel every job and stop the daemons."""
+        """Cancel every job, let the jobs end, stop the daemons, then end any job step left behind."""
         if self.processes:
             self.client(["scancel", "--full", f"--user={os.getuid()}"], check=False)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self._jobs_listed():
+                time.sleep(0.5)
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -96,6 +101,25 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.processes.clear()
+        for step in self._leftover_steps():
+            step.kill()
+
+    def _jobs_listed(self) -> bool:
+        result = self.client(["squeue", "--noheader", "--format=%i"], check=False)
+        return result.returncode == 0 and bool(result.stdout.split())
+
+    def _leftover_steps(self) -> list[psutil.Process]:
+        """``slurmstepd`` processes of this cluster (they keep its slurmd log open) still waiting for a slurmd."""
+        steps = []
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] != "slurmstepd":
+                continue
+            try:
+                if any(Path(f.path).is_relative_to(self.root) for f in process.open_files()):
+                    steps.append(process)
+            except psutil.Error:
+                continue
+        return steps
 
     def client(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
         """Run a Slurm client command against this cluster."""

@@ -22,13 +22,13 @@ from stpp.backends.local import LocalBackend, worker_alive
 from stpp.cli.main import main as project_main
 from stpp.core.config import StppConfig
 from stpp.core.events import Event, read_events
-from stpp.core.handoff import PROGRESS_SCALE, read_job
+from stpp.core.handoff import PROGRESS_SCALE, new_status, read_job, write_job, write_status
 from stpp.core.layout import RunLayout
 from stpp.headless import resolve_config
 from stpp.jobs import JobRunner, worker_log_path
 from stpp.selftrain.pipeline import RunData
 from stpp.services.gallery import GalleryQuery, gallery_page, review_cache
-from stpp.services.run_import import EventRecorder
+from stpp.services.run_import import EventRecorder, import_run_folder
 from stpp.services.worker_job import compose_job
 from stpp.store import create_project, get_project, import_folder_dataset, open_store
 from stpp.store.housekeeping import delete_run, prune_run_checkpoints
@@ -45,6 +45,7 @@ from stpp.store.runs import (
     loss_points,
     record_event,
     run_metrics,
+    transition,
     update_run,
 )
 from stpp.worker.main import run_data, worker_main
@@ -306,6 +307,22 @@ def test_a_claimed_run_whose_worker_never_started_fails_after_the_grace(store):
     [failed] = JobRunner(store, start_grace_s=0).reap()
     assert (failed.status, failed.resumable) == ("failed", True)
     assert failed.error == "the worker did not start; resume to try again"
+
+
+def test_a_new_start_is_not_ended_by_the_status_its_earlier_start_left(store):
+    run = create_run(store, "synth", config(store))
+    assert claim_queued(store, run.id, pid=None) and get_run(store, run.id).attempt == 1
+    root = store.path(run.run_dir)
+    job = compose_job(store, get_run(store, run.id), 1)
+    write_job(root, job)
+    write_status(root, new_status(job, root, state="cancelled"))
+    assert import_run_folder(store, get_run(store, run.id)).status == "cancelled"
+    transition(store, run.id, "queued", expect=["cancelled"], pid=None, resumable=False)
+
+    # Claimed again by one process; another imports the folder before the new job.json is written.
+    assert claim_queued(store, run.id, pid=None)
+    again = import_run_folder(store, get_run(store, run.id))
+    assert (again.status, again.attempt) == ("running", 2)
 
 
 def test_the_worker_refuses_a_folder_without_a_job(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -354,21 +354,27 @@ def update_run(store: Store, run_id: int, **fields: Any) -> None:
 
 
 def claim_queued(store: Store, run_id: int, **fields: Any) -> bool:
-    """Atomically move a run from ``queued`` to ``running``; False when it was not queued any more."""
+    """Atomically move a run from ``queued`` to ``running`` as its next start (``attempt`` + 1); False when it
+    was not queued any more.
+
+    The attempt is counted in the same update: from then on the status file of the run's earlier start
+    (a pause, say) no longer counts as this start's, whichever process imports the folder next.
+    """
     values = {"status": "running", "heartbeat": utc_now(), **fields}
     assignments = ", ".join(f"{key} = ?" for key in values)
     with store.transaction() as db:
-        cursor = db.execute(f"UPDATE runs SET {assignments} WHERE id = ? AND status = 'queued'",
-                            [*values.values(), int(run_id)])
+        cursor = db.execute(f"UPDATE runs SET {assignments}, attempt = attempt + 1 "
+                            "WHERE id = ? AND status = 'queued'", [*values.values(), int(run_id)])
         return cursor.rowcount == 1
 
 
 def claim_submission(store: Store, run_id: int, marker: str) -> bool:
-    """Mark a queued run that has no backend job yet with ``marker`` as its ``job_id``; False when it
-    was not so any more (another process is submitting it)."""
+    """Mark a queued run that has no backend job yet with ``marker`` as its ``job_id``, as its next start
+    (``attempt`` + 1, as :func:`claim_queued` counts it); False when it was not so any more (another process
+    is submitting it)."""
     with store.transaction() as db:
-        cursor = db.execute("UPDATE runs SET job_id = ? WHERE id = ? AND status = 'queued' AND job_id IS NULL",
-                            [marker, int(run_id)])
+        cursor = db.execute("UPDATE runs SET job_id = ?, attempt = attempt + 1 "
+                            "WHERE id = ? AND status = 'queued' AND job_id IS NULL", [marker, int(run_id)])
         return cursor.rowcount == 1
 
 
