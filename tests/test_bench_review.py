@@ -20,6 +20,8 @@ from stpp.services.review import latest_decisions, reviewed_inputs
 from stpp.store import create_project, import_folder_dataset, open_store
 from stpp.store.ranking import ranks_by_name
 from stpp.store.trial import rolled_back
+from ui.services import Services, Settings
+from ui.tabs.review import status_text
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
 NUM_CLASSES = 4
@@ -144,3 +146,23 @@ def test_the_benchmark_command_writes_the_grid_and_the_plot(paused, tmp_path: Pa
     assert results.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| least-stable | 2 |" in capsys.readouterr().out
     assert latest_decisions(store, "synth") == {}
+
+
+def test_the_review_tab_shows_progress_against_the_budget_and_the_live_dataset_miou(paused):
+    store, run = paused
+    services = Services(store=store, settings=Settings(workspace=store.workspace))
+
+    def status(budget=None) -> str:
+        return " ".join(status_text(services, run.id, budget).split())
+
+    automatic = dataset_quality(store, run.id)
+    assert "Reviewed **0 / 16**, 16 left" in status()
+    assert f"Dataset mIoU against the reference masks: **{automatic.miou:.1f}** over the 16 of 16 images" in status()
+    with rolled_back(store):
+        names = review_order(store, run.id, "least-stable")[:6]
+        list(simulate_review(store, run.id, names, Rule(threshold=1.01, corrections=4)))
+        reviewed = dataset_quality(store, run.id)
+        assert reviewed.miou > automatic.miou  # four references in place of pseudo masks, two images left out
+        shown = status(budget=10)
+        assert "Reviewed **6 / 10** (budget), 4 left · accepted 0 · rejected 2 · corrected 4" in shown
+        assert f"**{reviewed.miou:.1f}** over the 14 of 16 images the export keeps" in shown

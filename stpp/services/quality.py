@@ -13,7 +13,9 @@ IoU of the classes present in the references or the predictions of that group.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -139,8 +141,24 @@ def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
     matrix = np.zeros((classes.num_classes, classes.num_classes), dtype=np.int64)
     sources: dict[str, int] = {}
     for item in kept:
-        matrix += confusion_matrix(read_mask(store.path(references[item.image_id])), read_mask(item.mask_path),
-                                   classes.num_classes, classes.ignore_index)
+        reference, mask = store.path(references[item.image_id]), Path(item.mask_path)
+        matrix += _mask_confusion(str(reference), _stamp(reference), str(mask), _stamp(mask),
+                                  classes.num_classes, classes.ignore_index)
         sources[item.source] = sources.get(item.source, 0) + 1
     miou, iou = iou_from_confusion(matrix)
     return DatasetQuality(run.id, len(references), len(kept), sources, miou, tuple(iou))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=8192)
+def _mask_confusion(reference: str, reference_stamp: tuple[int, int], mask: str, mask_stamp: tuple[int, int],
+                    num_classes: int, ignore_index: int) -> np.ndarray:
+    """One image's confusion matrix, kept while neither file changes: the Review tab measures the whole
+    dataset after each decision, and a decision changes one image."""
+    matrix = confusion_matrix(read_mask(reference), read_mask(mask), num_classes, ignore_index)
+    matrix.setflags(write=False)
+    return matrix

@@ -21,6 +21,7 @@ from stpp.services.gallery import (
     image_detail,
     merge_painted_layer,
 )
+from stpp.services.quality import dataset_quality
 from stpp.services.review import ReviewError, phase_summary, record_decision, set_reliable_ratio
 from stpp.store import StoreError, get_project
 from stpp.store.ranking import RANK_FILTERS
@@ -74,17 +75,26 @@ def empty_page() -> list:
     return [[], "No ranked run selected.", "", 0, []]
 
 
-def status_text(services: Services, run_id: int | None) -> str:
-    """The run's status and what review decided so far."""
+def status_text(services: Services, run_id: int | None, budget: float | None = None) -> str:
+    """The run's status, how far review got (against the reviewer's budget of images, when set) and, where
+    the unlabelled images have reference masks, the mIoU of the dataset the Export tab would write."""
     if not run_id:
         return "Choose a project and an ST++ run that has a stability ranking."
     run = get_run(services.store, run_id)
     summary = phase_summary(services.store, run.id)
     pause = f" after **{summary.pause}**" if summary.pause else ""
     nxt = f" · next phase: {summary.next_phase}" if summary.next_phase else ""
-    return (f"Run {run.id} is **{run.status.replace('_', ' ')}**{pause}{nxt} · {summary.ranked} ranked · "
-            f"accepted {summary.accepted} · rejected {summary.rejected} · corrected {summary.corrected} · "
-            f"R = {summary.reliable_ratio:g}")
+    reviewed = summary.ranked - summary.reliable - summary.unreliable
+    target = int(budget) if budget else summary.ranked
+    lines = [f"Run {run.id} is **{run.status.replace('_', ' ')}**{pause}{nxt} · {summary.ranked} ranked · "
+             f"R = {summary.reliable_ratio:g}",
+             f"Reviewed **{reviewed} / {target}**{' (budget)' if budget else ''}, {max(0, target - reviewed)} left · "
+             f"accepted {summary.accepted} · rejected {summary.rejected} · corrected {summary.corrected}"]
+    quality = dataset_quality(services.store, run.id)
+    if quality.images and quality.miou is not None:
+        lines.append(f"Dataset mIoU against the reference masks: **{quality.miou:.1f}** over the {quality.kept} "
+                     f"of {quality.images} images the export keeps")
+    return "  \n".join(lines)
 
 
 def detail_outputs(services: Services, run_id, image_id, ratio, opacity, shown_classes) -> list:
@@ -180,7 +190,10 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         project = services.project_picker(label="Project", elem_id="review-project", scale=2)
         run = run_dropdown(label="Run", elem_id="review-run", scale=3)
         refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", scale=1)
-    status = gr.Markdown(elem_id="review-status")
+    with gr.Row():
+        status = gr.Markdown(elem_id="review-status")
+        budget = gr.Number(None, label="Review budget (images)", precision=0, minimum=0, scale=0, min_width=160,
+                           elem_id="review-budget")
     with gr.Row():
         order = gr.Radio(ORDERS, value=ORDERS[0], label="Order", elem_id="review-order")
         show = gr.Dropdown(list(RANK_FILTERS), value="all", label="Show", elem_id="review-show")
@@ -248,12 +261,13 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         ranked = ranked_run_ids(services.store, project_name) if find_project(services, project_name) else []
         return run_choices(services, project_name, current, only=ranked)
 
-    def run_changed(run_id):
+    def run_changed(run_id, budget_value):
         if not run_id:
             return [status_text(services, None), gr.skip(), gr.update(choices=[ANY_CLASS], value=ANY_CLASS),
                     gr.update(choices=[], value=[]), [], gr.skip()]
         classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
-        return [status_text(services, run_id), get_run(services.store, int(run_id)).config["selftrain"]["reliable_ratio"],
+        ratio_value = get_run(services.store, int(run_id)).config["selftrain"]["reliable_ratio"]
+        return [status_text(services, run_id, budget_value), ratio_value,
                 gr.update(choices=[ANY_CLASS, *classes.names], value=ANY_CLASS),
                 gr.update(choices=list(classes.names), value=list(classes.names)), list(classes.names),
                 gr.update(choices=list(classes.names), value=classes.names[0])]
@@ -320,19 +334,20 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return gr.skip(), "shown"
         return pseudo_editor(services, run_id, image), "pseudo"
 
-    def show_status(run_id):
-        return status_text(services, run_id)
+    def show_status(run_id, budget_value):
+        return status_text(services, run_id, budget_value)
 
     refresh_chain = dict(fn=load_page, inputs=[run, page, *filters], outputs=page_outs, **private)
     after = dict(fn=redraw, inputs=[run, selected, ratio, opacity, class_toggles], outputs=detail_outs, **private)
-    status_chain = dict(fn=show_status, inputs=run, outputs=status, **private)
+    status_chain = dict(fn=show_status, inputs=[run, budget], outputs=status, **private)
     # Opening the tab re-reads the runs too: one that paused for review since the page loaded is not listed yet.
     refresh_events = [refresh.click] + ([shown.select] if shown is not None else [])
     gr.on(refresh_events, pick_run, inputs=[project, run], outputs=run, **private).then(
         **status_chain).then(**refresh_chain)
     project.change(pick_run, inputs=[project, run], outputs=run, **private)
-    run.change(run_changed, inputs=run, outputs=[status, ratio, class_filter, class_toggles, names, paint_class],
-               **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)
+    budget.change(**status_chain)
+    run.change(run_changed, inputs=[run, budget],
+               outputs=[status, ratio, class_filter, class_toggles, names, paint_class], **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)
     gr.on([order.change, show.change, low.release, high.release, class_filter.change, ratio.release],
           lambda: 0, outputs=page, **private).then(**refresh_chain)
     prev_page.click(lambda p: max(0, p - 1), inputs=page, outputs=page, **private).then(**refresh_chain)
