@@ -22,6 +22,7 @@ from stpp.core.masks import read_mask, write_mask
 from stpp.store import create_project, import_folder_dataset, open_store, seed_demo_project, utc_now
 from stpp.store.export import ExportError, ExportFilter, export_project
 from stpp.store.export_formats import VOC_ROOT, class_folder_names
+from ui.tabs.export import manifest_summary
 
 H, W = 180, 240  # the demo images
 
@@ -280,9 +281,19 @@ def test_manifest_and_scores_record_the_provenance(store, demo, tmp_path):
     assert {r["id"]: r["stage"] for r in sources if r["source"] == "pseudo"} == {
         unlabelled[0]["name"]: "teacher", unlabelled[1]["name"]: "teacher", unlabelled[2]["name"]: "stage1"}
 
+    # The Export tab shows this in a few lines above the folded manifest.
+    summary = manifest_summary(manifest).split("  \n")
+    assert summary[0] == "**27 image(s)** as Pascal VOC · train 15 · val 12 · left out 57"
+    assert summary[1] == f"Masks: ground truth {manifest['counts']['sources']['ground_truth']} · pseudo 3"
+    assert summary[2] == (f"Run {run_id} (ST++, preset `test`, done) · pseudo masks by stage: teacher 2, stage1 1 · "
+                          f"model `{stage1_ckpt}`")
+    assert summary[3] == ("Kept: ground truth, accepted, corrected, reliable (not reviewed), unreliable (not reviewed)"
+                          " · min stability 0.2")
+
     no_run = export_project(store, demo, tmp_path / "gt.zip", "coco")
     assert no_run.manifest["run"] is None and no_run.manifest["model_checkpoint"] is None
     assert read_csv(tmp_path / "gt.zip", "scores.csv") == []
+    assert len(manifest_summary(no_run.manifest).split("  \n")) == 3
 
 
 def test_reviews_are_honoured(store, demo, tmp_path):

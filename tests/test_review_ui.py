@@ -199,7 +199,10 @@ def test_review_correct_continue_and_export(server: Server, driver):
     wait.until(lambda d: f"#{run.id} ST++" in driver.find_element(By.CSS_SELECTOR, "#export-run input")
                .get_attribute("value"))
     driver.find_element(By.ID, "export-build").click()
-    wait.until(lambda d: "image(s)" in text("export-message") and '"format": "voc"' in text("export-manifest"))
+    wait.until(lambda d: "image(s) as Pascal VOC" in text("export-message"))
+    assert f"Run {run.id} (ST++" in text("export-message") and "Masks: ground truth" in text("export-message")
+    driver.find_element(By.CSS_SELECTOR, "#export-manifest-panel button").click()  # the manifest is folded
+    wait.until(lambda d: '"format": "voc"' in text("export-manifest"))
     wait.until(lambda d: d.find_element(By.ID, "export-download").is_displayed())
     driver.find_element(By.ID, "export-download").click()
     archive = WebDriverWait(driver, 60).until(

@@ -2,7 +2,7 @@
 a run's trained model (checkpoint, config and a TorchScript file that runs without stpp).
 
 The dataset zip is written by :func:`stpp.store.export.export_project` here (no torch); its
-manifest is shown before the download button appears. The model is exported by a child process.
+summary (its manifest folded under it) is shown before the download button appears. The model is exported by a child process.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 
 import gradio as gr
 
+from stpp.core.method import METHOD_LABELS
 from stpp.services.outputs import export_dataset, export_model_zip
 from stpp.store import StoreError
 from stpp.store.export import ExportFilter
@@ -31,6 +32,28 @@ def stage_update(services: Services, run_id, models_only: bool = False, current:
     """The stage dropdown for a run: ``latest`` then its stages; ``current`` is kept when it is one of them."""
     stages = run_stages(services.store, chosen_run(run_id), models_only) if chosen_run(run_id) else []
     return gr.update(choices=[LATEST, *stages], value=current if current in stages else LATEST)
+
+
+def manifest_summary(manifest: dict) -> str:
+    """What an export holds, in a few lines: counts, the run and model its labels came from, the filter."""
+    counts = manifest["counts"]
+    splits = " · ".join(f"{split} {n}" for split, n in counts["splits"].items())
+    lines = [f"**{counts['images']} image(s)** as {FORMAT_LABELS.get(manifest['format'], manifest['format'])} · "
+             f"{splits} · left out {sum(counts['left_out'].values())}"]
+    sources = " · ".join(f"{source.replace('_', ' ')} {n}" for source, n in counts["sources"].items() if n)
+    if sources:
+        lines.append(f"Masks: {sources}")
+    run = manifest["run"]
+    if run is not None:
+        stages = ", ".join(f"{stage} {n}" for stage, n in counts["pseudo_stages"].items())
+        lines.append(f"Run {run['id']} ({METHOD_LABELS.get(run['method'], run['method'])}, preset `{run['preset']}`, "
+                     f"{run['status'].replace('_', ' ')})" + (f" · pseudo masks by stage: {stages}" if stages else "")
+                     + (f" · model `{manifest['model_checkpoint']}`" if manifest["model_checkpoint"] else ""))
+    kept = [label for label, field in GROUPS.items() if manifest["filter"][field]]
+    bound = manifest["filter"]["min_stability"]
+    lines.append(f"Kept: {', '.join(kept) or 'nothing'}" + (f" · min stability {bound:g}" if bound is not None else "")
+                 + (" · reference masks of unlabelled images" if manifest["include_reference"] else ""))
+    return "  \n".join(lines)
 
 
 def export_filter(groups: list[str], min_stability) -> ExportFilter:
@@ -61,7 +84,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                                  "masks are partial)", elem_id="export-allow-unfinished")
     build_button = gr.Button("Build export", variant="primary", elem_id="export-build")
     message = gr.Markdown(elem_id="export-message")
-    manifest = gr.Code(None, language="json", label="manifest.json", elem_id="export-manifest")
+    with gr.Accordion("The full manifest.json", open=False, elem_id="export-manifest-panel"):
+        manifest = gr.Code(None, language="json", label="manifest.json", elem_id="export-manifest")
     download = gr.DownloadButton("Download the zip", visible=False, elem_id="export-download")
     gr.Markdown("### Trained model")
     with gr.Row():
@@ -83,9 +107,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                                     allow_unfinished=unfinished)
         except (StoreError, ValueError) as error:
             return f"**Not exported:** {error}", None, gr.update(visible=False)
-        counts = report.counts
-        return (f"{report.exported} image(s) · train {counts['splits']['train']} · val {counts['splits']['val']} · "
-                f"left out {len(report.left_out)}", json.dumps(report.manifest, indent=2),
+        return (manifest_summary(report.manifest), json.dumps(report.manifest, indent=2),
                 gr.update(value=str(report.path), visible=True))
 
     def make_model(run_id, stage_name):
