@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from stpp.core.config import LEGACY_VALUES, ConfigError, StppConfig, apply_overrides, get_preset
+from stpp.core.config import (
+    LEGACY_VALUES,
+    PRESET_NOTES,
+    PRESETS,
+    ConfigError,
+    StppConfig,
+    apply_overrides,
+    get_preset,
+)
 from stpp.core.events import Activity, Event
 from stpp.core.method import (
     METHODS,
@@ -171,3 +179,9 @@ def test_no_module_outside_core_defines_the_stage_vocabulary():
         if '"stage1", "stage2"' in text or "'stage1', 'stage2'" in text or '"supervised", "st", "st++"' in text:
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders
+
+
+def test_every_preset_says_what_it_is_for():
+    assert set(PRESET_NOTES) == set(PRESETS)
+    assert all("CPU" in PRESET_NOTES[name] for name in ("camvid-cpu", "tiny"))
+    assert all("GPU" in PRESET_NOTES[name] for name in ("pascal", "cityscapes", "camvid"))

@@ -296,6 +296,17 @@ PRESETS: dict[str, StppConfig] = {
     ),
 }
 
+PRESET_NOTES: dict[str, str] = {
+    "pascal": "the paper's Pascal VOC recipe (DeepLabv3+ ResNet-50, OS 8, 321 crops): for GPUs, hours a stage",
+    "cityscapes": "the paper's Cityscapes recipe (721 crops, 240 epochs): for GPUs, hours a stage",
+    "camvid": "CamVid at its full 480x360 (MobileNetV2): for one GPU, minutes a method on an H100",
+    "camvid-cpu": "CamVid trained at 240x180 for CPU: ST++ about an hour on 2 cores (55 min measured)",
+    "tiny": "the demo project on CPU: ST++ in a few minutes on 2 cores",
+    "test": "the test suite's, for generated 64x64 images (seconds there); on real images it takes minutes "
+            "and its mIoU means nothing",
+}
+"""What each preset is for and how long it takes where it is meant to run (measured figures: BENCHMARKS.md)."""
+
 
 def get_preset(name: str) -> StppConfig:
     """The named preset; an unknown name lists the valid ones."""

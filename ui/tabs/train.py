@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from stpp.core.cluster import RUN_SLURM_SETTINGS
-from stpp.core.config import AMP_CHOICES, BACKBONES, ConfigError
+from stpp.core.config import AMP_CHOICES, BACKBONES, PRESET_NOTES, ConfigError
 from stpp.core.method import METHOD_LABELS, STAGES
 from stpp.jobs import (
     FORM_FIELDS,
@@ -70,6 +70,11 @@ def metrics_text(metrics: dict[str, float | None]) -> str:
     return " · ".join(f"{stage} {miou:.2f}" for stage, miou in metrics.items() if miou is not None)
 
 
+def preset_text(name: str | None) -> str:
+    """What the chosen preset is for and how long it takes."""
+    return f"Preset `{name}`: {PRESET_NOTES[name]}." if name in PRESET_NOTES else ""
+
+
 def status_markdown(services: Services, run: Run | None) -> str:
     """The headline of the live panel: run, status, stage, metrics, error."""
     if run is None:
@@ -78,7 +83,8 @@ def status_markdown(services: Services, run: Run | None) -> str:
              f"{run.device} — status: **{run.status.replace('_', ' ')}**"
              + (" (resumable)" if run.can_resume else "")]
     if run.backend == "slurm" and run.job_id and run.job_id != SUBMITTING:
-        lines.append(f"Slurm job `{run.job_id}`" + (", waiting for Slurm to start it" if run.status == "queued" else ""))
+        waiting = ", waiting for Slurm to start it" if run.status == "queued" else ""
+        lines.append(f"Slurm job `{run.job_id}`{waiting}")
     if run.stage:
         lines.append(f"Stage: `{run.stage}`")
     metrics = metrics_text(run_metrics(services.store, run.id))
@@ -231,6 +237,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset")
             backbone = gr.Dropdown(list(BACKBONES), value=defaults["backbone"], label="Backbone (DeepLabv3+)",
                                    elem_id="train-backbone")
+        preset_note = gr.Markdown(preset_text(DEFAULT_PRESET), elem_id="train-preset-note")
         with gr.Row():
             epochs = gr.Number(defaults["epochs"], label="Teacher epochs", precision=0, minimum=1,
                                elem_id="train-epochs")
@@ -341,7 +348,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
 
     private = {"api_visibility": "private"}
     upload_weights.upload(take_weights, inputs=upload_weights, outputs=[pretrained, message], api_name="upload_weights")
-    preset.change(fill_form, inputs=preset, outputs=form, **private)
+    preset.change(fill_form, inputs=preset, outputs=form, **private).then(
+        preset_text, inputs=preset, outputs=preset_note, **private)
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
     slurm_form = [partition, account, time_limit, nodes]  # RUN_SLURM_SETTINGS' order
     launch.click(start_run, inputs=[project, method, preset, device, review, *form, *slurm_form],
