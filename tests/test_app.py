@@ -230,6 +230,58 @@ def test_browser_shows_the_demo_project(server: Server, tmp_path: Path):
         driver.save_screenshot(str(ARTIFACTS / "app-projects.png"))
 
 
+@pytest.mark.browser
+def test_a_reload_or_a_shared_link_opens_the_same_project_and_tab(server: Server, tmp_path: Path):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from stpp.store import create_project, find_project, open_store
+
+    with open_store(server.workspace) as store:
+        if find_project(store, "added-later") is None:
+            create_project(store, "added-later", {"classes": ["a", "b"]})
+
+    with headless_chrome(tmp_path / "chrome-profile") as driver:
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+        def tab_button(title: str):
+            return next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == title)
+
+        def selected_tab() -> str:
+            return next((b.text for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+                         if b.get_attribute("aria-selected") == "true"), "")
+
+        def project_in(element_id: str) -> str:
+            return driver.find_element(By.CSS_SELECTOR, f"#{element_id} input").get_attribute("value")
+
+        def loaded() -> bool:  # the page has filled its project list
+            return "camvid-demo" in driver.find_element(By.ID, "projects-table").text.split()
+
+        driver.get(server.url)
+        wait.until(lambda d: selected_tab() == "Projects" and loaded())
+        tab_button("Train").click()  # a tab's content is drawn when it is first opened
+        wait.until(lambda d: "tab=train" in d.current_url and project_in("train-project") == "camvid-demo")
+        picker = driver.find_element(By.CSS_SELECTOR, "#train-project input")
+        picker.click()
+        picker.send_keys(Keys.CONTROL, "a")
+        picker.send_keys("added-later")
+        picker.send_keys(Keys.ENTER)
+        wait.until(lambda d: "project=added-later" in d.current_url)
+
+        driver.refresh()
+        wait.until(lambda d: selected_tab() == "Train" and project_in("train-project") == "added-later")
+
+        # A link names the place; names of no project or tab leave the defaults.
+        driver.get(f"{server.url}?project=camvid-demo&tab=review")
+        wait.until(lambda d: selected_tab() == "Review" and project_in("review-project") == "camvid-demo")
+        driver.get(f"{server.url}?project=no-such-project&tab=no-such-tab")
+        wait.until(lambda d: selected_tab() == "Projects" and loaded())
+        tab_button("Train").click()
+        wait.until(lambda d: project_in("train-project") == "camvid-demo")
+
+
 # The Projects tab's actions, without a browser ------------------------------------------------
 
 

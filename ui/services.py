@@ -15,6 +15,7 @@ import gradio as gr
 
 from stpp.jobs import JobRunner
 from stpp.store import DEMO_PROJECT, Store, list_projects
+from ui.urlstate import PROJECT_JS, PROJECT_KEY, query_value
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,12 @@ class Services:
         """
         state = gr.State(None)
         services = dataclasses.replace(self, current_project=state)
-        gr.on(triggers=None, fn=services.default_project, outputs=state, api_visibility="private")
+        gr.on(triggers=None, fn=services.opening_project, outputs=state, api_visibility="private")
         return services
+
+    def opening_project(self, request: gr.Request) -> str | None:
+        """The project a page opens on: the one its address names (``?project=NAME``), else the default."""
+        return query_value(request, PROJECT_KEY, self.project_names()) or self.default_project()
 
     def project_names(self) -> list[str]:
         """Every project's name, for pickers."""
@@ -112,6 +117,7 @@ class Services:
         # Only a project that exists becomes current: the picker also takes typed names.
         picker.input(lambda name: name if name in self.project_names() else gr.skip(), inputs=picker, outputs=state,
                      api_visibility="private")
+        picker.change(None, inputs=picker, js=PROJECT_JS, api_visibility="private")  # into the page's address
 
 
 def signed_in_user(request: gr.Request | None) -> str | None:

@@ -1,0 +1,45 @@
+"""The page's place in its address: ``?project=NAME&tab=ID``.
+
+The open project and tab are written into the address bar as a person moves (``history.replaceState``:
+no reload, no new history entry), and read back when a page loads, so a reload keeps the place and a
+copied link opens the same project and tab. Values that name no project or tab are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+import gradio as gr
+
+PROJECT_KEY = "project"
+TAB_KEY = "tab"
+
+
+PLACE_FLAG = "window.stppPlaceRead"
+"""Set in the browser once the page has read its place from the address: until then nothing writes it
+(the tabs report the first tab selected as they mount, before the page's load event reads the address)."""
+PLACE_READ_JS = f"() => {{ {PLACE_FLAG} = true; }}"
+"""Browser code run after the load event that read the address."""
+
+
+def _set_param_js(key: str, value_expression: str) -> str:
+    return (f"(value) => {{ if (!{PLACE_FLAG}) return; const v = {value_expression}; if (v) {{ "
+            "const url = new URL(window.location.href); "
+            f"url.searchParams.set({json.dumps(key)}, v); window.history.replaceState(null, '', url); }} }}")
+
+
+PROJECT_JS = _set_param_js(PROJECT_KEY, "value")
+"""Browser code run with a project picker's value: puts it in the address."""
+
+
+def tab_js(tab_id: str) -> str:
+    """Browser code run when the tab ``tab_id`` is opened: puts it in the address."""
+    return _set_param_js(TAB_KEY, json.dumps(tab_id))
+
+
+def query_value(request: gr.Request | None, key: str, allowed: Iterable[str]) -> str | None:
+    """The page address's ``key`` parameter when it is one of ``allowed``, else None."""
+    params = getattr(request, "query_params", None) if request is not None else None
+    value = params.get(key) if params is not None else None
+    return value if value in set(allowed) else None
