@@ -135,6 +135,8 @@ def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
     run = get_run(store, run_id)
     classes = get_project(store, run.project_id).classes
     references = {image_id: path for image_id, _, path in ranked_references(store, run.id) if path}
+    if not references:  # a project without reference masks: nothing to measure, no export to plan
+        return DatasetQuality(run.id, 0, 0, {}, None, (None,) * classes.num_classes)
     items, _ = export_plan(store, run.project_id, run_id=run.id, stage=stage,
                            filter=filter or ExportFilter(), allow_unfinished=True)
     kept = [item for item in items if item.image_id in references]

@@ -1,8 +1,9 @@
 """Export tab: a project's labelled dataset (ground truth, reviewed and pseudo masks) as a zip, and
 a run's trained model (checkpoint, config and a TorchScript file that runs without stpp).
 
-The dataset zip is written by :func:`stpp.store.export.export_project` here (no torch); its
-summary (its manifest folded under it) is shown before the download button appears. The model is exported by a child process.
+The dataset zip is written by :func:`stpp.store.export.export_project` here (no torch); its summary,
+with the manifest folded under it, is shown before the download button appears. The model is exported
+by a child process.
 """
 
 from __future__ import annotations
