@@ -72,7 +72,7 @@ def metrics_text(metrics: dict[str, float | None]) -> str:
 
 def preset_text(name: str | None) -> str:
     """What the chosen preset is for and how long it takes."""
-    return f"Preset `{name}`: {PRESET_NOTES[name]}." if name in PRESET_NOTES else ""
+    return f"Preset {name}: {PRESET_NOTES[name]}." if name in PRESET_NOTES else ""
 
 
 def status_markdown(services: Services, run: Run | None) -> str:
