@@ -27,14 +27,14 @@ class ClusterUnavailable(RuntimeError):
     """Slurm cannot start here (what is missing, or what its logs say)."""
 
 
+def _program(name: str) -> str:
+    """The program's path: on PATH, else in /usr/sbin (the daemons' folder, off a normal user's PATH)."""
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
 def missing_programs() -> list[str]:
     """The Slurm and munge programs this machine lacks."""
-    return [name for name in (*DAEMONS, *CLIENTS)
-            if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
-
-
-def _program(name: str) -> str:
-    return shutil.which(name) or str(Path("/usr/sbin", name))
+    return [name for name in (*DAEMONS, *CLIENTS) if not Path(_program(name)).exists()]
 
 
 def _free_port() -> int:

@@ -82,13 +82,14 @@ def slurm_log(store, run_id: int, cluster: SlurmCluster) -> str:  # noqa: F811
 
 def row_summary(store, run_id: int) -> dict:  # noqa: F811
     """What a run left in the store, without what differs between two runs of one config (ids, times, figures)."""
-    names = "SELECT i.name FROM {table} t JOIN images i ON i.id = t.image_id WHERE t.run_id = ?"
+    scores = list(store.db.query("SELECT i.name, s.rank FROM scores s JOIN images i ON i.id = s.image_id "
+                                 "WHERE s.run_id = ?", [run_id]))
     return {
         "events": [(e.kind, e.stage) for e in list_events(store, run_id, kinds=IMPORTED_KINDS[1:])],
         "checkpoints": [(c.stage, c.epoch) for c in list_checkpoints(store, run_id)],
         "metrics": list(run_metrics(store, run_id)),
-        "scores": sorted(r["name"] for r in store.db.query(names.format(table="scores"), [run_id])),
-        "ranks": sorted(r["rank"] for r in store.db.query("SELECT rank FROM scores WHERE run_id = ?", [run_id])),
+        "scores": sorted(r["name"] for r in scores),
+        "ranks": sorted(r["rank"] for r in scores),
         "masks": sorted((r["name"], r["stage"]) for r in store.db.query(
             "SELECT i.name, m.stage FROM masks m JOIN images i ON i.id = m.image_id "
             "WHERE m.run_id = ? AND m.kind = 'pseudo'", [run_id])),
