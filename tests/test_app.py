@@ -282,6 +282,59 @@ def test_a_reload_or_a_shared_link_opens_the_same_project_and_tab(server: Server
         wait.until(lambda d: project_in("train-project") == "camvid-demo")
 
 
+@pytest.mark.browser
+def test_the_run_a_person_picks_is_the_pages_run_in_every_tab_and_its_address(server: Server, tmp_path: Path):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from stpp.core.config import get_preset
+    from stpp.store import create_project, find_project
+    from stpp.store.runs import record_imported_run
+
+    with open_store(server.workspace) as store:  # two finished runs of a project of their own
+        if find_project(store, "two-runs") is None:
+            create_project(store, "two-runs", {"classes": ["a", "b"]})
+        older, newer = (record_imported_run(store, "two-runs", get_preset("test"), "done").id for _ in range(2))
+
+    with headless_chrome(tmp_path / "chrome-profile") as driver:
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+        def open_tab(title: str) -> None:
+            next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == title).click()
+
+        def run_in(element_id: str) -> str:
+            return driver.find_element(By.CSS_SELECTOR, f"#{element_id} input").get_attribute("value")
+
+        # A link names the run: the tabs that list it open on it, not on the project's newest run.
+        driver.get(f"{server.url}?project=two-runs&tab=export&run={older}")
+        wait.until(lambda d: run_in("export-run").startswith(f"#{older} "))
+        open_tab("Predict")
+        wait.until(lambda d: run_in("predict-run").startswith(f"#{older} "))
+
+        # A run picked in one tab is the page's run: in the address, in the other tabs, across a reload.
+        picker = driver.find_element(By.CSS_SELECTOR, "#predict-run input")
+        picker.click()
+        picker.send_keys(Keys.CONTROL, "a")
+        picker.send_keys(f"#{newer} ")
+        wait.until(lambda d: any(o.text.startswith(f"#{newer} ")
+                                 for o in d.find_elements(By.CSS_SELECTOR, "ul[role=listbox] li")))
+        next(o for o in driver.find_elements(By.CSS_SELECTOR, "ul[role=listbox] li")
+             if o.text.startswith(f"#{newer} ")).click()
+        wait.until(lambda d: f"run={newer}" in d.current_url)
+        open_tab("Train")
+        wait.until(lambda d: run_in("train-run").startswith(f"#{newer} "))
+        open_tab("Export")
+        wait.until(lambda d: run_in("export-run").startswith(f"#{newer} "))
+        driver.refresh()
+        wait.until(lambda d: run_in("export-run").startswith(f"#{newer} ") and f"run={newer}" in d.current_url)
+
+        # A run of another project, or none, leaves each tab on the project's newest run.
+        driver.get(f"{server.url}?project=two-runs&tab=export&run=999999")
+        wait.until(lambda d: run_in("export-run").startswith(f"#{newer} "))
+
+
 # The Projects tab's actions, without a browser ------------------------------------------------
 
 

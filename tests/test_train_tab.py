@@ -3,6 +3,7 @@ project, watch it move and finish, and see a second launch refused."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def test_launch_an_st_pp_run_and_watch_it_finish(server: Server, driver):
         By.XPATH, "..").text
     driver.find_element(By.ID, "train-launch").click()
     wait.until(lambda d: "Run 1 launched at " in text("train-message"))
+    wait.until(lambda d: "run=1" in d.current_url)  # the launched run is the page's run: a reload keeps it
 
     # A second launch on the same project, while the first one is unfinished, is refused on the page.
     driver.find_element(By.ID, "train-launch").click()
@@ -93,6 +95,10 @@ def test_launch_an_st_pp_run_and_watch_it_finish(server: Server, driver):
     assert "status: done" in text("train-status")
     wait.until(lambda d: "run_end" in text("train-events"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#train-loss g.mark-line path"))
+    # One line over the stages one after the other; the caption says where each stage's steps lie.
+    spans = wait.until(lambda d: re.search(r"teacher: steps 1-(\d+) · stage1: steps (\d+)-(\d+) · stage2: steps (\d+)-",
+                                           " ".join(text("train-loss").split())))
+    assert int(spans[2]) == int(spans[1]) + 1 and int(spans[4]) == int(spans[3]) + 1
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#train-miou g.mark-rect path")) == 3)  # a bar a stage
     wait.until(lambda d: "done" in text("train-history"))
     ARTIFACTS.mkdir(exist_ok=True)

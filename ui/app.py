@@ -18,7 +18,7 @@ def build_app(services: Services) -> gr.Blocks:
     ttl = services.settings.download_ttl_s
     # Gradio copies every file it serves into its cache and, without delete_cache, never removes it.
     with gr.Blocks(title="stpp", delete_cache=(max(1, ttl // 4), ttl)) as app:
-        services = services.with_current_project()
+        services = services.with_page_state()
         gr.Markdown("# stpp\nSemi-supervised semantic segmentation with ST++ self-training: "
                     "train on a few labelled images, review the pseudo masks, export a dataset.")
         tab_ids = [tab.__name__.rsplit(".", 1)[-1] for tab in TABS]

@@ -12,6 +12,7 @@ from stpp.core.method import METHOD_LABELS
 from stpp.store import Project, StoreError, list_projects
 from stpp.store.runs import Run, list_runs
 from ui.services import Services
+from ui.urlstate import RUN_JS
 
 
 def hex_colour(rgb: Sequence[int]) -> str:
@@ -60,13 +61,13 @@ def project_runs(services: Services, project: str | None, methods: Sequence[str]
     return [r for r in runs if methods is None or r.method in methods]
 
 
-def run_choices(services: Services, project: str | None, current: int | None = None,
+def run_choices(services: Services, project: str | None, current: int | None = None, preferred: int | None = None,
                 methods: Sequence[str] | None = None, only: Sequence[int] | None = None):
-    """A run dropdown update: the project's runs (those in ``only`` when given), ``current`` kept when it is
-    one of them, else the newest."""
+    """A run dropdown update: the project's runs (those in ``only`` when given), selecting ``preferred``
+    (the page's current run) when it is one of them, else ``current`` when it is, else the newest."""
     runs = [r for r in project_runs(services, project, methods) if only is None or r.id in only]
     ids = [r.id for r in runs]
-    value = current if current in ids else (ids[0] if ids else None)
+    value = next((run_id for run_id in (preferred, current) if run_id in ids), ids[0] if ids else None)
     return gr.update(choices=[(run_label(r), r.id) for r in runs], value=value)
 
 
@@ -81,6 +82,23 @@ def run_dropdown(**kwargs) -> gr.Dropdown:
         kwargs: more ``gr.Dropdown`` arguments (``label``, ``elem_id``, ``scale`` ...).
     """
     return gr.Dropdown([], value=None, allow_custom_value=True, **kwargs)
+
+
+def run_picker(services: Services, **kwargs) -> tuple[gr.Dropdown, gr.State]:
+    """A run dropdown (:func:`run_dropdown`) whose pick becomes the page's current run, and goes into the
+    page's address (``?run=ID``).
+
+    Returns the dropdown and the page's current-run state (a state of its own for a tab built
+    outside a page); a tab passes the state as ``preferred`` to :func:`run_choices` when it fills
+    its list, so the run picked in one tab is the one the others open on, and a reload keeps it.
+    """
+    picker = run_dropdown(**kwargs)
+    current = services.current_run if services.current_run is not None else gr.State(None)
+    picker.input(lambda value: chosen_run(value) or gr.skip(), inputs=picker, outputs=current,
+                 api_visibility="private")
+    # The browser holds the dropdown's value, not the state's: the address is written from the pick.
+    picker.input(None, inputs=picker, js=RUN_JS, api_visibility="private")
+    return picker, current
 
 
 def chosen_run(value) -> int | None:

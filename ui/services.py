@@ -1,7 +1,8 @@
 """What the UI's tabs are handed: the open store, the job runner and the app's settings (passed in, never global).
 
-Also the page's *current project*, shared by the tabs (see :meth:`Services.follow_project`), and
-the signed-in user (:func:`signed_in_user`).
+Also the page's *current project* and *current run*, shared by the tabs (see
+:meth:`Services.follow_project` and :func:`ui.components.run_picker`), and the signed-in user
+(:func:`signed_in_user`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import gradio as gr
 
 from stpp.jobs import JobRunner
 from stpp.store import DEMO_PROJECT, Store, list_projects
-from ui.urlstate import PROJECT_JS, PROJECT_KEY, query_value
+from stpp.store.runs import list_runs
+from ui.urlstate import PROJECT_JS, PROJECT_KEY, RUN_KEY, query_value
 
 
 @dataclass(frozen=True)
@@ -52,32 +54,39 @@ class Services:
         settings: the app's settings.
         jobs: the job runner over ``store`` (one is made when none is given).
         current_project: the page's current project name (a ``gr.State``, one value per browser
-            tab), set by :meth:`with_current_project`; None outside a page.
+            tab), set by :meth:`with_page_state`; None outside a page.
+        current_run: the page's current run id (a ``gr.State``): the run a person last picked in any
+            tab, which the other tabs show when they list it; None outside a page.
     """
 
     store: Store
     settings: Settings
     jobs: JobRunner = field(default=None)  # type: ignore[assignment]
     current_project: Any = None
+    current_run: Any = None
 
     def __post_init__(self) -> None:
         if self.jobs is None:
             object.__setattr__(self, "jobs", JobRunner(self.store))
 
-    def with_current_project(self) -> Services:
-        """A copy that holds the page's current project; call it inside ``gr.Blocks``, before the tabs.
+    def with_page_state(self) -> Services:
+        """A copy that holds the page's current project and run; call it inside ``gr.Blocks``, before the tabs.
 
-        On every page load the current project becomes the demo project if there is one, else the
-        first project by name.
+        On every page load they become the ones the page's address names (:meth:`opening_place`).
         """
-        state = gr.State(None)
-        services = dataclasses.replace(self, current_project=state)
-        gr.on(triggers=None, fn=services.opening_project, outputs=state, api_visibility="private")
+        project, run = gr.State(None), gr.State(None)
+        services = dataclasses.replace(self, current_project=project, current_run=run)
+        # One event sets both, so the tabs filling their run lists on the project's change see the run.
+        gr.on(triggers=None, fn=services.opening_place, outputs=[project, run], api_visibility="private")
         return services
 
-    def opening_project(self, request: gr.Request) -> str | None:
-        """The project a page opens on: the one its address names (``?project=NAME``), else the default."""
-        return query_value(request, PROJECT_KEY, self.project_names()) or self.default_project()
+    def opening_place(self, request: gr.Request) -> tuple[str | None, int | None]:
+        """The project and run a page opens on: those its address names (``?project=NAME&run=ID``, a run
+        of that project), else the default project and no run (each tab shows its newest)."""
+        project = query_value(request, PROJECT_KEY, self.project_names()) or self.default_project()
+        run_ids = [str(r.id) for r in list_runs(self.store, project)] if project else []
+        run = query_value(request, RUN_KEY, run_ids)
+        return project, int(run) if run else None
 
     def project_names(self) -> list[str]:
         """Every project's name, for pickers."""

@@ -1,8 +1,9 @@
-"""The page's place in its address: ``?project=NAME&tab=ID``.
+"""The page's place in its address: ``?project=NAME&tab=ID&run=ID``.
 
-The open project and tab are written into the address bar as a person moves (``history.replaceState``:
+The open project, tab and run are written into the address bar as a person moves (``history.replaceState``:
 no reload, no new history entry), and read back when a page loads, so a reload keeps the place and a
-copied link opens the same project and tab. Values that name no project or tab are ignored.
+copied link opens the same project, tab and run. Values that name no project, tab or run of the project
+are ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gradio as gr
 
 PROJECT_KEY = "project"
 TAB_KEY = "tab"
+RUN_KEY = "run"
 
 
 PLACE_FLAG = "window.stppPlaceRead"
@@ -24,13 +26,18 @@ PLACE_READ_JS = f"() => {{ {PLACE_FLAG} = true; }}"
 
 
 def _set_param_js(key: str, value_expression: str) -> str:
-    return (f"(value) => {{ if (!{PLACE_FLAG}) return; const v = {value_expression}; if (v) {{ "
-            "const url = new URL(window.location.href); "
-            f"url.searchParams.set({json.dumps(key)}, v); window.history.replaceState(null, '', url); }} }}")
+    name = json.dumps(key)
+    return (f"(value) => {{ if (!{PLACE_FLAG}) return; const v = {value_expression}; "
+            f"const url = new URL(window.location.href); if (v) url.searchParams.set({name}, v); "
+            f"else url.searchParams.delete({name}); window.history.replaceState(null, '', url); }}")
 
 
 PROJECT_JS = _set_param_js(PROJECT_KEY, "value")
 """Browser code run with a project picker's value: puts it in the address."""
+
+
+RUN_JS = _set_param_js(RUN_KEY, "value ? String(value) : ''")
+"""Browser code run with the page's current run id: puts it in the address (takes it out for none)."""
 
 
 def tab_js(tab_id: str) -> str:

@@ -18,7 +18,7 @@ from stpp.store import StoreError
 from stpp.store.export import ExportFilter
 from stpp.store.export_formats import FORMATS
 from stpp.store.runs import run_stages
-from ui.components import chosen_run, run_choices, run_dropdown
+from ui.components import chosen_run, run_choices, run_picker
 from ui.services import Services
 
 TITLE = "Export"
@@ -72,7 +72,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                 "and the run's `scores.csv`.")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="export-project")
-        run = run_dropdown(label="Run", elem_id="export-run")
+        run, current_run = run_picker(services, label="Run", elem_id="export-run")
         stage = gr.Dropdown([LATEST], value=LATEST, label="Masks as they stood after stage", elem_id="export-stage")
     with gr.Row():
         fmt = gr.Radio([(label, key) for key, label in FORMAT_LABELS.items() if key in FORMATS], value="voc",
@@ -96,8 +96,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     model_download = gr.DownloadButton("Download the model", visible=False, elem_id="export-model-download")
     private = {"api_visibility": "private"}
 
-    def pick_run(project_name, current):
-        update = run_choices(services, project_name, current)
+    def pick_run(project_name, current, preferred):
+        update = run_choices(services, project_name, current, preferred=preferred)
         return gr.update(choices=[(NO_RUN, 0), *update["choices"]], value=update["value"] or 0)
 
     def make(project_name, run_id, stage_name, fmt_key, ticked, bound, use_reference, unfinished):
@@ -120,11 +120,11 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return f"**Not exported:** {error}", gr.update(visible=False)
         return f"Model exported: `{path.name}`.", gr.update(value=str(path), visible=True)
 
-    project.change(pick_run, inputs=[project, run], outputs=run, **private)
+    project.change(pick_run, inputs=[project, run, current_run], outputs=run, **private)
     run.change(lambda r: (stage_update(services, r), stage_update(services, r, True)), inputs=run,
                outputs=[stage, model_stage], **private)
     if shown is not None:  # runs launched, finished or relabelled while the tab was hidden
-        shown.select(pick_run, inputs=[project, run], outputs=run, **private).then(
+        shown.select(pick_run, inputs=[project, run, current_run], outputs=run, **private).then(
             lambda r, s, m: (stage_update(services, r, current=s), stage_update(services, r, True, current=m)),
             inputs=[run, stage, model_stage], outputs=[stage, model_stage], **private)
     build_button.click(make, inputs=[project, run, stage, fmt, groups, min_stability, reference, unfinished],

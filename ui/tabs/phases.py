@@ -8,6 +8,8 @@ pause. The tab polls the store with a ``gr.Timer``, so it follows the run withou
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 import pandas as pd
 
@@ -22,7 +24,7 @@ from stpp.services.review import (
 from stpp.store import StoreError
 from stpp.store.reviews import last_review_id
 from stpp.store.runs import get_run, last_event_id, run_metrics
-from ui.components import done_note, find_project, run_choices, run_dropdown
+from ui.components import done_note, find_project, run_choices, run_picker
 from ui.services import Services
 
 TITLE = "Phases"
@@ -123,7 +125,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                 "here. Accepted and corrected images join the labelled set; rejected images leave the next phases.")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="phases-project", scale=2)
-        run = run_dropdown(label="Run", elem_id="phases-run", scale=3)
+        run, current_run = run_picker(services, label="Run", elem_id="phases-run", scale=3)
         refresh = gr.Button("Refresh", size="sm", elem_id="phases-refresh", scale=1)
     status = gr.Markdown(elem_id="phases-status")
     counts = gr.Dataframe(pd.DataFrame(columns=COUNT_COLUMNS), interactive=False, label="Next phase trains on",
@@ -166,13 +168,11 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return f"**Not continued:** {error}"
         return done_note(run_.id, "continued")
 
-    def pick_run(project_name, current):
-        return run_choices(services, project_name, current)
-
-    project.change(pick_run, inputs=[project, run], outputs=run, **private)
+    pick_run = functools.partial(run_choices, services)  # (project, current, preferred)
+    project.change(pick_run, inputs=[project, run, current_run], outputs=run, **private)
     # Refresh and opening the tab re-read the runs: one launched since the page loaded is not listed yet.
     refresh_events = [refresh.click] + ([shown.select] if shown is not None else [])
-    gr.on(refresh_events, pick_run, inputs=[project, run], outputs=run, **private).then(
+    gr.on(refresh_events, pick_run, inputs=[project, run, current_run], outputs=run, **private).then(
         show, inputs=[project, run], outputs=outputs, **private)
     run.change(show, inputs=[project, run], outputs=outputs, **private)
     proceed.click(lambda r: go_on(r, True), inputs=run, outputs=message, api_name="continue_run").then(

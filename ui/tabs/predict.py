@@ -5,13 +5,15 @@ The model runs in a child process (``python -m stpp predict``), never in the web
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from stpp.core.masks import overlay
 from stpp.services.outputs import predict_images, read_prediction
 from stpp.store import StoreError, get_project
 from stpp.store.runs import get_run
-from ui.components import chosen_run, legend_html, run_choices, run_dropdown
+from ui.components import chosen_run, legend_html, run_choices, run_picker
 from ui.services import Services
 from ui.tabs.export import LATEST, stage_update
 
@@ -25,7 +27,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                 "the images.")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="predict-project")
-        run = run_dropdown(label="Run", elem_id="predict-run")
+        run, current_run = run_picker(services, label="Run", elem_id="predict-run")
         stage = gr.Dropdown([LATEST], value=LATEST, label="Model of stage", elem_id="predict-stage")
     files = gr.File(file_count="multiple", file_types=IMAGE_TYPES, label="Images", elem_id="predict-files")
     button = gr.Button("Predict", variant="primary", elem_id="predict-run-button")
@@ -48,10 +50,11 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         return (f"{len(shown)} mask(s) predicted.", legend_html(classes.names, classes.palette), shown,
                 gr.update(value=str(result.archive), visible=True))
 
-    project.change(lambda p, r: run_choices(services, p, r), inputs=[project, run], outputs=run, **private)
+    pick_run = functools.partial(run_choices, services)  # (project, current, preferred)
+    project.change(pick_run, inputs=[project, run, current_run], outputs=run, **private)
     run.change(lambda r: stage_update(services, r, True), inputs=run, outputs=stage, **private)
     if shown is not None:  # runs launched or finished while the tab was hidden
-        shown.select(lambda p, r: run_choices(services, p, r), inputs=[project, run], outputs=run, **private).then(
+        shown.select(pick_run, inputs=[project, run, current_run], outputs=run, **private).then(
             lambda r, s: stage_update(services, r, True, current=s), inputs=[run, stage], outputs=stage, **private)
     button.click(predict, inputs=[run, stage, files], outputs=[message, legend, results, download],
                  api_name="predict")

@@ -26,7 +26,7 @@ from stpp.services.review import ReviewError, phase_summary, record_decision, se
 from stpp.store import StoreError, get_project
 from stpp.store.ranking import RANK_FILTERS
 from stpp.store.runs import current_pseudo_masks, get_run, ranked_run_ids
-from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices, run_dropdown
+from ui.components import badge, enlarge, find_project, hex_colour, legend_html, run_choices, run_picker
 from ui.services import Services, signed_in_user
 
 TITLE = "Review"
@@ -188,7 +188,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="review-shortcuts")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="review-project", scale=2)
-        run = run_dropdown(label="Run", elem_id="review-run", scale=3)
+        run, current_run = run_picker(services, label="Run", elem_id="review-run", scale=3)
         refresh = gr.Button("Refresh", size="sm", elem_id="review-refresh", scale=1)
     with gr.Row():
         status = gr.Markdown(elem_id="review-status")
@@ -257,9 +257,9 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return empty_page()
         return page_outputs(services, make_query(run_id, page_number, *controls))
 
-    def pick_run(project_name, current):
+    def pick_run(project_name, current, preferred):
         ranked = ranked_run_ids(services.store, project_name) if find_project(services, project_name) else []
-        return run_choices(services, project_name, current, only=ranked)
+        return run_choices(services, project_name, current, only=ranked, preferred=preferred)
 
     def run_changed(run_id, budget_value):
         if not run_id:
@@ -342,9 +342,9 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     status_chain = dict(fn=show_status, inputs=[run, budget], outputs=status, **private)
     # Opening the tab re-reads the runs too: one that paused for review since the page loaded is not listed yet.
     refresh_events = [refresh.click] + ([shown.select] if shown is not None else [])
-    gr.on(refresh_events, pick_run, inputs=[project, run], outputs=run, **private).then(
+    gr.on(refresh_events, pick_run, inputs=[project, run, current_run], outputs=run, **private).then(
         **status_chain).then(**refresh_chain)
-    project.change(pick_run, inputs=[project, run], outputs=run, **private)
+    project.change(pick_run, inputs=[project, run, current_run], outputs=run, **private)
     budget.change(**status_chain)
     run.change(run_changed, inputs=[run, budget],
                outputs=[status, ratio, class_filter, class_toggles, names, paint_class], **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)

@@ -37,8 +37,9 @@ from stpp.store.runs import (
     parse_time,
     run_metrics,
 )
-from ui.components import chosen_run, done_note, run_dropdown, run_label
+from ui.components import chosen_run, done_note, run_label, run_picker
 from ui.services import Services
+from ui.urlstate import RUN_JS
 
 TITLE = "Train"
 POLL_S = 2.0
@@ -130,17 +131,26 @@ def event_text(event: RunEvent) -> str:
     return event.message + (f" (peak GPU memory {peak:,.0f} MiB)" if peak is not None else "")
 
 
-def loss_frame(services: Services, run: Run | None) -> pd.DataFrame:
-    """Training loss of the run, its stages one after the other on one step axis."""
-    points = loss_points(services.store, run.id) if run is not None else []
+def stage_offsets(points: list[tuple[str, int, float]]) -> dict[str, tuple[int, int]]:
+    """Where each stage's steps lie on the run's joint step axis: its offset and its last step there."""
     ends: dict[str, int] = {}
     for stage, step, _ in points:
         ends[stage] = max(ends.get(stage, 0), step)
-    offsets, done = {}, 0
+    spans, done = {}, 0
     for stage, end in ends.items():
-        offsets[stage], done = done, done + end
-    rows = [[offsets[stage] + step, loss, stage] for stage, step, loss in points]
-    return pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": "int64", "loss": "float64", "stage": "object"})
+        spans[stage], done = (done, done + end), done + end
+    return spans
+
+
+def loss_plot(services: Services, run: Run | None):
+    """Training loss of the run, its stages one after the other on one step axis; the caption says where
+    each stage's steps lie (``teacher: steps 1-99 · stage1: 100-153``)."""
+    points = loss_points(services.store, run.id) if run is not None else []
+    spans = stage_offsets(points)
+    rows = [[spans[stage][0] + step, loss, stage] for stage, step, loss in points]
+    frame = pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": "int64", "loss": "float64", "stage": "object"})
+    caption = " · ".join(f"{stage}: steps {start + 1}-{end}" for stage, (start, end) in spans.items())
+    return gr.update(value=frame, caption=caption or None)
 
 
 def miou_frame(services: Services, run: Run | None) -> pd.DataFrame:
@@ -174,15 +184,18 @@ def project_runs(services: Services, project: str | None) -> list[Run]:
         return []
 
 
-def run_picker(runs: list[Run], run: Run | None):
+def run_update(runs: list[Run], run: Run | None):
     """The run dropdown: the project's runs, ``run`` selected."""
     return gr.update(choices=[(run_label(r), r.id) for r in runs], value=run.id if run else None)
 
 
-def panel(services: Services, project: str | None, run_id: int | None, seen: dict | None) -> list:
-    """Every output of the live panel; parts unchanged since ``seen`` are skipped, so nothing redraws idly."""
+def panel(services: Services, project: str | None, run_id: int | None, seen: dict | None,
+          preferred: int | None = None) -> list:
+    """Every output of the live panel, for ``preferred`` (the page's current run) when it is one of the
+    project's runs, else ``run_id`` when it is, else the newest; parts unchanged since ``seen`` are skipped,
+    so nothing redraws idly."""
     runs = project_runs(services, project)
-    run = next((r for r in runs if r.id == run_id), runs[0] if runs else None)
+    run = next((r for wanted in (preferred, run_id) for r in runs if r.id == wanted), runs[0] if runs else None)
     seen = seen or {}
     key = {"run": run.id if run else None, "events": last_event_id(services.store, run.id) if run else 0,
            "statuses": [(r.id, r.status) for r in runs], "progress": [round(r.progress, 3) for r in runs]}
@@ -191,10 +204,10 @@ def panel(services: Services, project: str | None, run_id: int | None, seen: dic
     events_changed = bool(changed & {"run", "events"})
     skip = gr.skip()
     return [
-        run_picker(runs, run) if runs_changed else skip,
+        run_update(runs, run) if runs_changed else skip,
         status_markdown(services, run),
         progress_html(services, run),
-        loss_frame(services, run) if events_changed else skip,
+        loss_plot(services, run) if events_changed else skip,
         miou_frame(services, run) if events_changed else skip,
         events_frame(services, run) if events_changed else skip,
         history_frame(services, runs) if changed else skip,
@@ -277,7 +290,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     message = gr.Markdown(elem_id="train-message")
 
     gr.Markdown("### Live run")
-    run = run_dropdown(label="Run", elem_id="train-run")
+    run, current_run = run_picker(services, label="Run", elem_id="train-run")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(elem_id="train-progress")
     with gr.Row():
@@ -312,7 +325,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
 
     def start_run(project_name, method_value, preset_name, device_id, review_between, *values):
         if not project_name:
-            return "**Not launched:** choose a project first.", gr.skip()
+            return "**Not launched:** choose a project first.", gr.skip(), gr.skip()
         form_values, slurm_values = values[:len(form)], values[len(form):]
         try:
             overrides = form_overrides(*form_values, weights_dir=weights_dir)
@@ -321,8 +334,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                                            device_id, review=review_between, backend_options=own)
         except (StoreError, ConfigError, ValueError) as error:
             gr.Warning(str(error))
-            return f"**Not launched:** {error}", gr.skip()
-        return (done_note(started.id, "launched"), run_picker(project_runs(services, project_name), started))
+            return f"**Not launched:** {error}", gr.skip(), gr.skip()
+        return done_note(started.id, "launched"), run_update(project_runs(services, project_name), started), started.id
 
     def take_weights(upload):
         try:
@@ -339,8 +352,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return f"**Could not {verb}:** {error}"
         return done_note(changed.id, done)
 
-    def show(project_name, run_id):
-        return panel(services, project_name, run_id, None)
+    def show(project_name, run_id, preferred=None):
+        return panel(services, project_name, run_id, None, preferred)
 
     def poll(project_name, run_id, state):
         services.jobs.tick()
@@ -353,12 +366,16 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     refresh.click(refresh_projects, inputs=project, outputs=project, **private)
     slurm_form = [partition, account, time_limit, nodes]  # RUN_SLURM_SETTINGS' order
     launch.click(start_run, inputs=[project, method, preset, device, review, *form, *slurm_form],
-                 outputs=[message, run],
-                 api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
+                 outputs=[message, run, current_run],
+                 api_name="launch_run").then(show, inputs=[project, run], outputs=panel_outputs, **private).then(
+        None, inputs=run, js=RUN_JS, **private)
     cancel.click(lambda r: act(services.jobs.cancel, "cancel", "asked to stop", r), inputs=run, outputs=message,
                  api_name="cancel_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
     resume.click(lambda r: act(services.jobs.resume, "resume", "resumed", r), inputs=run, outputs=message,
                  api_name="resume_run").then(show, inputs=[project, run], outputs=panel_outputs, **private)
-    gr.on([project.change, run.input], show, inputs=[project, run], outputs=panel_outputs, **private)
+    # Opening the page or the tab, or another project, shows the page's current run; a pick here shows the pick.
+    gr.on([project.change] + ([shown.select] if shown is not None else []), show,
+          inputs=[project, run, current_run], outputs=panel_outputs, **private)
+    run.input(show, inputs=[project, run], outputs=panel_outputs, **private)
     gr.on(triggers=None, fn=show, inputs=[project, run], outputs=panel_outputs, **private)
     timer.tick(poll, inputs=[project, run, seen], outputs=panel_outputs, **private)
