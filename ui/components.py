@@ -66,9 +66,13 @@ def run_choices(services: Services, project: str | None, current: int | None = N
     """A run dropdown update: the project's runs (those in ``only`` when given), selecting ``preferred``
     (the page's current run) when it is one of them, else ``current`` when it is, else the newest."""
     runs = [r for r in project_runs(services, project, methods) if only is None or r.id in only]
-    ids = [r.id for r in runs]
-    value = next((run_id for run_id in (preferred, current) if run_id in ids), ids[0] if ids else None)
+    value = first_listed([r.id for r in runs], preferred, current)
     return gr.update(choices=[(run_label(r), r.id) for r in runs], value=value)
+
+
+def first_listed(ids: Sequence[int], *wanted: int | None) -> int | None:
+    """The first of ``wanted`` that is in ``ids``, else the first of ``ids`` (the newest run), else None."""
+    return next((run_id for run_id in wanted if run_id in ids), ids[0] if ids else None)
 
 
 def run_dropdown(**kwargs) -> gr.Dropdown:

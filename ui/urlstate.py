@@ -37,7 +37,7 @@ PROJECT_JS = _set_param_js(PROJECT_KEY, "value")
 
 
 RUN_JS = _set_param_js(RUN_KEY, "value ? String(value) : ''")
-"""Browser code run with the page's current run id: puts it in the address (takes it out for none)."""
+"""Browser code run with a run dropdown's value (a run id, or none): puts it in the address, or takes it out."""
 
 
 def tab_js(tab_id: str) -> str:

@@ -37,7 +37,7 @@ from stpp.store.runs import (
     parse_time,
     run_metrics,
 )
-from ui.components import chosen_run, done_note, run_label, run_picker
+from ui.components import chosen_run, done_note, first_listed, run_label, run_picker
 from ui.services import Services
 from ui.urlstate import RUN_JS
 
@@ -131,7 +131,7 @@ def event_text(event: RunEvent) -> str:
     return event.message + (f" (peak GPU memory {peak:,.0f} MiB)" if peak is not None else "")
 
 
-def stage_offsets(points: list[tuple[str, int, float]]) -> dict[str, tuple[int, int]]:
+def stage_spans(points: list[tuple[str, int, float]]) -> dict[str, tuple[int, int]]:
     """Where each stage's steps lie on the run's joint step axis: its offset and its last step there."""
     ends: dict[str, int] = {}
     for stage, step, _ in points:
@@ -146,7 +146,7 @@ def loss_plot(services: Services, run: Run | None):
     """Training loss of the run, its stages one after the other on one step axis; the caption says where
     each stage's steps lie (``teacher: steps 1-99 · stage1: 100-153``)."""
     points = loss_points(services.store, run.id) if run is not None else []
-    spans = stage_offsets(points)
+    spans = stage_spans(points)
     rows = [[spans[stage][0] + step, loss, stage] for stage, step, loss in points]
     frame = pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": "int64", "loss": "float64", "stage": "object"})
     caption = " · ".join(f"{stage}: steps {start + 1}-{end}" for stage, (start, end) in spans.items())
@@ -195,7 +195,8 @@ def panel(services: Services, project: str | None, run_id: int | None, seen: dic
     project's runs, else ``run_id`` when it is, else the newest; parts unchanged since ``seen`` are skipped,
     so nothing redraws idly."""
     runs = project_runs(services, project)
-    run = next((r for wanted in (preferred, run_id) for r in runs if r.id == wanted), runs[0] if runs else None)
+    chosen = first_listed([r.id for r in runs], preferred, run_id)
+    run = next((r for r in runs if r.id == chosen), None)
     seen = seen or {}
     key = {"run": run.id if run else None, "events": last_event_id(services.store, run.id) if run else 0,
            "statuses": [(r.id, r.status) for r in runs], "progress": [round(r.progress, 3) for r in runs]}
