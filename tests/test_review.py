@@ -263,6 +263,58 @@ def test_painted_layer_snaps_to_the_palette_and_changes_only_painted_pixels():
     assert mask.max() == 0  # the input is left alone
 
 
+def square_outline(layer: np.ndarray, top: int, left: int, bottom: int, right: int, colour, width: int = 2) -> None:
+    """Paint the outline of a box into an RGBA layer, as a person's closed stroke."""
+    for rows, cols in [(slice(top, top + width), slice(left, right)), (slice(bottom - width, bottom), slice(left, right)),
+                       (slice(top, bottom), slice(left, left + width)), (slice(top, bottom), slice(right - width, right))]:
+        layer[rows, cols] = (*colour, 255)
+
+
+def test_fill_paints_what_an_outline_encloses_even_across_a_small_gap_and_along_the_edge():
+    palette = [(0, 0, 0), (220, 30, 30), (30, 200, 30)]
+    mask = np.zeros((60, 80), dtype=np.uint8)
+    layer = np.zeros((120, 160, 4), dtype=np.uint8)  # the editor canvas, twice the mask's size
+    square_outline(layer, 20, 20, 82, 100, palette[1])
+    layer[50, 20:22] = 0                             # the hand did not quite close the outline
+    square_outline(layer, 0, 110, 120, 160, palette[2])  # a region drawn along the canvas's edges
+    filled = merge_painted_layer(mask, layer, palette, fill=True)
+    expected = mask.copy()
+    expected[10:41, 10:50] = 1
+    expected[:, 55:80] = 2
+    np.testing.assert_array_equal(filled, expected)
+    # Without fill the same strokes change only the outlines.
+    stroked = merge_painted_layer(mask, layer, palette)
+    assert (stroked == 1).sum() < 0.2 * (expected == 1).sum()
+
+
+def test_an_open_stroke_fills_nothing_beyond_itself():
+    palette = [(0, 0, 0), (220, 30, 30)]
+    layer = np.zeros((40, 40, 4), dtype=np.uint8)
+    layer[5:35, 5:7] = (220, 30, 30, 255)            # three sides of a box: nothing enclosed
+    layer[5:7, 5:35] = (220, 30, 30, 255)
+    layer[33:35, 5:35] = (220, 30, 30, 255)
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    np.testing.assert_array_equal(merge_painted_layer(mask, layer, palette, fill=True),
+                                  merge_painted_layer(mask, layer, palette))
+
+
+def test_only_class_replaces_one_class_inside_the_region_and_keeps_the_rest():
+    palette = [(0, 0, 0), (220, 30, 30), (30, 200, 30)]
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[:, 20:] = 2
+    layer = np.zeros((40, 40, 4), dtype=np.uint8)
+    square_outline(layer, 5, 5, 35, 35, palette[1])
+    replaced = merge_painted_layer(mask, layer, palette, fill=True, only_class=2)
+    expected = mask.copy()
+    expected[5:35, 20:35] = 1
+    np.testing.assert_array_equal(replaced, expected)
+    # The brush obeys it too: a stroke over both classes changes only class 2's pixels.
+    stroke = np.zeros((40, 40, 4), dtype=np.uint8)
+    stroke[0:2, :] = (220, 30, 30, 255)
+    brushed = merge_painted_layer(mask, stroke, palette, only_class=2)
+    assert (brushed[0:2, :20] == 0).all() and (brushed[0:2, 20:] == 1).all()
+
+
 def test_overlay_blends_only_shown_classes():
     image = np.full((2, 2, 3), 100, dtype=np.uint8)
     mask = np.array([[0, 1], [255, 1]], dtype=np.uint8)

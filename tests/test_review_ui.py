@@ -131,6 +131,23 @@ def test_review_correct_continue_and_export(server: Server, driver):
     shown = fetch_png(driver.find_element(By.CSS_SELECTOR, "#review-overlay img").get_attribute("src"))
     np.testing.assert_array_equal(shown, enlarge(overlay(image, pseudo, classes.palette, 0.5)))
     assert "checkpoint 3" in text("review-checkpoints") and "Disagreement:" in text("review-selected")
+
+    # Pointing at the large image names the class of the pixel under the cursor.
+    shown_img = driver.find_element(By.CSS_SELECTOR, "#review-overlay img")
+    width, height, natural_w, natural_h = driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return [r.width, r.height, arguments[0].naturalWidth, arguments[0].naturalHeight];", shown_img)
+    scale = min(width / natural_w, height / natural_h)
+    for dx, dy in [(-60, -40), (50, 45)]:
+        ActionChains(driver).move_to_element_with_offset(shown_img, dx, dy).perform()
+        reading = re.compile(r"Under the cursor: (.+) \(x (\d+), y (\d+)\)")
+        wait.until(lambda d: reading.fullmatch(text("review-cursor-class")))
+        found = reading.fullmatch(text("review-cursor-class"))
+        x, y = int(found[2]), int(found[3])
+        assert found[1] == classes.names[pseudo[y, x]]
+        expected_x = (width / 2 + dx - (width - natural_w * scale) / 2) / (natural_w * scale) * pseudo.shape[1]
+        expected_y = (height / 2 + dy - (height - natural_h * scale) / 2) / (natural_h * scale) * pseudo.shape[0]
+        assert abs(x - expected_x) <= 1.5 and abs(y - expected_y) <= 1.5, (x, y, expected_x, expected_y)
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "review-tab.png"))
 
@@ -151,7 +168,7 @@ def test_review_correct_continue_and_export(server: Server, driver):
     driver.find_element(By.CSS_SELECTOR, "#review-correct-panel button").click()
     painted = classes.names.index("car")
     wait.until(lambda d: [label for label in d.find_elements(By.CSS_SELECTOR, "#review-paint-class label")
-                          if label.text == "car"])[0].click()
+                          if label.text.split()[-1] == "car"])[0].click()
     canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#review-editor canvas"))[-1]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     wait.until(lambda d: "%" in text("review-editor"))  # the zoom level shows once the background is drawn
@@ -174,6 +191,44 @@ def test_review_correct_continue_and_export(server: Server, driver):
     middle = (ys.min() + ys.max()) // 2
     core = slice(xs.min() + 10, xs.max() - 10)
     assert (fixed[middle, core] == painted).all()
+
+    # Fill an outline, changing only the pixels of the class the region holds most: the class picked by its key.
+    select_thumbnail(10)
+    filled_name = ranked[10]
+    before = read_mask(layout.pseudo_dir("teacher") / f"{filled_name}.png")
+    rows, cols = before.shape
+    middle_block = before[int(rows * 0.45):int(rows * 0.8), int(cols * 0.3):int(cols * 0.7)]
+    replaced = int(np.bincount(middle_block[middle_block < len(classes.names)].ravel()).argmax())
+    fill_class = next(i for i in range(min(10, len(classes.names))) if i != replaced)
+    driver.find_element(By.TAG_NAME, "body").send_keys("1234567890"[fill_class])
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#review-paint-class input:checked")[0]
+               .get_attribute("value") == classes.names[fill_class])
+    next(label for label in driver.find_elements(By.CSS_SELECTOR, "#review-tool label")
+         if label.text == "fill outlines").click()
+    choose("review-only-class", classes.names[replaced])
+    canvas = driver.find_elements(By.CSS_SELECTOR, "#review-editor canvas")[-1]
+    outline = ActionChains(driver).move_to_element_with_offset(canvas, -90, 10).click_and_hold()
+    corners = [(90, 10), (90, 130), (-90, 130), (-90, 10)]
+    start = (-90, 10)
+    for end in corners:
+        for t in np.linspace(0, 1, 12)[1:]:
+            outline = outline.move_to_element_with_offset(
+                canvas, int(start[0] + t * (end[0] - start[0])), int(start[1] + t * (end[1] - start[1])))
+        start = end
+    outline.release().perform()
+    driver.find_element(By.ID, "review-save-correction").click()
+    wait.until(lambda d: f"Correction of {filled_name}" in " ".join(text("review-message").split()))
+    refilled = read_mask(store.path(latest_decisions(store, "camvid-demo")[filled_name].mask_path))
+    changed = refilled != before
+    assert changed.any() and set(np.unique(refilled[changed])) == {fill_class}
+    assert (before[changed] == replaced).all()  # only that class's pixels changed
+    # Inside the outline every pixel of that class changed, not just those under the stroke.
+    ys, xs = np.nonzero(changed)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    inner = (slice(top + (bottom - top) // 5, bottom - (bottom - top) // 5),
+             slice(left + (right - left) // 5, right - (right - left) // 5))
+    assert (before[inner] == replaced).sum() > 50
+    assert (refilled[inner][before[inner] == replaced] == fill_class).all()
 
     # Phases: continue to stage 1's review, then to the end.
     open_tab("Phases")

@@ -97,6 +97,9 @@ def test_st_pp_with_the_forms_defaults_pauses_for_review_and_continues_to_done(s
     page.until(lambda: phases_show(page, "awaiting review", "ranking"), log)
     continue_to_the_next_phase(page)
     page.until(lambda: phases_show(page, "awaiting review", "ranking, stage1"), log, timeout=PHASE_TIMEOUT_S)
+    page.until(lambda: "stage1" in page.text("phases-quality-table"), log)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.driver.save_screenshot(str(ARTIFACTS / "tour-phases.png"))
     continue_to_the_next_phase(page)
     page.until(lambda: phases_show(page, "done", "ranking, stage1"), log, timeout=PHASE_TIMEOUT_S)
     assert "100%" in page.text("phases-status")
@@ -105,7 +108,6 @@ def test_st_pp_with_the_forms_defaults_pauses_for_review_and_continues_to_done(s
     page.until(lambda: progress_status(page) == "done" and "status: done" in page.text("train-status"))
     assert page.find("#train-progress .stpp-progress").get_attribute("data-progress") == "1.0000"
     assert "launched at" in page.text("train-message")  # what was done, not a status that went stale
-    ARTIFACTS.mkdir(exist_ok=True)
     page.driver.save_screenshot(str(ARTIFACTS / "tour-train.png"))
     # Export and Predict, opened after the run ended, show it done with its students' models.
     for title, prefix in (("Export", "export"), ("Predict", "predict")):

@@ -8,7 +8,8 @@
   masks read from the run's ``stability/ckpt<j>/`` (never predicted here) and the disagreement map.
 - :func:`disagreement_map`, :func:`disagreement_image`: where the checkpoints disagree (the class
   colours themselves: :func:`stpp.core.masks.colorize` and :func:`~stpp.core.masks.overlay`).
-- :func:`merge_painted_layer`: a painted editor layer snapped to the palette and merged into a mask.
+- :func:`merge_painted_layer`: a painted editor layer (strokes, or the regions they outline) snapped to
+  the palette and merged into a mask, optionally changing only the pixels of one class.
 
 The *shown mask* of an image is its latest reviewed mask when a person accepted or corrected it,
 else the run's pseudo mask of the latest stage that labelled it.
@@ -25,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from stpp.core.masks import atomic_save, overlay, read_image, read_mask
 from stpp.core.method import num_reliable
@@ -319,31 +321,61 @@ def gallery_page_ids(store: Store, query: GalleryQuery) -> list[int]:
 # Corrections ---------------------------------------------------------------------------------------
 
 
+UNPAINTED = 255
+"""The class-map value of a pixel no stroke covers."""
+
+
+def painted_classes(layer: np.ndarray, palette: Sequence[Sequence[int]], min_alpha: int = 128,
+                    fill: bool = False) -> np.ndarray:
+    """The class each pixel of a painted RGBA layer was painted with, :data:`UNPAINTED` elsewhere.
+
+    A pixel counts as painted when its alpha is at least ``min_alpha`` (anti-aliased brush edges count
+    only where they are mostly opaque) and takes the class whose palette colour is nearest to its
+    colour. With ``fill``, each class's strokes are read as outlines: what they enclose takes their class
+    too (gaps in an outline narrower than about 1 % of the layer's width are closed first).
+    """
+    layer = np.asarray(layer)
+    if layer.ndim != 3 or layer.shape[2] != 4:
+        raise ValueError(f"a painted layer must be RGBA (h, w, 4), not {layer.shape}")
+    painted = layer[..., 3] >= min_alpha
+    classes = np.full(layer.shape[:2], UNPAINTED, dtype=np.uint8)
+    if not painted.any():
+        return classes
+    colours = layer[painted][:, :3].astype(np.int32)
+    table = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
+    classes[painted] = ((colours[:, None, :] - table[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    if fill:
+        strokes = classes.copy()
+        gap = max(1, layer.shape[1] // 200)
+        margin = 2 * gap  # room outside the layer, so that closing does not eat an outline drawn along its edge
+        for index in np.unique(strokes[painted]):
+            outline = ndimage.binary_closing(np.pad(strokes == index, margin), np.ones((3, 3), bool), iterations=gap)
+            inside = ndimage.binary_fill_holes(outline)[margin:-margin, margin:-margin]
+            classes[inside & (strokes == UNPAINTED)] = index
+    return classes
+
+
 def merge_painted_layer(mask: np.ndarray, layer: np.ndarray, palette: Sequence[Sequence[int]],
-                        min_alpha: int = 128) -> np.ndarray:
+                        min_alpha: int = 128, fill: bool = False, only_class: int | None = None) -> np.ndarray:
     """Merge a painted RGBA layer into a class-index mask.
 
-    Every pixel the layer covers (alpha >= ``min_alpha``, so anti-aliased brush edges count only
-    where they are mostly opaque) takes the class whose palette colour is nearest to the painted
-    colour; the rest keep their class. A layer of another size (an editor canvas) is scaled to the
-    mask's with nearest-neighbour sampling.
+    The layer is read by :func:`painted_classes` (strokes, or with ``fill`` the regions they outline);
+    every pixel it covers takes its painted class, the rest keep theirs. With ``only_class``, only pixels
+    of that class change ("replace class A by class B inside the region"). A layer of another size (an
+    editor canvas) is scaled to the mask's with nearest-neighbour sampling, after the fill, so that a thin
+    outline on a large canvas still encloses its region.
 
     Args:
         mask: class indices (H, W).
         layer: RGBA (h, w, 4) uint8.
         palette: the class colours.
     """
-    layer = np.asarray(layer)
-    if layer.ndim != 3 or layer.shape[2] != 4:
-        raise ValueError(f"a painted layer must be RGBA (h, w, 4), not {layer.shape}")
-    if layer.shape[:2] != mask.shape:
-        layer = np.asarray(Image.fromarray(layer.astype(np.uint8), "RGBA").resize(
-            (mask.shape[1], mask.shape[0]), Image.NEAREST))
-    painted = layer[..., 3] >= min_alpha
+    classes = painted_classes(layer, palette, min_alpha, fill)
+    if classes.shape != mask.shape:
+        classes = np.asarray(Image.fromarray(classes, "L").resize((mask.shape[1], mask.shape[0]), Image.NEAREST))
+    change = classes != UNPAINTED
+    if only_class is not None:
+        change &= mask == only_class
     merged = np.array(mask, dtype=np.uint8, copy=True)
-    if painted.any():
-        colours = layer[painted][:, :3].astype(np.int32)
-        table = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
-        distance = ((colours[:, None, :] - table[None, :, :]) ** 2).sum(axis=2)
-        merged[painted] = distance.argmin(axis=1).astype(np.uint8)
+    merged[change] = classes[change]
     return merged

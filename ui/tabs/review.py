@@ -3,14 +3,22 @@ reject or correct before the next phase.
 
 The gallery shows one page (50 images) at a time, queried from the store and drawn from cached
 thumbnails; selecting an image shows it large with its mask, the K teacher checkpoints' masks
-(read from the run folder) and their disagreement map. Keys: ``a`` accept, ``r`` reject,
-``→`` / ``←`` next / previous image.
+(read from the run folder) and their disagreement map; pointing at the large image names the class
+under the cursor. Keys: ``a`` accept, ``r`` reject, ``→`` / ``←`` next / previous image, ``1``-``9``,
+``0`` the paint class of the correction editor (brush, or fill the outlines drawn; optionally changing
+only the pixels of one class).
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from stpp.core.masks import colorize, overlay, read_mask
 from stpp.services.gallery import (
@@ -32,22 +40,68 @@ from ui.services import Services, signed_in_user
 TITLE = "Review"
 ORDERS = ["most stable first", "least stable first"]
 ANY_CLASS = "any class"
-SHORTCUTS_JS = """
+PAINT_KEYS = "1234567890"
+"""The keys that pick the paint class, in class order (the first ten classes)."""
+TOOLS = ["brush", "fill outlines"]
+REVIEW_JS = """
 if (!window.__stppReviewKeys) {
   window.__stppReviewKeys = true;
   const keys = {a: 'review-accept', r: 'review-reject', ArrowRight: 'review-next', ArrowLeft: 'review-prev'};
+  const paintKeys = '%s';
   document.addEventListener('keydown', (event) => {
     const target = event.target;
     const tag = ((target && target.tagName) || '').toLowerCase();
-    if (['input', 'textarea', 'select'].includes(tag) || (target && target.isContentEditable)) return;
-    if (event.ctrlKey || event.metaKey || event.altKey || !keys[event.key]) return;
+    const choice = tag === 'input' && ['radio', 'checkbox', 'button'].includes(target.type);
+    if ((['input', 'textarea', 'select'].includes(tag) && !choice) || (target && target.isContentEditable)) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const paint = paintKeys.indexOf(event.key);
+    if (paint >= 0) {
+      const option = document.querySelectorAll('#review-paint-class input[type=radio]')[paint];
+      if (!option || option.offsetParent === null) return;  // the Correct panel is closed
+      event.preventDefault();
+      option.click();
+      return;
+    }
+    if (!keys[event.key]) return;
     const button = document.getElementById(keys[event.key]);
     if (!button || button.offsetParent === null || button.disabled) return;  // the Review tab is hidden
     event.preventDefault();
     button.click();
   });
+  // The class under the cursor, read from the shown mask's class indices (an image in the legend).
+  let probe = {src: null};
+  const classMap = (img) => {
+    if (probe.src !== img.src) {
+      if (!img.complete || !img.naturalWidth) return null;
+      const canvas = document.createElement('canvas');
+      canvas.width = img.naturalWidth;
+      canvas.height = img.naturalHeight;
+      const context = canvas.getContext('2d');
+      context.drawImage(img, 0, 0);
+      probe = {src: img.src, width: canvas.width, height: canvas.height,
+               data: context.getImageData(0, 0, canvas.width, canvas.height).data};
+    }
+    return probe;
+  };
+  document.addEventListener('mousemove', (event) => {
+    const shown = event.target.closest && event.target.closest('#review-overlay img');
+    const map = document.getElementById('review-class-map');
+    const out = document.getElementById('review-cursor-class');
+    if (!shown || !map || !out || !shown.naturalWidth) return;
+    const found = classMap(map);
+    if (!found) return;
+    const box = shown.getBoundingClientRect();
+    const scale = Math.min(box.width / shown.naturalWidth, box.height / shown.naturalHeight);
+    const u = (event.clientX - box.left - (box.width - shown.naturalWidth * scale) / 2) / (shown.naturalWidth * scale);
+    const v = (event.clientY - box.top - (box.height - shown.naturalHeight * scale) / 2) / (shown.naturalHeight * scale);
+    if (u < 0 || u >= 1 || v < 0 || v >= 1) return;
+    const x = Math.floor(u * found.width), y = Math.floor(v * found.height);
+    const index = found.data[(y * found.width + x) * 4];
+    const names = JSON.parse(map.dataset.names);
+    out.textContent = `Under the cursor: ${index < names.length ? names[index] : 'ignored'} (x ${x}, y ${y})`;
+  });
 }
-"""
+""" % PAINT_KEYS
 
 
 # Formatting (store rows in, display values out) ---------------------------------------------------
@@ -113,7 +167,22 @@ def detail_outputs(services: Services, run_id, image_id, ratio, opacity, shown_c
     editor = {"background": enlarge(overlay(detail.image, mask, classes.palette, 0.5, None, classes.ignore_index)),
               "layers": [], "composite": None}
     return [header_text(detail, k), enlarge(picture), masks, enlarge(disagreement), editor,
-            legend_html(classes.names, classes.palette, shown)]
+            legend_html(classes.names, classes.palette, shown) + class_map_html(mask, classes.names)]
+
+
+def class_map_html(mask: np.ndarray, names) -> str:
+    """The shown mask's class indices as a hidden PNG (the page reads the class under the cursor from it)
+    and the line that names that class."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8), "L").save(buffer, format="PNG")
+    source = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<img id="review-class-map" alt="" hidden src="{source}" data-names="{html.escape(json.dumps(list(names)))}">'
+            '<div id="review-cursor-class">Point at the image to read the class under the cursor.</div>')
+
+
+def paint_choices(names) -> list[tuple[str, str]]:
+    """The paint-class options, each labelled with its key where it has one: ``("1 sky", "sky")``."""
+    return [(f"{key} {name}" if key else name, name) for key, name in zip([*PAINT_KEYS, *[""] * len(names)], names)]
 
 
 def header_text(detail, k: int) -> str:
@@ -146,8 +215,10 @@ def pseudo_editor(services: Services, run_id, image_id) -> dict | None:
             "layers": [], "composite": None}
 
 
-def merged_correction(services: Services, run_id, image_id, editor, base: str) -> np.ndarray:
-    """The mask the editor's painted layers make out of its base mask (shown or pseudo)."""
+def merged_correction(services: Services, run_id, image_id, editor, base: str, tool: str = TOOLS[0],
+                      only_class: str = ANY_CLASS) -> np.ndarray:
+    """The mask the editor's painted layers make out of its base mask (shown or pseudo), painted with
+    ``tool`` (one of :data:`TOOLS`) and changing only the pixels of ``only_class`` when it names a class."""
     layers = [layer for layer in (editor or {}).get("layers") or [] if layer is not None]
     if not layers or not any(np.asarray(layer)[..., 3].any() for layer in layers):
         raise ReviewError("nothing is painted: paint over the image with a class colour first")
@@ -158,8 +229,10 @@ def merged_correction(services: Services, run_id, image_id, editor, base: str) -
     if base == "pseudo" or mask is None:
         stage_path = current_pseudo_masks(services.store, run.id, [int(image_id)]).get(int(image_id))
         mask = read_mask(services.store.path(stage_path[1])) if stage_path else np.full(detail.image.shape[:2], 0)
+    replaced = list(classes.names).index(only_class) if only_class in classes.names else None
     for layer in layers:
-        mask = merge_painted_layer(mask, np.asarray(layer), classes.palette)
+        mask = merge_painted_layer(mask, np.asarray(layer), classes.palette, fill=tool == TOOLS[1],
+                                   only_class=replaced)
     return mask
 
 
@@ -184,8 +257,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     gr.Markdown("Review the pseudo masks of a run's unlabelled images, ranked by **stability**: how much the "
                 "teacher's checkpoints agree. Accept good masks, reject bad images, correct masks by painting. "
                 "Accepted and corrected images train as labelled images in the next phases; rejected images "
-                "leave them. Keys: `a` accept · `r` reject · `→` next · `←` previous.")
-    gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="review-shortcuts")
+                "leave them. Keys: `a` accept · `r` reject · `→` next · `←` previous · `1`-`0` paint class.")
+    gr.HTML("", js_on_load=REVIEW_JS, elem_id="review-shortcuts")
     with gr.Row():
         project = services.project_picker(label="Project", elem_id="review-project", scale=2)
         run, current_run = run_picker(services, label="Run", elem_id="review-run", scale=3)
@@ -231,10 +304,17 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         disagreement = gr.Image(None, label="Disagreement map: earlier checkpoints vs the last",
                                 interactive=False, format="png", elem_id="review-disagreement")
     with gr.Accordion("Correct the mask", open=False, elem_id="review-correct-panel"):
-        gr.Markdown("Pick the class to paint by name, paint over the pixels to change (the eraser removes paint), "
-                    "then save. The editor paints freehand strokes; the brush size is in its toolbar. *Revert* "
+        gr.Markdown("Pick the class to paint by name or by its key (`1`-`9`, `0`), paint, then save. **brush**: "
+                    "the pixels you paint take the class. **fill outlines**: draw the outline of a region (along "
+                    "the image's edge too, where it meets it): everything inside takes the class. *Change only "
+                    "pixels of* a class replaces just that class inside what you paint (car over road, not over "
+                    "the pavement). The eraser removes paint; the brush size is in the editor's toolbar. *Revert* "
                     "starts again from the pseudo mask.")
         paint_class = gr.Radio([], label="Paint class", elem_id="review-paint-class")
+        with gr.Row():
+            tool = gr.Radio(TOOLS, value=TOOLS[0], label="Tool", elem_id="review-tool")
+            only_class = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="Change only pixels of",
+                                     elem_id="review-only-class")
         editor = gr.ImageEditor(None, type="numpy", image_mode="RGBA", sources=[], transforms=[], layers=False,
                                 brush=gr.Brush(colors=["#000000"], color_mode="fixed"), eraser=gr.Eraser(),
                                 label="Editor", elem_id="review-editor", height=480)
@@ -264,13 +344,14 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     def run_changed(run_id, budget_value):
         if not run_id:
             return [status_text(services, None), gr.skip(), gr.update(choices=[ANY_CLASS], value=ANY_CLASS),
-                    gr.update(choices=[], value=[]), [], gr.skip()]
+                    gr.update(choices=[], value=[]), [], gr.skip(), gr.skip()]
         classes = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes
         ratio_value = get_run(services.store, int(run_id)).config["selftrain"]["reliable_ratio"]
         return [status_text(services, run_id, budget_value), ratio_value,
                 gr.update(choices=[ANY_CLASS, *classes.names], value=ANY_CLASS),
                 gr.update(choices=list(classes.names), value=list(classes.names)), list(classes.names),
-                gr.update(choices=list(classes.names), value=classes.names[0])]
+                gr.update(choices=paint_choices(classes.names), value=classes.names[0]),
+                gr.update(choices=[ANY_CLASS, *classes.names], value=ANY_CLASS)]
 
     def brush_of(run_id, class_name):
         if not run_id or class_name is None:
@@ -313,9 +394,9 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         target, page_number = step_selection(services, make_query(run_id, page_number, *controls), image, step)
         return [target, *load_page(run_id, page_number, *controls)]
 
-    def save_correction(run_id, image, editor_value, base_kind, request: gr.Request):
+    def save_correction(run_id, image, editor_value, base_kind, tool_name, replaced, request: gr.Request):
         try:
-            mask = merged_correction(services, run_id, image, editor_value, base_kind)
+            mask = merged_correction(services, run_id, image, editor_value, base_kind, tool_name, replaced)
             saved = record_decision(services.store, int(run_id), int(image), "corrected", mask=mask,
                                     user=signed_in_user(request))
         except (StoreError, ValueError, TypeError) as error:
@@ -347,7 +428,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     project.change(pick_run, inputs=[project, run, current_run], outputs=run, **private)
     budget.change(**status_chain)
     run.change(run_changed, inputs=[run, budget],
-               outputs=[status, ratio, class_filter, class_toggles, names, paint_class], **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)
+               outputs=[status, ratio, class_filter, class_toggles, names, paint_class, only_class], **private).then(lambda: 0, outputs=page, **private).then(**refresh_chain)
     gr.on([order.change, show.change, low.release, high.release, class_filter.change, ratio.release],
           lambda: 0, outputs=page, **private).then(**refresh_chain)
     prev_page.click(lambda p: max(0, p - 1), inputs=page, outputs=page, **private).then(**refresh_chain)
@@ -365,7 +446,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         lambda: "shown", outputs=base, **private).then(**after)
     prev_image.click(lambda *a: move(-1, *a), inputs=decide_ins, outputs=[selected, *page_outs], **private).then(
         lambda: "shown", outputs=base, **private).then(**after)
-    save.click(save_correction, inputs=[run, selected, editor, base], outputs=message,
+    save.click(save_correction, inputs=[run, selected, editor, base, tool, only_class], outputs=message,
                api_name="review_correct").then(lambda: "shown", outputs=base, **private).then(
         **refresh_chain).then(**after).then(**status_chain)
     revert.click(revert_editor, inputs=[run, selected], outputs=[editor, base], **private)
