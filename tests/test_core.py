@@ -147,12 +147,14 @@ def test_a_config_round_trips_and_an_older_saved_config_means_the_old_behaviour(
         section, name = key.split(".")
         del saved[section][name]
     old = StppConfig.from_dict(saved)
-    assert (old.augment.cutout_redraw, old.optim.teacher_double_below, old.selftrain.fresh_init) == (False, 0, False)
+    assert (old.augment.cutout_redraw, old.optim.teacher_double_below, old.selftrain.fresh_init,
+            old.selftrain.init_seed_stride) == (False, 0, False, 1)
     assert replace(old, augment=get_preset("camvid").augment, optim=get_preset("camvid").optim,
                    selftrain=get_preset("camvid").selftrain) == get_preset("camvid")
     # A new config gets the paper's way; a partial dict without the sections gets the defaults.
     new = get_preset("camvid")
-    assert (new.augment.cutout_redraw, new.optim.teacher_double_below, new.selftrain.fresh_init) == (True, 200, True)
+    assert (new.augment.cutout_redraw, new.optim.teacher_double_below, new.selftrain.fresh_init,
+            new.selftrain.init_seed_stride) == (True, 200, True, 7919)
     assert StppConfig.from_dict({"method": "st"}).selftrain.fresh_init
 
 

@@ -143,6 +143,18 @@ def test_every_stage_draws_its_own_head_the_same_on_every_rerun():
     assert _same(_head_and_backbone(same_init, "stage2")[0], teacher[0]), "fresh_init off: the teacher's head"
 
 
+def test_runs_of_neighbouring_seeds_share_no_stage_head():
+    cfg = get_preset("test")
+    heads = {(seed, stage): _head_and_backbone(replace(cfg, seed=seed), stage)[0]
+             for seed in (0, 1, 2) for stage in ("teacher", "stage1", "stage2")}
+    pairs = [(a, b) for a in heads for b in heads if a < b]
+    assert not [(a, b) for a, b in pairs if _same(heads[a], heads[b])]
+    # What runs made before the key did: seed 1's stage1 (index 2) was seed 0's stage2 (index 3).
+    legacy = replace(cfg, selftrain=replace(cfg.selftrain, init_seed_stride=1))
+    assert _same(_head_and_backbone(replace(legacy, seed=1), "stage1")[0],
+                 _head_and_backbone(replace(legacy, seed=0), "stage2")[0])
+
+
 def test_stage2_labels_of_unreliable_images_equal_predict_with_stage1(stpp_run: Path, synthetic_dataset: Path,
                                                                       tmp_path: Path):
     unreliable = [r["id"] for r in _csv(stpp_run / "scores.csv") if r["reliable"] == "0"]

@@ -161,6 +161,10 @@ class SelfTrainConfig:
         fresh_init: every training stage draws its own random initialisation (seeded by the run's
             seed and the stage), as the paper's code does; off: every student starts from the
             teacher's initial weights.
+        init_seed_stride: with ``fresh_init``, the stage at index k of
+            :data:`~stpp.core.method.STAGES` is initialised under ``seed + k * init_seed_stride``. The
+            default (a prime) keeps every stage of runs seeded 0, 1, 2, ... apart; 1, what runs made
+            before this key used, gave seed s + 1's stage k the initial weights of seed s's stage k + 1.
     """
 
     reliable_ratio: float = 0.5
@@ -168,6 +172,7 @@ class SelfTrainConfig:
     pixel_threshold: float = 0.0
     stage3: bool = False
     fresh_init: bool = True
+    init_seed_stride: int = 7919
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "augment.cutout_redraw": False,
     "optim.teacher_double_below": 0,
     "selftrain.fresh_init": False,
+    "selftrain.init_seed_stride": 1,
 }
 """What a saved config means by a key it lacks: the behaviour from before the key existed.
 

@@ -51,6 +51,8 @@ def check_config(cfg: StppConfig) -> None:
         ConfigError: the message names the key, the value and what would do.
     """
     stage_names(cfg)
+    if cfg.selftrain.init_seed_stride < 1:
+        raise ConfigError(f"selftrain.init_seed_stride must be at least 1, not {cfg.selftrain.init_seed_stride}")
     if not 0 <= cfg.selftrain.reliable_ratio <= 1:
         raise ConfigError(f"selftrain.reliable_ratio must be within [0, 1], not {cfg.selftrain.reliable_ratio}")
     if cfg.optim.last_every < 1:

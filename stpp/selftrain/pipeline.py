@@ -357,11 +357,13 @@ class Pipeline:
 def initial_model(cfg: StppConfig, stage: str, num_classes: int) -> torch.nn.Module:
     """The model ``stage`` starts from, built under a seed of its own.
 
-    The seed is ``cfg.seed`` plus the stage's index in :data:`STAGES` (the teacher's is the run's
-    seed), so each stage draws a fresh random head, and a rerun or a resumed stage draws the same one.
+    The seed is ``cfg.seed`` plus the stage's index in :data:`STAGES` times
+    ``selftrain.init_seed_stride`` (the teacher's is the run's seed), so each stage draws a fresh random
+    head, runs of nearby seeds draw different ones, and a rerun or a resumed stage draws the same one.
     With ``selftrain.fresh_init`` off every stage is built under ``cfg.seed``: the same weights.
     """
-    seed_everything(cfg.seed + (STAGES.index(stage) if cfg.selftrain.fresh_init else 0))
+    stride = cfg.selftrain.init_seed_stride if cfg.selftrain.fresh_init else 0
+    seed_everything(cfg.seed + stride * STAGES.index(stage))
     return build_model(cfg.model, num_classes)
 
 
