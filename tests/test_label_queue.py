@@ -20,6 +20,7 @@ from stpp.jobs import JobRunner
 from stpp.services.label_queue import export_label_task, label_queue, task_labels
 from stpp.services.review import record_decision
 from stpp.store import (
+    DEMO_PROJECT,
     StoreError,
     create_project,
     import_folder_dataset,
@@ -157,3 +158,66 @@ def test_a_label_task_needs_something_to_label(workspace: Path, synthetic_datase
                           check=False)
         assert result.returncode == 2 and "no run 99" in result.stderr
         assert not (tmp_path / "t.zip").exists()
+
+
+@pytest.mark.browser
+def test_the_app_writes_the_task_and_takes_the_labelled_zip_back_as_ground_truth(tmp_path: Path):
+    from browser import headless_chrome
+    from selenium.webdriver.common.keys import Keys
+    from test_app import app_with_workers
+    from test_data_tab import Page
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with app_with_workers(tmp_path) as server, headless_chrome(tmp_path / "profile", 1280, 1800,
+                                                               downloads=downloads) as driver:
+        store = open_store(server.workspace)
+        runner = JobRunner(store, start_grace_s=300)
+        run = runner.launch(DEMO_PROJECT, "st++", "test", FAST, "cpu", review=True)
+        run = runner.wait(run.id, 420, statuses=("awaiting_review", "done", "failed", "cancelled"))
+        assert run.status == "awaiting_review", run.error
+        page = Page(driver)
+        driver.get(server.url)
+        page.tab("Review")
+        page.until(lambda: "awaiting review" in page.text("review-status"))
+        page.find("#review-label-next-panel button").click()
+        count = page.until(lambda: page.find("#review-label-count input"))
+        count.send_keys(Keys.CONTROL, "a")
+        count.send_keys("3", Keys.TAB)
+        page.find("#review-label-task").click()
+        page.until(lambda: "3 image(s) to label, least stable first" in page.text("review-label-message"),
+                   lambda: page.text("review-label-message"))
+        names = [n for n, in store.db.execute("SELECT i.name FROM scores s JOIN images i ON i.id = s.image_id "
+                                              "WHERE s.run_id = ? ORDER BY s.rank DESC LIMIT 3", [run.id])]
+        assert all(name in page.text("review-label-message") for name in names)
+        page.find("#review-label-download").click()
+        task_zip = page.until(lambda: next(iter(downloads.glob("*.zip")), None), "the task was not downloaded")
+
+        # A person labels the first image: a block of car, saved as CVAT exports it (the same layout).
+        folder = tmp_path / "task"
+        with zipfile.ZipFile(task_zip) as zf:
+            zf.extractall(folder)
+        labelmap = parse_labelmap((folder / "labelmap.txt").read_text(), "labelmap.txt")
+        first = folder / "SegmentationClass" / f"{names[0]}.png"
+        with Image.open(first) as png:
+            edited, palette = np.array(png), png.getpalette()
+        edited[:40, :60] = labelmap.names.index("car")
+        painted = Image.fromarray(edited, mode="P")
+        painted.putpalette(palette)
+        painted.save(first)
+        labelled_zip = tmp_path / "labelled.zip"
+        with zipfile.ZipFile(labelled_zip, "w") as zf:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(folder).as_posix())
+
+        page.tab("Data")
+        summary = page.add("labels", "data-files", labelled_zip)
+        assert "3 added, 0 skipped, 0 failed" in summary, summary
+        for name in names:
+            row = image_row(store, name)
+            assert row["role"] == "labelled"
+        truth = store.db.execute("SELECT path FROM masks WHERE image_id = ? AND kind = 'ground_truth'",
+                                 [image_row(store, names[0])["id"]]).fetchone()[0]
+        np.testing.assert_array_equal(read_mask(store.path(truth)), to_project(edited))
+        assert [image.name for image in label_queue(store, run.id)][:1] != names[:1]

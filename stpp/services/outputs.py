@@ -1,4 +1,5 @@
-"""What leaves the app after review: dataset exports, model exports and predictions on new images.
+"""What leaves the app after review: dataset exports, labelling tasks, model exports and predictions
+on new images.
 
 Dataset exports call :func:`stpp.store.export.export_project` in this process (no torch). Model
 exports and predictions need torch, so they run as child processes (``python -m stpp.model_export``
@@ -25,6 +26,7 @@ import numpy as np
 from stpp.backends.local import REPO_ROOT, child_env
 from stpp.core.layout import PREDICTION_MANIFEST
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save, read_image, read_mask
+from stpp.services.label_queue import LabelTask, export_label_task
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
 from stpp.store.projects import get_project
@@ -61,6 +63,13 @@ def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | 
     target = scratch_dir(store, "exports") / f"{name}-{fmt}{f'-run{run_id}' if run_id else ''}.zip"
     return export_project(store, project, target, fmt, run_id=run_id, stage=stage, filter=filter,
                           include_reference=include_reference, allow_unfinished=allow_unfinished)
+
+
+def label_task_zip(store: Store, run_id: int, count: int) -> LabelTask:
+    """The run's ``count`` least stable images still to label as a CVAT task, ``run<ID>-label-next.zip``
+    in a fresh cache folder (see :func:`stpp.services.label_queue.export_label_task`)."""
+    target = scratch_dir(store, "label-tasks") / f"run{int(run_id)}-label-next.zip"
+    return export_label_task(store, run_id, target, count)
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:

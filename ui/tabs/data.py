@@ -23,13 +23,16 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from stpp.core.masks import overlay, read_mask
-from stpp.store import ImportReport, Project, StoreError, find_project, ingest_files, project_summary
+from stpp.store import ImportReport, Project, StoreError, find_project, import_voc_labels, ingest_files, project_summary
 from stpp.store.images import ImageFiles, count_images, images_page
 from ui.services import Services
 
 TITLE = "Data"
+LABELS = "labels"
+"""The upload kind that adds masks to images already in the project (a labelled CVAT/VOC export)."""
 ROLE_CHOICES = [("Labelled pairs (image + mask)", "labelled"), ("Unlabelled images", "unlabelled"),
-                ("Validation pairs (image + mask)", "validation")]
+                ("Validation pairs (image + mask)", "validation"),
+                ("Labels for images already here (a CVAT/VOC export zip)", LABELS)]
 SHOW_CHOICES = [("Labelled", "labelled"), ("Validation", "validation"), ("Unlabelled", "unlabelled")]
 REPORT_COLUMNS = ["status", "image", "file", "reason"]
 REPORT_ROWS = 2000
@@ -135,7 +138,9 @@ def summary_markdown(report: ImportReport, project: str, role: str) -> str:
 
 
 def add_files(services: Services, project: str | None, role: str, uploads: Sequence[str]) -> ImportReport:
-    """Ingest the uploaded files, folders and archives into the project with ``role``.
+    """Ingest the uploaded files, folders and archives into the project with ``role``; for
+    :data:`LABELS`, the masks of one VOC-layout zip (a CVAT "Segmentation mask 1.1" export) become the
+    ground truth of the project's images of the same names, which move to the labelled set.
 
     Raises:
         StoreError: no project or nothing uploaded, or the store refused the import.
@@ -144,6 +149,11 @@ def add_files(services: Services, project: str | None, role: str, uploads: Seque
         raise StoreError("open a project first (Projects tab)")
     if not uploads:
         raise StoreError("choose files, a folder or a zip archive first")
+    if role == LABELS:
+        if len(uploads) != 1 or Path(uploads[0]).suffix.lower() != ".zip":
+            raise StoreError("labels come as one .zip in VOC layout (CVAT: export the task as \"Segmentation "
+                             "mask 1.1\"); a browser folder upload loses the folder names that layout needs")
+        return import_voc_labels(services.store, project, uploads[0])
     return ingest_files(services.store, project, list(uploads), role)
 
 
@@ -169,7 +179,9 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                 "class indices (or in the project's colours) with the image's name, e.g. `0001.jpg` + `0001.png`, "
                 "or `0001_mask.png`. Masks given with unlabelled images are kept as *reference* masks (used only "
                 "to measure pseudo masks). Folder names are lost in a browser upload; when images and masks are "
-                "both PNGs of the same name, upload a zip with `images/` and `masks/` folders instead.")
+                "both PNGs of the same name, upload a zip with `images/` and `masks/` folders instead. A labelling "
+                "task labelled in CVAT (Review tab, *Label these next*) comes back as *Labels for images already "
+                "here*: its masks become the images' ground truth.")
     with gr.Row():
         project = services.project_picker(label="Project", scale=3, elem_id="data-project")
         refresh = gr.Button("Refresh", size="sm", scale=1)
@@ -206,7 +218,8 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         except StoreError as exc:
             return f"**Nothing added:** {exc}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
         discard_uploads(uploads)
-        return summary_markdown(result, name, add_role), report_frame(result, uploads), None, None, add_role
+        shown = "labelled" if add_role == LABELS else add_role
+        return summary_markdown(result, name, add_role), report_frame(result, uploads), None, None, shown
 
     def refresh_clicked(name):
         return gr.update(choices=services.project_names(), value=name)
