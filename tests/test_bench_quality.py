@@ -53,6 +53,11 @@ def test_quality_bench_writes_its_results_table(camvid_slice: Path, tmp_path: Pa
     for row in report["methods"].values():
         assert set(row) >= {"miou", "per_class", "seconds"} and len(row["per_class"]) == 11
     assert set(report["pseudo_quality"]) >= {"reliable_miou", "unreliable_miou", "boosted_miou", "spearman"}
+    study = report["pseudo_quality"]["ranking_study"]
+    assert [row["ranking"] for row in study["rows"]] == ["stability", "pixel_agreement", "perfect", "random (20 draws)"]
+    assert study["rows"][0]["reliable_pooled_miou"] == report["pseudo_quality"]["reliable_miou"]
+    assert len(study["per_class_iou"]["stability reliable"]) == 11
+    assert "| perfect |" in results.with_suffix(".md").read_text()
     assert "| st++ |" in results.with_suffix(".md").read_text()
     # ST and ST++ started from the SupOnly run's teacher instead of training it again
     (st_run,) = (tmp_path / "runs" / "camvid-1_8-test").glob("st-s0-*")  # named by its config hash
@@ -70,3 +75,17 @@ def test_ablations_are_chosen_by_name(capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as exited:  # refused before any data is read
         main(["--data", "/nonexistent", "--split", "1_8", "--ablations", "sda-off,nope"])
     assert exited.value.code == 2 and "unknown ablation nope; choose from: all, sda-off" in capsys.readouterr().err
+
+
+def test_gains_are_paired_by_seed_and_summarised_over_seeds():
+    from stpp.bench.quality import RunResult, Variant, paired_gain
+
+    def result(method: str, seed: int, miou: float | None) -> RunResult:
+        return RunResult(Variant(method, method), seed, Path(f"{method}-{seed}"), miou, {}, 1.0)
+
+    supervised = [result("supervised", 0, 40.0), result("supervised", 1, 42.0), result("supervised", 2, 41.0)]
+    stpp = [result("st++", 0, 45.0), result("st++", 1, 44.0), result("st++", 3, 50.0)]  # seed 3 has no pair
+    gain = paired_gain(stpp, supervised)
+    assert gain == {"per_seed": {"0": 5.0, "1": 2.0}, "mean": 3.5, "std": 1.5}
+    assert paired_gain(supervised, supervised) is None
+    assert paired_gain([result("st", 0, None)], supervised) is None

@@ -28,7 +28,7 @@ from stpp.services.gallery import (
     merge_painted_layer,
 )
 from stpp.services.outputs import export_model_zip, predict_images
-from stpp.services.quality import quality_report
+from stpp.services.quality import quality_report, run_ranking_study
 from stpp.services.review import (
     ReviewError,
     continue_run,
@@ -186,6 +186,16 @@ def test_reviews_decide_what_the_next_stages_train_on(store, synthetic_dataset: 
     assert rows[("unreliable", "teacher")].images == 16 - len(reliable)
     assert rows[("unreliable", "stage1")].images == len(relabelled)
     assert all(r.miou is None or 0 <= r.miou <= 100 for r in report.rows)
+    # The ranking study's stability split is the run's own split at the run's R.
+    study = run_ranking_study(store, run.id)
+    assert (study.images, study.reliable) == (16, len(reliable))
+    run_split = study.signals["stability"].split
+    assert run_split.reliable.pooled_miou == rows[("reliable", "teacher")].miou
+    assert run_split.unreliable.pooled_miou == rows[("unreliable", "teacher")].miou
+    # The perfect split (by each image's own mIoU) bounds the gap of mean per-image mIoU; the pooled gap,
+    # which weighs images by their pixels per class, it need not bound.
+    image_gap = lambda split: split.reliable.mean_image_miou - split.unreliable.mean_image_miou  # noqa: E731
+    assert image_gap(study.perfect) >= image_gap(run_split) and len(study.random) == 20
 
     export = export_project(store, "synth", layout.root.parent / "voc.zip", "voc", run_id=run.id)
     with zipfile.ZipFile(export.path) as zf:

@@ -241,8 +241,14 @@ def test_review_correct_continue_and_export(server: Server, driver):
     assert get_run(store, run.id).stage == "stage1"
     wait.until(lambda d: "reached: ranking, stage1" in text("phases-status"))
     wait.until(lambda d: "stage1" in text("phases-quality-table"))
-    driver.execute_script("document.getElementById('phases-quality').scrollIntoView({block: 'center'})")
+    # The ranking study below it: the run's split, the other signal, the perfect ranking and random draws.
+    wait.until(lambda d: "random (20 draws)" in text("phases-ranking-table"))
+    driver.execute_script("document.getElementById('phases-quality').scrollIntoView({block: 'start'})")
     driver.save_screenshot(str(ARTIFACTS / "quality-report.png"))
+    study = text("phases-ranking-table")
+    assert all(f"\n{name} " in f"\n{study}" for name in ("stability", "pixel_agreement", "perfect")), study
+    assert "car" in text("phases-ranking-classes")
+    assert f"the top {num_reliable(60, 0.5)} (R = 0.5)" in " ".join(text("phases-ranking-note").split())
     wait.until(lambda d: d.find_element(By.ID, "phases-finish").is_enabled())
     driver.find_element(By.ID, "phases-finish").click()
     wait.until(lambda d: get_run(store, run.id).status != "awaiting_review")

@@ -1,9 +1,9 @@
-"""``python -m stpp.bench speed|quality|gallery|ui|review ...``: dispatch to the benchmark's own ``main(argv)``."""
+"""``python -m stpp.bench speed|quality|gallery|ui|review|ranking ...``: dispatch to the benchmark's own ``main(argv)``."""
 
 import importlib
 import sys
 
-BENCHMARKS = ("speed", "quality", "gallery", "ui", "review")
+BENCHMARKS = ("speed", "quality", "gallery", "ui", "review", "ranking")
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,9 @@
 Each (method, seed) is an ordinary headless run folder under ``--out``; finished runs are reused and
 killed ones resumed, so the benchmark can be run in pieces. ST and ST++ start from a copy of the
 SupOnly run's teacher checkpoints: with the same seed and config the teacher stage is the same
-training, so it is done once.
+training, so it is done once. Over several ``--seeds``, each method's val mIoU is reported as mean ± std
+and, paired, as its gain over SupOnly of the same seed (a seed moves a run by more than a point, so
+the paired gain is the figure to read).
 
 Pseudo-mask quality needs ground truth for the unlabelled images (CamVid has it): the teacher's
 pseudo masks are scored against it on the reliable and the unreliable half, the unreliable half again
@@ -31,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stpp.bench.ranking import folder_ranking_study, study_json, study_markdown
 from stpp.core.config import StppConfig
 from stpp.core.events import read_events
 from stpp.core.layout import RunLayout
 from stpp.core.masks import atomic_save, read_mask
-from stpp.core.metrics import mask_miou
 from stpp.data.datasets import FolderDataset
 from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.metrics import ConfusionMatrix
@@ -177,57 +179,27 @@ def _collect(variant: Variant, seed: int, layout: RunLayout, cfg: StppConfig) ->
                      _run_seconds(layout), {s: (m or {}).get("miou") for s, m in metrics["stages"].items()})
 
 
-def pseudo_quality(layout: RunLayout, dataset: FolderDataset, num_classes: int) -> dict | None:
-    """The paper's Fig. 3 on a finished ST++ run whose unlabelled images have ground truth."""
-    if not layout.scores_path.exists():
+def pseudo_quality(layout: RunLayout, dataset: FolderDataset) -> dict | None:
+    """The paper's Fig. 3 on a finished ST++ run whose unlabelled images have ground truth, with the
+    ranking study of its split (:func:`stpp.bench.ranking.folder_ranking_study`)."""
+    cfg = StppConfig.from_dict(json.loads(layout.config_path.read_text()))
+    study = folder_ranking_study(layout, dataset, cfg)
+    if study is None:
         return None
-    scores = read_scores(layout.scores_path)
-    if not scores or any(dataset.mask_path(s.image_id) is None for s in scores):
-        return None
-    reliable, unreliable, boosted = (ConfusionMatrix(num_classes) for _ in range(3))
-    stability, per_image = [], []
-    for score in scores:
-        truth = read_mask(dataset.mask_path(score.image_id))
-        teacher = read_mask(layout.pseudo_dir("teacher") / f"{score.image_id}.png")
-        (reliable if score.reliable else unreliable).update(truth, teacher)
-        if not score.reliable:
-            relabelled = layout.pseudo_dir("stage1") / f"{score.image_id}.png"
-            if relabelled.exists():
-                boosted.update(truth, read_mask(relabelled))
-        stability.append(score.stability)
-        per_image.append(_image_miou(truth, teacher, num_classes))
+    run_split = study.signals["stability"]
+    boosted = ConfusionMatrix(cfg.data.num_classes)
+    for score in read_scores(layout.scores_path):
+        relabelled = layout.pseudo_dir("stage1") / f"{score.image_id}.png"
+        if not score.reliable and relabelled.exists():
+            boosted.update(read_mask(dataset.mask_path(score.image_id)), read_mask(relabelled))
     return {
-        "reliable_miou": round(100 * reliable.miou(), 2),
-        "unreliable_miou": round(100 * unreliable.miou(), 2),
+        "reliable_miou": run_split.split.reliable.pooled_miou,
+        "unreliable_miou": run_split.split.unreliable.pooled_miou,
         "boosted_miou": round(100 * boosted.miou(), 2) if int(boosted.matrix.sum()) else None,
-        "spearman": round(spearman(stability, per_image), 3),
-        "images": len(scores),
+        "spearman": None if run_split.spearman is None else round(run_split.spearman, 3),
+        "images": study.images,
+        "ranking_study": study_json(study, cfg.data.class_names),
     }
-
-
-def _image_miou(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> float:
-    # Pixels that are ignore in the ground truth do not count against the pseudo mask.
-    prediction = np.where(truth == 255, 255, prediction)
-    value = mask_miou(truth, prediction, num_classes)
-    return 0.0 if np.isnan(value) else value
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
 
 
 def _report(args, dataset_name: str, device: torch.device, data, results: list[RunResult]) -> dict:
@@ -238,7 +210,9 @@ def _report(args, dataset_name: str, device: torch.device, data, results: list[R
         mious = [r.miou for r in rows if r.miou is not None]
         methods[variant.name] = {
             "miou": round(float(np.mean(mious)), 2) if mious else None,
+            "miou_std": round(float(np.std(mious)), 2) if len(mious) > 1 else None,
             "miou_range": [min(mious), max(mious)] if len(mious) > 1 else None,
+            "paired_gain": paired_gain(rows, [r for r in results if r.variant.name == "supervised"]),
             "per_class": rows[0].per_class if len(rows) == 1 else _mean_per_class(rows),
             "seconds": round(float(np.mean([r.seconds for r in rows])), 1),
             "stages": rows[0].stages if len(rows) == 1 else None,
@@ -247,7 +221,7 @@ def _report(args, dataset_name: str, device: torch.device, data, results: list[R
             "runs": [str(r.run_dir) for r in rows],
         }
     stpp_runs = [r for r in results if r.variant.name == "st++"]
-    quality = pseudo_quality(RunLayout(stpp_runs[0].run_dir), dataset, data.classes.num_classes) if stpp_runs else None
+    quality = pseudo_quality(RunLayout(stpp_runs[0].run_dir), dataset) if stpp_runs else None
     cfg_hash = resolve_config(args.preset, "st++", args.overrides, args.device, data.classes).config_hash()
     return {
         "dataset": dataset_name,
@@ -264,6 +238,19 @@ def _report(args, dataset_name: str, device: torch.device, data, results: list[R
         "pseudo_quality": quality,
         "command": "python -m stpp.bench quality " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["quality"] else sys.argv[1:]),
     }
+
+
+def paired_gain(rows: list[RunResult], baseline: list[RunResult]) -> dict | None:
+    """A variant's val mIoU minus SupOnly's of the same seed: per seed, and their mean and standard
+    deviation (None for SupOnly itself, or without a SupOnly run of a shared seed)."""
+    base = {r.seed: r.miou for r in baseline if r.miou is not None}
+    gains = {r.seed: round(r.miou - base[r.seed], 2) for r in rows
+             if r.miou is not None and r.seed in base and r.variant.name != "supervised"}
+    if not gains:
+        return None
+    values = list(gains.values())
+    return {"per_seed": {str(seed): gain for seed, gain in gains.items()}, "mean": round(float(np.mean(values)), 2),
+            "std": round(float(np.std(values)), 2)}
 
 
 def _mean_per_class(rows: list[RunResult]) -> dict:
@@ -292,12 +279,18 @@ def _device_name(device: torch.device) -> str:
 def to_markdown(report: dict) -> str:
     """The results as Markdown tables (methods, then pseudo-mask quality)."""
     lines = [f"{report['dataset']} {report['split']}, preset `{report['preset']}`, {report['device']}, {report['date']}",
-             "", "| method | val mIoU | seeds | wall time |", "|---|---|---|---|"]
+             "", "| method | val mIoU (mean ± std over seeds) | gain over SupOnly, same seed | seeds | wall time |",
+             "|---|---|---|---|---|"]
     for name, row in report["methods"].items():
         miou = "n/a" if row["miou"] is None else f"{row['miou']:.2f}"
-        if row.get("miou_range"):
-            miou += f" ({row['miou_range'][0]:.2f}–{row['miou_range'][1]:.2f})"
-        lines.append(f"| {name} | {miou} | {','.join(map(str, row['seeds']))} | {row['seconds'] / 60:.1f} min |")
+        if row.get("miou_std") is not None:
+            miou += f" ± {row['miou_std']:.2f} ({row['miou_range'][0]:.2f}–{row['miou_range'][1]:.2f})"
+        gain = row.get("paired_gain")
+        gain_text = "—" if not gain else f"{gain['mean']:+.2f}" + (
+            f" ± {gain['std']:.2f} ({', '.join(f'{g:+.2f}' for g in gain['per_seed'].values())})"
+            if len(gain["per_seed"]) > 1 else "")
+        lines.append(f"| {name} | {miou} | {gain_text} | {','.join(map(str, row['seeds']))} | "
+                     f"{row['seconds'] / 60:.1f} min |")
     quality = report.get("pseudo_quality")
     if quality:
         boosted = "n/a" if quality["boosted_miou"] is None else f"{quality['boosted_miou']:.2f}"
@@ -305,8 +298,10 @@ def to_markdown(report: dict) -> str:
                   f"| reliable half | {quality['reliable_miou']:.2f} |",
                   f"| unreliable half | {quality['unreliable_miou']:.2f} |",
                   f"| unreliable, re-labelled by stage 1 | {boosted} |",
-                  "", f"Spearman(stability, per-image pseudo-mask mIoU) = {quality['spearman']:.3f} "
+                  "", f"Spearman(stability, per-image pseudo-mask mIoU) = {quality['spearman']} "
                       f"over {quality['images']} images"]
+        if quality.get("ranking_study"):
+            lines += ["", "Ranking study:", "", study_markdown(quality["ranking_study"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

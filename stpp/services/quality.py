@@ -22,11 +22,19 @@ import numpy as np
 from stpp.core.masks import read_mask
 from stpp.core.method import stage_order
 from stpp.core.metrics import class_iou, confusion_matrix, mean_iou, percent
+from stpp.selftrain.ranking_study import (
+    DEFAULT_RANDOM_DRAWS,
+    ImageEvidence,
+    RankingStudy,
+    image_evidence,
+    ranking_study,
+)
 from stpp.store.db import Store
 from stpp.store.export import ExportFilter, export_plan
+from stpp.store.images import get_image
 from stpp.store.projects import get_project
 from stpp.store.ranking import ranked_references
-from stpp.store.runs import get_run, pseudo_masks_by_stage
+from stpp.store.runs import get_run, pseudo_masks_by_stage, run_layout
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,39 @@ def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
         sources[item.source] = sources.get(item.source, 0) + 1
     miou, iou = iou_from_confusion(matrix)
     return DatasetQuality(run.id, len(references), len(kept), sources, miou, tuple(iou))
+
+
+def run_ranking_study(store: Store, run_id: int, random_draws: int = DEFAULT_RANDOM_DRAWS) -> RankingStudy | None:
+    """The ranking study (:mod:`stpp.selftrain.ranking_study`) of the run's ranked images that have a
+    reference mask, a teacher pseudo mask and their K checkpoint masks in the run folder, at the run's
+    reliable ratio; None when fewer than two images have all of them."""
+    run = get_run(store, run_id)
+    project = get_project(store, run.project_id)
+    classes = project.classes
+    teacher = pseudo_masks_by_stage(store, run.id).get("teacher", {})
+    layout = run_layout(store, run)
+    evidence = []
+    for image_id, _, reference in ranked_references(store, run.id):
+        if not reference or image_id not in teacher:
+            continue
+        name = get_image(store, project, int(image_id))["name"]
+        checkpoints = [layout.stability_dir(j) / f"{name}.png" for j in range(1, run.cfg.pseudo.num_checkpoints + 1)]
+        if not all(path.exists() for path in checkpoints):
+            continue
+        files = (store.path(reference), store.path(teacher[image_id]), *checkpoints)
+        evidence.append(_evidence(name, tuple(map(str, files)), tuple(map(_stamp, files)), classes.num_classes,
+                                  classes.ignore_index))
+    if len(evidence) < 2:
+        return None
+    return ranking_study(evidence, run.cfg.selftrain.reliable_ratio, random_draws, seed=run.cfg.seed)
+
+
+@functools.lru_cache(maxsize=16384)
+def _evidence(name: str, files: tuple[str, ...], stamps: tuple[tuple[int, int], ...], num_classes: int,
+              ignore_index: int) -> ImageEvidence:
+    """One image's evidence, kept while none of its files changes (the Phases tab redraws on every event)."""
+    reference, pseudo, *checkpoints = (read_mask(Path(f)) for f in files)
+    return image_evidence(name, reference, pseudo, checkpoints, num_classes, ignore_index)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

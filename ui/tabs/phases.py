@@ -1,5 +1,6 @@
 """Phases tab: what the next phase of a reviewed run trains on, the buttons that start it, the
-decision history, the validation mIoU per stage and the pseudo-mask quality report.
+decision history, the validation mIoU per stage, the pseudo-mask quality report and the ranking study
+(how well the ranking sorts the pseudo masks, against the perfect ranking and random splits).
 
 A run launched with review between phases waits (status *awaiting review*) after the stability
 ranking and after each re-labelling; *Continue* queues it again and the worker runs to the next
@@ -13,7 +14,8 @@ import functools
 import gradio as gr
 import pandas as pd
 
-from stpp.services.quality import quality_report
+from stpp.selftrain.ranking_study import SIGNALS, figure_text
+from stpp.services.quality import quality_report, run_ranking_study
 from stpp.services.review import (
     ReviewError,
     continue_run,
@@ -21,7 +23,7 @@ from stpp.services.review import (
     pauses_reached,
     phase_summary,
 )
-from stpp.store import StoreError
+from stpp.store import StoreError, get_project
 from stpp.store.reviews import last_review_id
 from stpp.store.runs import get_run, last_event_id, run_metrics
 from ui.components import done_note, find_project, run_choices, run_picker
@@ -33,6 +35,11 @@ COUNT_COLUMNS = ["next phase", "labelled", "reliable", "unreliable", "accepted",
 HISTORY_COLUMNS = ["time", "user", "image", "decision", "run", "mask stage"]
 MIOU_COLUMNS = ["stage", "val mIoU (%)"]
 QUALITY_COLUMNS = ["pseudo masks", "group", "labelled by", "images", "mIoU (%)"]
+STUDY_FIGURES = {"reliable_pooled_miou": "reliable mIoU (%)", "unreliable_pooled_miou": "unreliable mIoU (%)",
+                 "gap": "gap", "share_of_perfect": "share of perfect gap", "reliable_image_miou": "reliable image mIoU",
+                 "unreliable_image_miou": "unreliable image mIoU", "spearman": "Spearman with image mIoU"}
+STUDY_COLUMNS = ["ranking", *STUDY_FIGURES.values()]
+TRADE_COLUMNS = ["class", "reliable", "unreliable", "reliable (perfect)", "unreliable (perfect)"]
 HISTORY_SHOWN = 200
 
 
@@ -99,6 +106,29 @@ def quality_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame
     return table, table[["pseudo masks", "mIoU (%)"]].astype({"mIoU (%)": "float64"}), note
 
 
+def study_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The ranking study as a table (one row per ranking), the per-class IoU of each half, and a note."""
+    empty = pd.DataFrame(columns=STUDY_COLUMNS), pd.DataFrame(columns=TRADE_COLUMNS)
+    if not run_id:
+        return *empty, ""
+    study = run_ranking_study(services.store, int(run_id))
+    if study is None:
+        return *empty, "The ranking study needs two or more ranked images with reference masks."
+    rows = [[row["ranking"], *(figure_text(row[key]) for key in STUDY_FIGURES)] for row in study.rows()]
+    names = get_project(services.store, get_run(services.store, int(run_id)).project_id).classes.names
+    split, perfect = study.signals["stability"].split, study.perfect
+    trade = [[name, *map(figure_text, values)] for name, *values in zip(
+        names, split.reliable.iou, split.unreliable.iou, perfect.reliable.iou, perfect.unreliable.iou)]
+    signals = "; ".join(f"*{name}*: {what}" for name, what in SIGNALS.items())
+    note = (f"{study.images} ranked images with reference masks; reliable: the top {study.reliable} (R = "
+            f"{study.ratio:g}) of each ranking. {signals}; *perfect*: by each image's own pseudo-mask mIoU against its "
+            f"reference (no ranking separates the mean image mIoU further); *random*: mean ± std over "
+            f"{len(study.random)} seeded draws. "
+            "Share of perfect gap: a ranking's reliable-minus-unreliable mIoU over the perfect ranking's. The class "
+            "table shows, per class, the IoU of each half of the run's split and of the perfect split.")
+    return pd.DataFrame(rows, columns=STUDY_COLUMNS), pd.DataFrame(trade, columns=TRADE_COLUMNS), note
+
+
 def panel(services: Services, project: str | None, run_id: int | None, seen: dict | None) -> list:
     """Every output of the tab; parts unchanged since ``seen`` are skipped."""
     run = get_run(services.store, int(run_id)) if run_id else None
@@ -107,11 +137,11 @@ def panel(services: Services, project: str | None, run_id: int | None, seen: dic
            "events": last_event_id(services.store, int(run_id)) if run_id else 0,
            "reviews": last_review_id(services.store, opened) if opened else 0}
     if key == (seen or {}):
-        return [gr.skip()] * 9 + [seen]
+        return [gr.skip()] * 12 + [seen]
     quality, chart, note = quality_frames(services, run_id)
     paused = bool(run and run.status == "awaiting_review")
     return [run_text(services, run_id), counts_frame(services, run_id), miou_frame(services, run_id),
-            history_frame(services, project), quality, chart, note,
+            history_frame(services, project), quality, chart, note, *study_frames(services, run_id),
             gr.update(interactive=paused), gr.update(interactive=paused), key]
 
 
@@ -149,9 +179,18 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             chart = gr.BarPlot(None, x="pseudo masks", y="mIoU (%)", title="Pseudo-mask mIoU (%)", y_lim=[0, 100],
                                sort=None, elem_id="phases-quality-chart")
         quality_note = gr.Markdown(elem_id="phases-quality-note")
+    with gr.Group(elem_id="phases-ranking"):
+        gr.Markdown("### How well the ranking sorts the pseudo masks")
+        study = gr.Dataframe(pd.DataFrame(columns=STUDY_COLUMNS), interactive=False,
+                             label="Teacher pseudo masks of each half against the reference masks, per ranking",
+                             elem_id="phases-ranking-table")
+        trade = gr.Dataframe(pd.DataFrame(columns=TRADE_COLUMNS), interactive=False, max_height=320,
+                             label="IoU (%) per class of each half", elem_id="phases-ranking-classes")
+        study_note = gr.Markdown(elem_id="phases-ranking-note")
     seen = gr.State(None)
     timer = gr.Timer(POLL_S)
-    outputs = [status, counts, miou, history, quality, chart, quality_note, proceed, finish, seen]
+    outputs = [status, counts, miou, history, quality, chart, quality_note, study, trade, study_note, proceed, finish,
+               seen]
     private = {"api_visibility": "private"}
 
     def show(project_name, run_id):
