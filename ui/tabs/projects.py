@@ -250,6 +250,9 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
     gr.on(triggers=None, fn=lambda: project_table(services), outputs=table, **private)
     gr.on(triggers=None, fn=user_markdown, outputs=user, **private)
     refresh.click(lambda: project_table(services), outputs=table, api_name="list_projects")
+    if shown is not None:  # images added or runs made on other tabs since the page loaded
+        shown.select(lambda n: (project_table(services), usage_markdown(services, n)), inputs=current,
+                     outputs=[table, usage], **private)
     current.change(lambda n: (usage_markdown(services, n), ""), inputs=current, outputs=[usage, typed], **private)
     class_file.upload(load_class_file, inputs=class_file, outputs=[classes, message], **private)
     classes.change(swatches_html, inputs=classes, outputs=swatches, **private)
