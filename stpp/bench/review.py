@@ -111,7 +111,7 @@ def simulate_review(store: Store, run_id: int, names: Sequence[str], rule: Rule,
     run = get_run(store, run_id)
     classes = get_project(store, run.project_id).classes
     ids = image_ids_by_name(store, get_project(store, run.project_id))
-    references = {image_id: path for image_id, _, path in ranked_references(store, run.id) if path}
+    references = {ref.image_id: ref.path for ref in ranked_references(store, run.id) if ref.path}
     corrected = 0
     for name in names:
         image_id = ids[name]

@@ -20,6 +20,7 @@ report, the Phases tab and the benchmarks share it.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -53,7 +54,7 @@ class ImageEvidence:
     confusion: np.ndarray
     signals: dict[str, float]
 
-    @property
+    @functools.cached_property  # read for every split the study measures
     def miou(self) -> float:
         """The image's own pseudo-mask mIoU (0 to 1; 0 when no pixel is measured)."""
         value = mean_iou(self.confusion)

@@ -31,7 +31,6 @@ from stpp.selftrain.ranking_study import (
 )
 from stpp.store.db import Store
 from stpp.store.export import ExportFilter, export_plan
-from stpp.store.images import get_image
 from stpp.store.projects import get_project
 from stpp.store.ranking import ranked_references
 from stpp.store.runs import get_run, pseudo_masks_by_stage, run_layout
@@ -82,8 +81,8 @@ def quality_report(store: Store, run_id: int) -> QualityReport:
     project = get_project(store, run.project_id)
     classes = project.classes
     ranked = ranked_references(store, run.id)
-    references = {image_id: path for image_id, _, path in ranked if path}
-    reliable = {image_id for image_id, flag, _ in ranked if flag}
+    references = {ref.image_id: ref.path for ref in ranked if ref.path}
+    reliable = {ref.image_id for ref in ranked if ref.reliable}
     pseudo = {stage: {image_id: path for image_id, path in masks.items() if image_id in references}
               for stage, masks in pseudo_masks_by_stage(store, run.id).items()}
     pseudo = {stage: masks for stage, masks in pseudo.items() if masks}
@@ -142,7 +141,7 @@ def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
     """
     run = get_run(store, run_id)
     classes = get_project(store, run.project_id).classes
-    references = {image_id: path for image_id, _, path in ranked_references(store, run.id) if path}
+    references = {ref.image_id: ref.path for ref in ranked_references(store, run.id) if ref.path}
     if not references:  # a project without reference masks: nothing to measure, no export to plan
         return DatasetQuality(run.id, 0, 0, {}, None, (None,) * classes.num_classes)
     items, _ = export_plan(store, run.project_id, run_id=run.id, stage=stage,
@@ -164,20 +163,19 @@ def run_ranking_study(store: Store, run_id: int, random_draws: int = DEFAULT_RAN
     reference mask, a teacher pseudo mask and their K checkpoint masks in the run folder, at the run's
     reliable ratio; None when fewer than two images have all of them."""
     run = get_run(store, run_id)
-    project = get_project(store, run.project_id)
-    classes = project.classes
+    classes = get_project(store, run.project_id).classes
     teacher = pseudo_masks_by_stage(store, run.id).get("teacher", {})
     layout = run_layout(store, run)
     evidence = []
-    for image_id, _, reference in ranked_references(store, run.id):
-        if not reference or image_id not in teacher:
+    for ref in ranked_references(store, run.id):
+        if not ref.path or ref.image_id not in teacher:
             continue
-        name = get_image(store, project, int(image_id))["name"]
-        checkpoints = [layout.stability_dir(j) / f"{name}.png" for j in range(1, run.cfg.pseudo.num_checkpoints + 1)]
+        checkpoints = [layout.stability_dir(j) / f"{ref.name}.png"
+                       for j in range(1, run.cfg.pseudo.num_checkpoints + 1)]
         if not all(path.exists() for path in checkpoints):
             continue
-        files = (store.path(reference), store.path(teacher[image_id]), *checkpoints)
-        evidence.append(_evidence(name, tuple(map(str, files)), tuple(map(_stamp, files)), classes.num_classes,
+        files = (store.path(ref.path), store.path(teacher[ref.image_id]), *checkpoints)
+        evidence.append(_evidence(ref.name, tuple(map(str, files)), tuple(map(_stamp, files)), classes.num_classes,
                                   classes.ignore_index))
     if len(evidence) < 2:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from stpp.store.db import Store
 
@@ -117,9 +117,20 @@ def ranks_by_name(store: Store, run_id: int) -> dict[str, int]:
                                  "WHERE s.run_id = ?", [int(run_id)]).fetchall())
 
 
-def ranked_references(store: Store, run_id: int) -> list[tuple[int, bool, str | None]]:
-    """``(image id, reliable, reference mask path or None)`` for every image the run ranked."""
-    return [(image_id, bool(reliable), path) for image_id, reliable, path in store.db.execute(
-        "SELECT s.image_id, s.reliable, ref.path FROM scores s "
+class RankedReference(NamedTuple):
+    """One image a run ranked: its id and name, whether the run's split calls it reliable, and the
+    workspace-relative path of its reference mask (None when it has none)."""
+
+    image_id: int
+    name: str
+    reliable: bool
+    path: str | None
+
+
+def ranked_references(store: Store, run_id: int) -> list[RankedReference]:
+    """Every image the run ranked, with its reference mask where it has one."""
+    rows = store.db.execute(
+        "SELECT s.image_id, i.name, s.reliable, ref.path FROM scores s JOIN images i ON i.id = s.image_id "
         "LEFT JOIN masks ref ON ref.image_id = s.image_id AND ref.kind = 'reference' WHERE s.run_id = ?",
-        [int(run_id)])]
+        [int(run_id)])
+    return [RankedReference(image_id, name, bool(reliable), path) for image_id, name, reliable, path in rows]
