@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -89,3 +90,33 @@ def test_gains_are_paired_by_seed_and_summarised_over_seeds():
     assert gain == {"per_seed": {"0": 5.0, "1": 2.0}, "mean": 3.5, "std": 1.5}
     assert paired_gain(supervised, supervised) is None
     assert paired_gain([result("st", 0, None)], supervised) is None
+
+
+def test_ceilings_train_on_the_ground_truth_of_the_unlabelled_images(camvid_slice: Path, tmp_path: Path):
+    """SupOnly on every train label and ST with a perfect teacher: named rows, trained on what they say."""
+    from stpp.bench.quality import main
+
+    results = tmp_path / "results.json"
+    assert main(["--data", str(camvid_slice), "--split", "1_8", "--preset", "test", "--methods", "supervised",
+                 "--ceilings", "--set", "optim.epochs=3", "--set", "optim.student_epochs=1",
+                 "--set", "optim.batch_size=2", "--out", str(tmp_path / "runs"), "--results", str(results)]) == 0
+    methods = json.loads(results.read_text())["methods"]
+    assert list(methods) == ["supervised", "supervised (all labels)", "st (ground-truth pseudo masks)"]
+    assert all(row["miou"] is not None and row["paired_gain"] is not None for name, row in methods.items()
+               if name != "supervised")
+    split = camvid_slice / "splits" / "1_8"
+    labeled, unlabeled = (split / "labeled.txt").read_text().split(), (split / "unlabeled.txt").read_text().split()
+
+    (all_labels,) = map(Path, methods["supervised (all labels)"]["runs"])
+    inputs = json.loads((all_labels / "inputs.json").read_text())
+    assert (inputs["labeled"], inputs["unlabeled"]) == (labeled + unlabeled, [])
+
+    (perfect,) = map(Path, methods["st (ground-truth pseudo masks)"]["runs"])
+    with (perfect / "stages" / "st" / "train_set.csv").open() as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    assert {i for i, row in rows.items() if row["source"] != "ground_truth"} == set(unlabeled)
+    for image_id in unlabeled:
+        assert Path(rows[image_id]["mask"]).read_bytes() == (camvid_slice / "masks" / "train" /
+                                                              f"{image_id}.png").read_bytes()
+    skipped = [json.loads(line) for line in (perfect / "events.jsonl").read_text().splitlines()]
+    assert {e["stage"] for e in skipped if e["kind"] == "stage_skipped"} == {"teacher"}  # SupOnly's, reused

@@ -4,20 +4,25 @@ moves the way the decisions say."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stpp.bench.review import SIMULATED_USER, Rule, main, review_order, simulate_review
+from stpp.bench.review import SIMULATED_USER, Rule, check_ranked, main, review_order, simulate_review
+from stpp.bench.review_students import StudentVariant, train_students
+from stpp.core.events import read_events
 from stpp.core.layout import RunLayout
 from stpp.core.masks import read_mask
 from stpp.core.metrics import confusion_matrix, mask_miou, mean_iou
 from stpp.jobs import JobRunner
 from stpp.services.quality import dataset_quality
 from stpp.services.review import latest_decisions, reviewed_inputs
-from stpp.store import create_project, import_folder_dataset, open_store
+from stpp.services.run_copy import import_run_copy
+from stpp.store import StoreError, create_project, import_folder_dataset, open_store
 from stpp.store.ranking import ranks_by_name
 from stpp.store.trial import rolled_back
 from ui.services import Services, Settings
@@ -166,3 +171,77 @@ def test_the_review_tab_shows_progress_against_the_budget_and_the_live_dataset_m
         shown = status(budget=10)
         assert "Reviewed **6 / 10** (budget), 4 left · accepted 0 · rejected 2 · corrected 4" in shown
         assert f"**{reviewed.miou:.1f}** over the 14 of 16 images the export keeps" in shown
+
+
+def test_students_train_on_what_the_simulated_review_decided(paused, synthetic_dataset: Path, tmp_path: Path):
+    """Model quality: each variant forks the ranked run, and its students train on the reviewed set
+    the worker composes from the decisions (accepted and corrected as labels, rejected left out)."""
+    store, run = paused
+    results = tmp_path / "review.json"
+    argv = ["--workspace", str(store.workspace), "--run", str(run.id), "--budgets", "6", "--corrections", "2",
+            "--students", "least-stable,random", "--student-budget", "6", "--student-corrections", "2",
+            "--threshold", "0.5", "--results", str(results)]
+    assert main(argv) == 0
+    quality = json.loads(results.read_text())["model_quality"]
+    rows = {row["variant"]: row for row in quality["variants"]}
+    assert list(rows) == ["automatic", "least-stable-6-m2", "random-6-m2"]
+    assert latest_decisions(store, "synth") == {}
+    source = RunLayout(store.path(run.run_dir))
+    assert not source.model_path("stage1", 3).exists()  # the paused run itself trained nothing
+    order = review_order(store, run.id, "least-stable")
+
+    for name, row in rows.items():
+        fork = RunLayout(row["folder"])
+        decisions = json.loads((fork.root / "review.json").read_text())["decisions"]
+        if name == "automatic":
+            assert decisions == {} and (row["accepted"], row["rejected"], row["corrected"]) == (0, 0, 0)
+        else:
+            assert row["accepted"] + row["rejected"] + row["corrected"] == 6 and row["corrected"] <= 2
+        if name.startswith("least-stable"):
+            assert list(decisions) == order[:6]
+        for stage in ("stage1", "stage2"):
+            assert fork.model_path(stage, 3).exists() and row["stages"][stage] is not None
+            with fork.train_set_path(stage).open() as handle:
+                sources = {line["id"]: line for line in csv.DictReader(handle)}
+            reviewed = {i for i, line in sources.items() if line["source"] == "reviewed"}
+            assert reviewed == {n for n, d in decisions.items() if d != "rejected"}
+            assert not {n for n, d in decisions.items() if d == "rejected"} & set(sources)
+            for image, decision in decisions.items():
+                if decision == "corrected":
+                    np.testing.assert_array_equal(read_mask(sources[image]["mask"]), truth(synthetic_dataset, image))
+                elif decision == "accepted":
+                    np.testing.assert_array_equal(read_mask(sources[image]["mask"]),
+                                                  read_mask(source.pseudo_dir("teacher") / f"{image}.png"))
+        assert row["last_stage"] == "stage2" and row["miou"] == row["stages"]["stage2"]
+    assert rows["least-stable-6-m2"]["corrected"] == 2  # the least stable images include rejected ones
+
+    # Run again: every fork is reused as it was trained, nothing trains again.
+    starts = {n: read_events(RunLayout(r["folder"]).events_path) for n, r in rows.items()}
+    assert main(argv) == 0
+    again = {row["variant"]: row for row in json.loads(results.read_text())["model_quality"]["variants"]}
+    assert {n: r["stages"] for n, r in again.items()} == {n: r["stages"] for n, r in rows.items()}
+    for name, row in again.items():
+        events = read_events(RunLayout(row["folder"]).events_path)
+        assert not [e for e in events[len(starts[name]):] if e["kind"] == "stage_start"]
+
+    saved = Path(rows["random-6-m2"]["folder"]) / "review.json"
+    saved.write_text(json.dumps({"decisions": {}}))
+    with pytest.raises(StoreError, match="other decisions"):
+        train_students(store, run.id, [StudentVariant("random", 6, 2)], threshold=0.5)
+
+
+def test_an_imported_headless_ranking_is_a_run_the_benchmark_takes(paused, tmp_path: Path):
+    """A run ranked elsewhere (``python -m stpp run --until ranking``) arrives as an ended copy: the
+    benchmark measures it; a run that trained a student is refused."""
+    store, run = paused
+    copy = import_run_copy(store, "synth", store.path(run.run_dir)).run
+    assert copy.status != "awaiting_review"
+    check_ranked(store, copy.id)
+    with rolled_back(store):
+        assert dataset_quality(store, copy.id).kept == 16
+    trained = tmp_path / "trained"
+    shutil.copytree(store.path(run.run_dir), trained)
+    (trained / "stages" / "stage1").mkdir()
+    refused = import_run_copy(store, "synth", trained).run
+    with pytest.raises(StoreError, match="paused after the ranking"):
+        check_ranked(store, refused.id)

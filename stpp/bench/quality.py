@@ -1,7 +1,7 @@
 """SupOnly vs ST vs ST++ on a folder dataset with standard splits, plus pseudo-mask quality.
 
 ``python -m stpp.bench quality --data ROOT --split 1_8 --preset camvid-cpu [--methods ...]
-[--seeds 0,1] [--ablations [NAMES]] [--out DIR] [--results FILE]``
+[--seeds 0,1] [--ablations [NAMES]] [--ceilings] [--out DIR] [--results FILE]``
 
 ``--split 1_8`` means ``ROOT/splits/1_8/{labeled,unlabeled}.txt``; validation is ``ROOT/splits/val.txt``.
 Each (method, seed) is an ordinary headless run folder under ``--out``; finished runs are reused and
@@ -10,6 +10,11 @@ SupOnly run's teacher checkpoints: with the same seed and config the teacher sta
 training, so it is done once. Over several ``--seeds``, each method's val mIoU is reported as mean ± std
 and, paired, as its gain over SupOnly of the same seed (a seed moves a run by more than a point, so
 the paired gain is the figure to read).
+
+``--ceilings`` adds what the split could reach, read against the gain: SupOnly trained with every
+unlabelled image's ground truth as a label (``supervised (all labels)``), and ST whose teacher is
+perfect (``st (ground-truth pseudo masks)``: SupOnly's teacher, with each unlabelled image's ground
+truth put where its pseudo mask goes).
 
 Pseudo-mask quality needs ground truth for the unlabelled images (CamVid has it): the teacher's
 pseudo masks are scored against it on the reliable and the unreliable half, the unreliable half again
@@ -26,7 +31,7 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 
 from stpp.bench.ranking import folder_ranking_study, study_json, study_markdown
+from stpp.core.classes import DataError
 from stpp.core.config import StppConfig
 from stpp.core.events import read_events
 from stpp.core.layout import RunLayout
@@ -42,16 +48,23 @@ from stpp.data.datasets import FolderDataset
 from stpp.engine.device import configure_cpu_threads, resolve_device
 from stpp.engine.metrics import ConfusionMatrix
 from stpp.headless import describe_inputs, load_folder_run_data, prepare_run_dir, resolve_config, run_headless
-from stpp.selftrain.pipeline import read_scores, stage_names
+from stpp.selftrain.pipeline import RunData, read_scores, stage_names
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the results table: a method plus config overrides."""
+    """One row of the results table: a method plus config overrides.
+
+    Attributes:
+        ceiling: None for the split as given; ``all-labels`` trains with every unlabelled image's
+            ground truth as a label; ``perfect-teacher`` starts from SupOnly's teacher and uses the
+            unlabelled images' ground truth as the teacher's pseudo masks.
+    """
 
     name: str
     method: str
     overrides: tuple[str, ...] = ()
+    ceiling: str | None = None
 
 
 ABLATIONS = {
@@ -62,6 +75,11 @@ ABLATIONS = {
     "r75": Variant("st++ (R = 75%)", "st++", ("selftrain.reliable_ratio=0.75",)),
 }
 """The paper's ablations, by the name ``--ablations`` takes."""
+CEILINGS = (
+    Variant("supervised (all labels)", "supervised", ceiling="all-labels"),
+    Variant("st (ground-truth pseudo masks)", "st", ceiling="perfect-teacher"),
+)
+"""What the split could reach: SupOnly with every train image labelled, and ST with a perfect teacher."""
 
 
 def ablation_variants(names: str | None) -> list[Variant]:
@@ -96,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
                         help=f"add the paper's ablation rows: all (the default), or some of {', '.join(ABLATIONS)}")
+    parser.add_argument("--ceilings", action="store_true",
+                        help="add the ceilings: SupOnly on every train label, ST on the unlabelled ground truth")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs"))
@@ -104,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         variants = [Variant(m, m) for m in args.methods.split(",")] + ablation_variants(args.ablations)
+        variants += list(CEILINGS) if args.ceilings else []
     except ValueError as error:
         parser.error(str(error))
     configure_cpu_threads()
@@ -116,24 +137,28 @@ def main(argv: list[str] | None = None) -> int:
     dataset_name = args.data.resolve().name
     tag = f"{dataset_name}-{args.split}-{args.preset}"
 
+    dataset = FolderDataset.open(args.data)
     results: list[RunResult] = []
     for seed in seeds:
         teacher_source = None
         for variant in variants:
             overrides = list(args.overrides) + list(variant.overrides) + [f"seed={seed}"]
             cfg = resolve_config(args.preset, variant.method, overrides, args.device, data.classes)
+            run_data = all_labels(data, dataset) if variant.ceiling == "all-labels" else data
             # The config hash in the name keeps runs of other settings apart (each is reused only as itself).
             run_dir = args.out / tag / f"{_slug(variant.name)}-s{seed}-{cfg.config_hash()[:8]}"
-            layout = prepare_run_dir(run_dir, cfg, describe_inputs(args.data, data), resume=True)
-            if teacher_source is not None:
+            layout = prepare_run_dir(run_dir, cfg, describe_inputs(args.data, run_data), resume=True)
+            if teacher_source is not None and variant.ceiling != "all-labels":
                 _reuse_teacher(teacher_source, layout, cfg)
+            if variant.ceiling == "perfect-teacher":
+                write_perfect_teacher_labels(layout, data, dataset)
             print(f"== {variant.name} (seed {seed}) -> {run_dir}", file=sys.stderr, flush=True)
-            run_headless(cfg, data, layout, device)
+            run_headless(cfg, run_data, layout, device)
             results.append(_collect(variant, seed, layout, cfg))
-            if variant.method == "supervised" and not variant.overrides:
+            if variant.method == "supervised" and not variant.overrides and variant.ceiling is None:
                 teacher_source = layout
 
-    report = _report(args, dataset_name, device, data, results)
+    report = _report(args, dataset, device, data, results)
     results_path = args.results or Path("benchmarks/results") / f"{tag}.json"
     atomic_save(results_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     markdown = to_markdown(report)
@@ -145,6 +170,39 @@ def main(argv: list[str] | None = None) -> int:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "+-" else "_" for c in name).strip("_").replace("__", "_")
+
+
+def all_labels(data: RunData, dataset: FolderDataset) -> RunData:
+    """The split with every unlabelled image labelled by its ground truth (the SupOnly ceiling).
+
+    Raises:
+        DataError: an unlabelled image has no ground-truth mask.
+    """
+    return replace(data, labeled=data.labeled + tuple(replace(s, mask_path=_truth(dataset, s.id))
+                                                      for s in data.unlabeled), unlabeled=())
+
+
+def write_perfect_teacher_labels(layout: RunLayout, data: RunData, dataset: FolderDataset) -> None:
+    """Put each unlabelled image's ground truth where the teacher's pseudo mask goes (``pseudo/teacher``),
+    so the ST run trains its student on it: the pipeline keeps pseudo masks that exist.
+
+    Raises:
+        DataError: an unlabelled image has no ground-truth mask.
+    """
+    out = layout.pseudo_dir("teacher")
+    out.mkdir(parents=True, exist_ok=True)
+    for sample in data.unlabeled:
+        target = out / f"{sample.id}.png"
+        if not target.exists():
+            atomic_save(target, lambda tmp, src=_truth(dataset, sample.id): shutil.copyfile(src, tmp))
+
+
+def _truth(dataset: FolderDataset, image_id: str) -> Path:
+    path = dataset.mask_path(image_id)
+    if path is None or not path.exists():
+        raise DataError(f"unlabelled image {image_id!r} has no ground-truth mask in {dataset.root}: "
+                        "the ceilings need every train image's mask")
+    return path
 
 
 def _reuse_teacher(source: RunLayout, target: RunLayout, cfg: StppConfig) -> None:
@@ -202,8 +260,7 @@ def pseudo_quality(layout: RunLayout, dataset: FolderDataset) -> dict | None:
     }
 
 
-def _report(args, dataset_name: str, device: torch.device, data, results: list[RunResult]) -> dict:
-    dataset = FolderDataset.open(args.data)
+def _report(args, dataset: FolderDataset, device: torch.device, data, results: list[RunResult]) -> dict:
     methods: dict[str, dict] = {}
     for variant in {r.variant.name: r.variant for r in results}.values():
         rows = [r for r in results if r.variant.name == variant.name]
@@ -224,7 +281,7 @@ def _report(args, dataset_name: str, device: torch.device, data, results: list[R
     quality = pseudo_quality(RunLayout(stpp_runs[0].run_dir), dataset) if stpp_runs else None
     cfg_hash = resolve_config(args.preset, "st++", args.overrides, args.device, data.classes).config_hash()
     return {
-        "dataset": dataset_name,
+        "dataset": args.data.resolve().name,
         "split": args.split,
         "preset": args.preset,
         "overrides": args.overrides,

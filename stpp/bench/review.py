@@ -1,8 +1,9 @@
 """What a review is worth: a simulated reviewer on a run paused after the ranking.
 
-``python -m stpp.bench review (--data ROOT --split 1_8 [--preset camvid-cpu] | --run ID)
+``python -m stpp.bench review (--data ROOT --split 1_8 [--preset camvid-cpu] [--import-run RUN_DIR] | --run ID)
 [--workspace DIR] [--orders ...] [--budgets 10,25,50,100] [--threshold 0.6] [--corrections 0,10]
-[--seed 0] [--results FILE] [--plot FILE]``
+[--seed 0] [--students ORDERS [--student-budget 50] [--student-corrections 10] [--student-until PAUSE]]
+[--results FILE] [--plot FILE]``
 
 The data is a folder dataset whose unlabelled images have ground truth; imported into a project of
 the store (``bench-<dataset>-<split>``), that ground truth becomes ``reference`` masks, which training
@@ -26,7 +27,13 @@ what an export of the run would write for the unlabelled images, against their r
 (:func:`stpp.services.quality.dataset_quality`), and how many images it keeps. Budget 0 is the run's
 automatic result (every pseudo mask kept). No "lowest confidence first" order: a run keeps no
 per-image confidence (its labelling pass argmaxes the probabilities and stores only the masks).
-Training students after the review (the *model quality*) is not done here.
+
+With ``--students ORDERS`` it also measures the *model quality*: the ranked run is forked once with
+no review (``automatic``) and once per order at ``--student-budget`` with ``--student-corrections``,
+and each fork trains its ST++ students on what the reviewed run's worker would be handed
+(:mod:`stpp.bench.review_students`); ``--student-until stage1`` stops them after the re-training on
+the reviewed set. ``--import-run RUN_DIR`` takes a headless run ranked elsewhere
+(``python -m stpp run ... --until ranking``) instead of launching one.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from stpp.core.metrics import mask_miou
 from stpp.jobs import JobRunner
 from stpp.services.quality import DatasetQuality, dataset_quality
 from stpp.services.review import pauses_reached, record_decision
+from stpp.services.run_copy import import_run_copy
 from stpp.store import (
     Store,
     StoreError,
@@ -59,11 +67,13 @@ from stpp.store.images import image_ids_by_name
 from stpp.store.projects import Project, get_project
 from stpp.store.ranking import ranked_references, ranks_by_name
 from stpp.store.reviews import Decision
-from stpp.store.runs import Run, current_pseudo_masks, get_run, list_runs
+from stpp.store.runs import Run, current_pseudo_masks, get_run, list_runs, run_layout
 from stpp.store.trial import rolled_back
 
 ORDERS = ("least-stable", "most-stable", "random")
 """The orders the simulated reviewer can go through the images in."""
+AUTOMATIC = "automatic"
+"""The student variant with no review: the ranked run continued as it is."""
 SIMULATED_USER = "simulated-reviewer"
 """The user recorded with the simulated reviewer's decisions."""
 DEFAULT_WORKSPACE = Path("benchmarks/runs/review-ws")
@@ -195,21 +205,27 @@ def ranked_run(runner: JobRunner, project: Project, preset: str, overrides: Sequ
     run = max(runs, key=lambda r: r.id) if runs else runner.launch(project, "st++", preset, list(overrides), device,
                                                                     review=True)
     run = runner.wait(run.id, None, statuses=("awaiting_review", "done", "failed", "cancelled"), on_poll=on_poll)
-    check_ranking_pause(store, run.id)
+    check_ranked(store, run.id)
     return run
 
 
-def check_ranking_pause(store: Store, run_id: int) -> None:
-    """Refuse a run that is not paused right after its ranking (what the benchmark starts from).
+def check_ranked(store: Store, run_id: int) -> None:
+    """Refuse a run that is not ranked and paused there: awaiting review right after its ranking, or
+    ended with its ranking and no student (a headless ``--until ranking`` run imported as a copy).
 
     Raises:
-        StoreError: it is not awaiting review, or it paused after a later stage.
+        StoreError: it paused after a later stage, trained a student, or holds no ranking.
     """
     run = get_run(store, run_id)
     pauses = pauses_reached(store, run.id)
-    if run.status != "awaiting_review" or pauses[-1:] != ("ranking",):
-        where = f"paused after {pauses[-1]}" if run.status == "awaiting_review" and pauses else run.status
-        raise StoreError(f"run {run.id} is {where}; the benchmark needs a run paused after the ranking")
+    if run.status == "awaiting_review" and pauses[-1:] == ("ranking",):
+        return
+    layout = run_layout(store, run)
+    stages = (layout.root / "stages").glob("stage*") if layout.root.is_dir() else ()
+    if run.status != "awaiting_review" and layout.scores_path.exists() and not any(stages):
+        return
+    where = f"paused after {pauses[-1]}" if run.status == "awaiting_review" and pauses else run.status
+    raise StoreError(f"run {run.id} is {where}; the benchmark needs a run paused after the ranking")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
     parser.add_argument("--run", type=int, default=None, help="a run of the workspace paused after the ranking")
+    parser.add_argument("--import-run", type=Path, default=None, metavar="RUN_DIR",
+                        help="a headless run folder ranked with --until ranking on --data: imported as a run "
+                             "of the benchmark project and measured")
     parser.add_argument("--orders", default=",".join(ORDERS))
     parser.add_argument("--budgets", default="10,25,50,100")
     parser.add_argument("--threshold", type=float, default=0.6)
@@ -229,25 +248,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=None,
                         help="JSON file (default: benchmarks/results/review-<project>-run<ID>.json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG file (default: the results file's, .png)")
+    parser.add_argument("--students", default=None, metavar="ORDERS",
+                        help="also train ST++ students after the review (model quality): automatic (always), "
+                             "and these orders at --student-budget with --student-corrections (about an hour each on "
+                             "camvid-cpu, 2 cores)")
+    parser.add_argument("--student-budget", type=int, default=50)
+    parser.add_argument("--student-corrections", type=int, default=10)
+    parser.add_argument("--student-until", default=None, metavar="PAUSE",
+                        help="train the students only to this pause point (stage1: the re-training on the "
+                             "reviewed set, before the unreliable images are re-labelled)")
     args = parser.parse_args(argv)
     orders = args.orders.split(",")
     if any(order not in ORDERS for order in orders):
         parser.error(f"--orders takes some of: {', '.join(ORDERS)}")
     if args.run is None and (args.data is None or args.split is None):
         parser.error("give --data and --split (or --run)")
+    if args.import_run is not None and args.run is not None:
+        parser.error("give --run or --import-run, not both")
+    student_orders = [] if args.students is None else [o for o in args.students.split(",") if o != AUTOMATIC]
+    if any(order not in ORDERS for order in student_orders):
+        parser.error(f"--students takes some of: {AUTOMATIC} (always trained), {', '.join(ORDERS)}")
     budgets = [int(b) for b in args.budgets.split(",")]
     corrections = [int(m) for m in args.corrections.split(",")]
 
     with open_store(args.workspace) as store:
-        if args.run is None:
+        if args.import_run is not None:
+            project = bench_project(store, args.data, args.split)
+            run = import_run_copy(store, project, args.import_run).run
+            check_ranked(store, run.id)
+            print(f"imported {args.import_run} as run {run.id}", file=sys.stderr)
+        elif args.run is None:
             project = bench_project(store, args.data, args.split)
             run = ranked_run(JobRunner(store), project, args.preset, args.overrides, args.device, _show_progress)
         else:
-            check_ranking_pause(store, args.run)
+            check_ranked(store, args.run)
             run = get_run(store, args.run)
             project = get_project(store, run.project_id)
         measured = measure_grid(store, run.id, orders, budgets, corrections, args.threshold, args.seed,
                                 on_point=_show_point)
+        not_measured = {"lowest-confidence order": "a run keeps no per-image confidence"}
+        if args.students is None:
+            not_measured["model quality"] = "students trained after the review: not run (see --students)"
+        else:
+            measured["model_quality"] = _model_quality(store, run.id, student_orders, args)
         report = {
             "project": project.name,
             "run": {"id": run.id, "method": run.method, "preset": run.preset, "config_hash": run.config_hash,
@@ -259,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             "orders": orders,
             "budgets": budgets,
             "corrections": corrections,
-            "not_measured": {"lowest-confidence order": "a run keeps no per-image confidence",
-                             "model quality": "students trained after the review: not run"},
+            "not_measured": not_measured,
             **measured,
             "command": "python -m stpp.bench review " + " ".join(argv if argv is not None else sys.argv[2:]),
         }
@@ -271,6 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(report))
     print(f"results: {results}; plot: {plot_path}", file=sys.stderr)
     return 0
+
+
+def _model_quality(store: Store, run_id: int, orders: Sequence[str], args: argparse.Namespace) -> dict:
+    # Imported here: only training students needs torch; the grid does not.
+    from stpp.bench.review_students import student_variants, train_students
+    from stpp.cli.progress import TqdmSink
+
+    sink = TqdmSink()
+    variants = student_variants(orders, args.student_budget, args.student_corrections)
+    rows = train_students(store, run_id, variants, args.threshold, args.seed, args.student_until, args.device, sink)
+    sink.close()
+    return {"budget": args.student_budget, "corrections": args.student_corrections, "until": args.student_until,
+            "variants": rows}
 
 
 def _show_progress(run: Run) -> None:
@@ -285,7 +340,8 @@ def _show_point(row: dict) -> None:
 
 
 def to_markdown(report: dict) -> str:
-    """The grid as a Markdown table: one row per (order, corrections), mIoU and images kept per budget."""
+    """The grid as a Markdown table: one row per (order, corrections), mIoU and images kept per budget;
+    then, when students were trained, their val mIoU per stage and variant."""
     auto = report["automatic"]
     budgets = sorted({row["budget"] for row in report["grid"]})
     lines = [f"automatic (no review): mIoU {_fmt(auto['miou'])} over {auto['kept']} of {auto['images']} images",
@@ -297,7 +353,25 @@ def to_markdown(report: dict) -> str:
                      if row["order"] == order and row["corrections"] == m}
             lines.append(f"| {order} | {m} | " + " | ".join(
                 f"{_fmt(cells[b]['miou'])} ({cells[b]['kept']})" if b in cells else "" for b in budgets) + " |")
+    if "model_quality" in report:
+        lines += ["", *students_markdown(report["model_quality"])]
     return "\n".join(lines) + "\n"
+
+
+def students_markdown(model_quality: dict) -> list[str]:
+    """Val mIoU of the students per variant and stage, and each stage's gain over the automatic run."""
+    rows = model_quality["variants"]
+    stages = [s for s in rows[0]["stages"] if any(r["stages"].get(s) is not None for r in rows)]
+    automatic = next((r for r in rows if r["order"] is None), None)
+    lines = ["| variant | accepted | rejected | corrected | " + " | ".join(f"{s} val mIoU" for s in stages)
+             + " | gain over automatic |", "|---|---|---|---|" + "---|" * (len(stages) + 1)]
+    for row in rows:
+        last = row["last_stage"]
+        base = None if automatic is None or row is automatic or last is None else automatic["stages"].get(last)
+        gain = "" if base is None else f"{row['miou'] - base:+.2f} ({last})"
+        lines.append(f"| {row['variant']} | {row['accepted']} | {row['rejected']} | {row['corrected']} | "
+                     + " | ".join(_fmt(row["stages"].get(s)) for s in stages) + f" | {gain} |")
+    return lines
 
 
 def _fmt(value: float | None) -> str:
