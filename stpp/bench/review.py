@@ -221,8 +221,7 @@ def check_ranked(store: Store, run_id: int) -> None:
     if run.status == "awaiting_review" and pauses[-1:] == ("ranking",):
         return
     layout = run_layout(store, run)
-    stages = (layout.root / "stages").glob("stage*") if layout.root.is_dir() else ()
-    if run.status != "awaiting_review" and layout.scores_path.exists() and not any(stages):
+    if run.status != "awaiting_review" and layout.scores_path.exists() and not any(layout.root.glob("stages/stage*")):
         return
     where = f"paused after {pauses[-1]}" if run.status == "awaiting_review" and pauses else run.status
     raise StoreError(f"run {run.id} is {where}; the benchmark needs a run paused after the ranking")

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from stpp.bench.review import AUTOMATIC, Rule, review_order, simulate_review
+from stpp.bench.review import AUTOMATIC, Rule, check_ranked, review_order, simulate_review
+from stpp.core.config import StppConfig
 from stpp.core.events import EventSink
 from stpp.core.handoff import JOB_NAME, STATUS_NAME, STOP_NAME, JobImage
 from stpp.core.layout import RunLayout
@@ -66,18 +67,9 @@ def fork_folder(store: Store, run_id: int, variant: StudentVariant) -> Path:
 
 
 def fork_run(source: RunLayout, target: Path) -> RunLayout:
-    """Copy a ranked run's folder to ``target`` (kept when it exists: the fork is resumed).
-
-    Raises:
-        StoreError: the source holds a student model already (it is not a run paused after its ranking).
-    """
+    """Copy a ranked run's folder to ``target`` (kept when it exists: the fork is resumed)."""
     if target.exists():
         return RunLayout(target)
-    cfg = read_run_config(source)
-    if not source.scores_path.exists() or any(source.model_path(stage, cfg.pseudo.num_checkpoints).exists()
-                                              for stage in ("stage1", "stage2")):
-        raise StoreError(f"{source.root} is not a run paused after its ranking (no scores.csv, or a student "
-                         "trained already)")
     copying = target.with_name(f".{target.name}.copying")
     shutil.rmtree(copying, ignore_errors=True)
     handoff = shutil.ignore_patterns(LOCK_NAME, STOP_NAME, JOB_NAME, STATUS_NAME, "*.tmp")
@@ -87,7 +79,7 @@ def fork_run(source: RunLayout, target: Path) -> RunLayout:
 
 
 def reviewed_data(store: Store, run_id: int, variant: StudentVariant, threshold: float, seed: int,
-                  fork: RunLayout) -> tuple[RunData, dict[str, str]]:
+                  fork: RunLayout, cfg: StppConfig) -> tuple[RunData, dict[str, str]]:
     """The fork's data after the variant's review, and the decisions by image name.
 
     The decisions are recorded with the Review tab's function and rolled back once the worker's
@@ -119,7 +111,7 @@ def reviewed_data(store: Store, run_id: int, variant: StudentVariant, threshold:
     if not saved.exists():
         record = {"variant": variant.name, "threshold": threshold, "seed": seed, "decisions": decisions}
         atomic_save(saved, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
-    return run_data(replace(job, reviewed=tuple(kept)), read_run_config(fork)), decisions
+    return run_data(replace(job, reviewed=tuple(kept)), cfg), decisions
 
 
 def train_students(store: Store, run_id: int, variants: Sequence[StudentVariant], threshold: float = 0.6,
@@ -128,6 +120,7 @@ def train_students(store: Store, run_id: int, variants: Sequence[StudentVariant]
     """Fork the ranked run once per variant, review, and train its students (to ``until``, else the end).
 
     Raises:
+        StoreError: the run is not paused after its ranking (:func:`~stpp.bench.review.check_ranked`).
         RunFolderBusy: another process trains in a fork.
 
     Returns:
@@ -135,13 +128,15 @@ def train_students(store: Store, run_id: int, variants: Sequence[StudentVariant]
         trained so far, the last trained stage and its mIoU, and the fork's folder (relative to the
         working directory).
     """
+    check_ranked(store, run_id)
     source = run_layout(store, get_run(store, run_id))
     rows = []
     for variant in variants:
         fork = fork_run(source, fork_folder(store, run_id, variant))
+        cfg = read_run_config(fork)
         with RunFolderLock(fork.root):
-            data, decisions = reviewed_data(store, run_id, variant, threshold, seed, fork)
-            run_headless(read_run_config(fork), data, fork, resolve_device(device), sink=sink, pause_after=until)
+            data, decisions = reviewed_data(store, run_id, variant, threshold, seed, fork, cfg)
+            run_headless(cfg, data, fork, resolve_device(device), sink=sink, pause_after=until)
         stages = {stage: (m or {}).get("miou")
                   for stage, m in json.loads(fork.metrics_path.read_text())["stages"].items()}
         counts = {kind: sum(d == kind for d in decisions.values()) for kind in ("accepted", "rejected", "corrected")}
