@@ -11,21 +11,39 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from stpp.bench.review import SIMULATED_USER, Rule, check_ranked, main, review_order, simulate_review
+from stpp.bench.review import (
+    SIMULATED_USER,
+    Rule,
+    check_ranked,
+    main,
+    review_order,
+    simulate_review,
+    teacher_signals_of,
+)
 from stpp.bench.review_students import StudentVariant, train_students
 from stpp.core.events import read_events
 from stpp.core.layout import RunLayout
-from stpp.core.masks import read_mask
+from stpp.core.masks import read_image, read_mask
 from stpp.core.metrics import confusion_matrix, mask_miou, mean_iou
+from stpp.core.teacher_signals import read_teacher_signals
+from stpp.data.transforms import to_eval_tensor
+from stpp.engine.checkpoint import load_model
+from stpp.engine.inference import Predictor
 from stpp.jobs import JobRunner
-from stpp.services.quality import dataset_quality
+from stpp.selftrain.probability_signals import image_signals, teacher_signals
+from stpp.selftrain.ranking_study import SIGNALS
+from stpp.services.quality import dataset_quality, run_ranking_study
 from stpp.services.review import latest_decisions, reviewed_inputs
 from stpp.services.run_copy import import_run_copy
 from stpp.store import StoreError, create_project, import_folder_dataset, open_store
+from stpp.store.images import image_paths_by_name
+from stpp.store.projects import get_project
 from stpp.store.ranking import ranks_by_name
 from stpp.store.trial import rolled_back
 from ui.services import Services, Settings
+from ui.tabs.phases import study_frames
 from ui.tabs.review import status_text
 
 FAST = {"optim.epochs": 3, "optim.student_epochs": 1, "pseudo.tta": False}
@@ -134,6 +152,37 @@ def test_dataset_quality_follows_the_decisions(paused, synthetic_dataset: Path):
     assert latest_decisions(store, "synth") == {}
 
 
+def test_the_lowest_confidence_order_follows_the_final_teachers_probabilities(paused):
+    store, run = paused
+    layout = RunLayout(store.path(run.run_dir))
+    layout.teacher_signals_path.unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="no teacher confidence"):
+        review_order(store, run.id, "lowest-confidence")
+    assert list(run_ranking_study(store, run.id).signals) == ["stability", "pixel_agreement"]
+    teacher_signals_of(store, run.id, "cpu")
+    # The store's ranking study (the Phases tab's) now studies them too.
+    assert list(run_ranking_study(store, run.id).signals) == list(SIGNALS)
+    table, _, note = study_frames(Services(store=store, settings=Settings(workspace=store.workspace)), run.id)
+    assert list(table.iloc[:, 0])[:4] == list(SIGNALS) and "*tta_agreement*" in note
+    signals = read_teacher_signals(layout)
+    order = review_order(store, run.id, "lowest-confidence")
+    assert sorted(order) == sorted(ranks_by_name(store, run.id)) == sorted(signals)
+    confidences = [signals[name]["confidence"] for name in order]
+    assert confidences == sorted(confidences) and len(set(confidences)) > 1
+
+    # The file holds what one image's pass gives, and a second call computes nothing.
+    files = image_paths_by_name(store, get_project(store, run.project_id))
+    paths = {name: store.path(files[name]) for name in order}
+    predictor = Predictor(load_model(layout.teacher_checkpoint(3)))
+    image = to_eval_tensor(read_image(paths[order[0]])).unsqueeze(0)
+    expected = image_signals(predictor, image, run.cfg)
+    assert signals[order[0]] == {name: pytest.approx(value, abs=1e-6) for name, value in expected.items()}
+    computed = []
+    assert teacher_signals(layout, run.cfg, paths, torch.device("cpu"), on_image=lambda *a: computed.append(a)) \
+        == signals
+    assert computed == []
+
+
 def test_the_benchmark_command_writes_the_grid_and_the_plot(paused, tmp_path: Path, capsys):
     store, run = paused
     results = tmp_path / "review.json"
@@ -142,7 +191,7 @@ def test_the_benchmark_command_writes_the_grid_and_the_plot(paused, tmp_path: Pa
     report = json.loads(results.read_text())
     assert report["run"]["id"] == run.id and report["automatic"]["kept"] == 16
     cells = {(row["order"], row["corrections"], row["budget"]): row for row in report["grid"]}
-    assert set(cells) == {(order, m, budget) for order in ("least-stable", "most-stable", "random")
+    assert set(cells) == {(order, m, budget) for order in ("least-stable", "most-stable", "lowest-confidence", "random")
                           for m in (0, 2) for budget in (3, 6, 16)}
     for (order, m, budget), row in cells.items():
         assert row["accepted"] + row["rejected"] + row["corrected"] == budget

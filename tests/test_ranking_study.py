@@ -69,6 +69,26 @@ def test_image_evidence_reads_the_signals_from_the_checkpoint_masks():
     assert found.miou == 1.0
 
 
+def test_the_probability_signals_are_studied_only_where_every_image_has_them():
+    masks = {"stability", "pixel_agreement"}
+    images = [ImageEvidence(e.image_id, e.confusion, {k: v for k, v in e.signals.items() if k in masks})
+              for e in (evidence(f"img{i}", w, stability=-w) for i, w in enumerate(range(0, 30, 5)))]
+    assert list(ranking_study(images, ratio=0.5).signals) == ["stability", "pixel_agreement"]
+    # One image with a confidence is not enough: a signal half the images lack sorts nothing.
+    images[0] = ImageEvidence(images[0].image_id, images[0].confusion, {**images[0].signals, "confidence": 0.9})
+    assert "confidence" not in ranking_study(images, ratio=0.5).signals
+    reference = np.zeros((4, 4), dtype=np.uint8)
+    found = image_evidence("x", reference, reference, [reference, reference], NUM_CLASSES, 255,
+                           {"confidence": 0.7, "tta_agreement": 0.9})
+    assert found.signals["confidence"] == 0.7 and found.signals["tta_agreement"] == 0.9
+    complete = [evidence(f"img{i}", w, confidence=1 - w / 100, tta_agreement=w / 100)
+                for i, w in enumerate(range(0, 30, 5))]
+    study = ranking_study(complete, ratio=0.5)
+    assert list(study.signals) == list(SIGNALS)
+    assert study.signals["confidence"].share_of_perfect == 1.0
+    assert study.signals["tta_agreement"].share_of_perfect == pytest.approx(-1.0)
+
+
 def test_a_study_needs_two_images_and_a_ratio_within_0_and_1():
     with pytest.raises(ValueError, match="at least two images"):
         ranking_study([evidence("a", 0)], ratio=0.5)

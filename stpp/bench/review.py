@@ -10,7 +10,8 @@ the store (``bench-<dataset>-<split>``), that ground truth becomes ``reference``
 never reads. The benchmark starts from that project's ST++ run paused after the ranking (launched
 with review, as the app's Train tab does, when there is none yet; ``--run`` names one). A simulated
 reviewer then goes through the run's unlabelled images in an **order** (``least-stable`` first,
-``most-stable`` first, or ``random``, seeded) and decides on the first N of them (the **budget**):
+``most-stable`` first, ``lowest-confidence`` first, or ``random``, seeded) and decides on the first N
+of them (the **budget**):
 
 - it accepts the pseudo mask the Review tab shows when its mIoU against the reference is at least
   ``--threshold``, else rejects the image;
@@ -25,8 +26,9 @@ run stays paused with no decision recorded, and the benchmark can be run again.
 The outcome is the *dataset quality* at each budget (no training): the pooled mIoU and per-class IoU of
 what an export of the run would write for the unlabelled images, against their references
 (:func:`stpp.services.quality.dataset_quality`), and how many images it keeps. Budget 0 is the run's
-automatic result (every pseudo mask kept). No "lowest confidence first" order: a run keeps no
-per-image confidence (its labelling pass argmaxes the probabilities and stores only the masks).
+automatic result (every pseudo mask kept). A run keeps no probabilities (its labelling pass stores
+argmax masks), so the lowest-confidence order first runs the final teacher once over the ranked images
+(:mod:`stpp.selftrain.probability_signals`; kept in the run folder's ``teacher_signals.csv``).
 
 With ``--students ORDERS`` it also measures the *model quality*: the ranked run is forked once with
 no review (``automatic``) and once per order at ``--student-budget`` with ``--student-corrections``,
@@ -50,6 +52,7 @@ import numpy as np
 
 from stpp.core.masks import atomic_save, read_mask
 from stpp.core.metrics import mask_miou
+from stpp.core.teacher_signals import read_teacher_signals
 from stpp.jobs import JobRunner
 from stpp.services.quality import DatasetQuality, dataset_quality
 from stpp.services.review import pauses_reached, record_decision
@@ -63,14 +66,14 @@ from stpp.store import (
     load_classes,
     open_store,
 )
-from stpp.store.images import image_ids_by_name
+from stpp.store.images import image_ids_by_name, image_paths_by_name
 from stpp.store.projects import Project, get_project
 from stpp.store.ranking import ranked_references, ranks_by_name
 from stpp.store.reviews import Decision
 from stpp.store.runs import Run, current_pseudo_masks, get_run, list_runs, run_layout
 from stpp.store.trial import rolled_back
 
-ORDERS = ("least-stable", "most-stable", "random")
+ORDERS = ("least-stable", "most-stable", "lowest-confidence", "random")
 """The orders the simulated reviewer can go through the images in."""
 AUTOMATIC = "automatic"
 """The student variant with no review: the ranked run continued as it is."""
@@ -97,6 +100,8 @@ def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[s
 
     Raises:
         ValueError: an unknown order.
+        StoreError: the lowest-confidence order on a run whose teacher signals were not computed
+            (:func:`teacher_signals_of`).
     """
     by_rank = sorted(ranks_by_name(store, run_id).items(), key=lambda item: (item[1], item[0]))
     names = [name for name, _ in by_rank]
@@ -104,9 +109,30 @@ def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[s
         return names
     if order == "least-stable":
         return names[::-1]
+    if order == "lowest-confidence":
+        signals = read_teacher_signals(run_layout(store, get_run(store, run_id)))
+        if any(name not in signals for name in names):
+            raise StoreError(f"run {run_id} has no teacher confidence of every ranked image; compute it first")
+        return sorted(names, key=lambda name: (signals[name]["confidence"], name))
     if order == "random":
         return [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     raise ValueError(f"unknown order {order!r}; choose from: {', '.join(ORDERS)}")
+
+
+def teacher_signals_of(store: Store, run_id: int, device: str) -> None:
+    """Compute the final teacher's probability signals of the run's ranked images where its run folder
+    lacks them (one pass of the teacher; torch is imported here, the grid needs none)."""
+    from tqdm import tqdm
+
+    from stpp.engine.device import resolve_device
+    from stpp.selftrain.probability_signals import teacher_signals
+
+    run = get_run(store, run_id)
+    paths = image_paths_by_name(store, get_project(store, run.project_id))
+    ranked = {name: store.path(paths[name]) for name in ranks_by_name(store, run.id)}
+    with tqdm(total=len(ranked), desc=f"teacher confidence of run {run.id}", unit="image") as bar:
+        teacher_signals(run_layout(store, run), run.cfg, ranked, resolve_device(device),
+                        on_image=lambda done, total: bar.update(1))
 
 
 def simulate_review(store: Store, run_id: int, names: Sequence[str], rule: Rule,
@@ -283,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             check_ranked(store, args.run)
             run = get_run(store, args.run)
             project = get_project(store, run.project_id)
+        if "lowest-confidence" in orders + student_orders:
+            teacher_signals_of(store, run.id, args.device)
         measured = measure_grid(store, run.id, orders, budgets, corrections, args.threshold, args.seed,
                                 on_point=_show_point)
-        not_measured = {"lowest-confidence order": "a run keeps no per-image confidence"}
+        not_measured = {}
         if args.students is None:
             not_measured["model quality"] = "students trained after the review: not run (see --students)"
         else:

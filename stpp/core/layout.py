@@ -40,6 +40,11 @@ class RunLayout:
         return self.root / "scores.csv"
 
     @property
+    def teacher_signals_path(self) -> Path:
+        """The final teacher's per-image probability signals (see :mod:`stpp.core.teacher_signals`)."""
+        return self.root / "teacher_signals.csv"
+
+    @property
     def metrics_path(self) -> Path:
         return self.root / "metrics.json"
 

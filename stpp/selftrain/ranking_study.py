@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -35,8 +35,12 @@ from stpp.selftrain.stability import stability_score
 SIGNALS = {
     "stability": "Eq. 4: mean mIoU of each earlier checkpoint's mask with the last one's (the run's ranking)",
     "pixel_agreement": "mean share of pixels where each earlier checkpoint's mask agrees with the last one's",
+    "confidence": "mean top softmax probability the final teacher's labels are taken from",
+    "tta_agreement": "mean share of pixels where each TTA view's argmax is the views' consensus",
 }
-"""The ranking signals computed from what an ST++ run keeps (its K checkpoint masks), with what each is."""
+"""The ranking signals with what each is. The first two come from what an ST++ run keeps (its K
+checkpoint masks); the last two from the final teacher's probabilities, which take one more pass
+(:mod:`stpp.selftrain.teacher_signals`): a study measures them where its images have them."""
 DEFAULT_RANDOM_DRAWS = 20
 
 
@@ -47,7 +51,7 @@ class ImageEvidence:
     Attributes:
         image_id: the image.
         confusion: its teacher pseudo mask against its reference (rows: reference), C x C.
-        signals: the value of each of :data:`SIGNALS` (higher: ranked as more reliable).
+        signals: the value of each of :data:`SIGNALS` it has (higher: ranked as more reliable).
     """
 
     image_id: str
@@ -62,16 +66,17 @@ class ImageEvidence:
 
 
 def image_evidence(image_id: str, reference: np.ndarray, pseudo: np.ndarray, checkpoint_masks: Sequence[np.ndarray],
-                   num_classes: int, ignore_index: int) -> ImageEvidence:
-    """The evidence of one image from its reference, its teacher pseudo mask and its K checkpoint masks
-    (checkpoint order, the last one last)."""
+                   num_classes: int, ignore_index: int,
+                   probability_signals: Mapping[str, float] | None = None) -> ImageEvidence:
+    """The evidence of one image from its reference, its teacher pseudo mask, its K checkpoint masks
+    (checkpoint order, the last one last) and, where computed, its probability signals."""
     final = np.asarray(checkpoint_masks[-1])
     agreements = []
     for mask in checkpoint_masks[:-1]:
         counted = (np.asarray(mask) != ignore_index) & (final != ignore_index)
         agreements.append(float((np.asarray(mask) == final)[counted].mean()) if counted.any() else 0.0)
     signals = {"stability": stability_score(checkpoint_masks, num_classes)[0],
-               "pixel_agreement": float(np.mean(agreements))}
+               "pixel_agreement": float(np.mean(agreements)), **(probability_signals or {})}
     return ImageEvidence(image_id, confusion_matrix(reference, pseudo, num_classes, ignore_index), signals)
 
 
@@ -130,7 +135,7 @@ class RankingStudy:
         reliable: the size of the reliable half, ``floor(images x R)``.
         perfect: the split by the images' own pseudo-mask mIoU (the largest mean per-image gap).
         random: the seeded random splits.
-        signals: one entry per signal of :data:`SIGNALS`, in that order.
+        signals: one entry per signal of :data:`SIGNALS` that every image has, in that order.
     """
 
     images: int
@@ -180,7 +185,7 @@ def ranking_study(evidence: Sequence[ImageEvidence], ratio: float, random_draws:
         random.Random(seed + draw).shuffle(order)
         draws.append(_split("random", order, cut))
     signals = {}
-    for name in SIGNALS:
+    for name in (name for name in SIGNALS if all(name in image.signals for image in images)):
         values = [image.signals[name] for image in images]
         split = _split(name, _ordered(images, values), cut)
         share = split.gap / perfect.gap if split.gap is not None and perfect.gap else None

@@ -22,6 +22,7 @@ import numpy as np
 from stpp.core.masks import read_mask
 from stpp.core.method import stage_order
 from stpp.core.metrics import class_iou, confusion_matrix, mean_iou, percent
+from stpp.core.teacher_signals import read_teacher_signals
 from stpp.selftrain.ranking_study import (
     DEFAULT_RANDOM_DRAWS,
     ImageEvidence,
@@ -161,11 +162,13 @@ def dataset_quality(store: Store, run_id: int, *, stage: str | None = None,
 def run_ranking_study(store: Store, run_id: int, random_draws: int = DEFAULT_RANDOM_DRAWS) -> RankingStudy | None:
     """The ranking study (:mod:`stpp.selftrain.ranking_study`) of the run's ranked images that have a
     reference mask, a teacher pseudo mask and their K checkpoint masks in the run folder, at the run's
-    reliable ratio; None when fewer than two images have all of them."""
+    reliable ratio; None when fewer than two images have all of them. The probability signals are
+    studied when the run folder keeps them for every such image (:mod:`stpp.core.teacher_signals`)."""
     run = get_run(store, run_id)
     classes = get_project(store, run.project_id).classes
     teacher = pseudo_masks_by_stage(store, run.id).get("teacher", {})
     layout = run_layout(store, run)
+    probability_signals = read_teacher_signals(layout)
     evidence = []
     for ref in ranked_references(store, run.id):
         if not ref.path or ref.image_id not in teacher:
@@ -175,8 +178,9 @@ def run_ranking_study(store: Store, run_id: int, random_draws: int = DEFAULT_RAN
         if not all(path.exists() for path in checkpoints):
             continue
         files = (store.path(ref.path), store.path(teacher[ref.image_id]), *checkpoints)
+        signals = tuple(probability_signals.get(ref.name, {}).items())
         evidence.append(_evidence(ref.name, tuple(map(str, files)), tuple(map(_stamp, files)), classes.num_classes,
-                                  classes.ignore_index))
+                                  classes.ignore_index, signals))
     if len(evidence) < 2:
         return None
     return ranking_study(evidence, run.cfg.selftrain.reliable_ratio, random_draws, seed=run.cfg.seed)
@@ -184,10 +188,10 @@ def run_ranking_study(store: Store, run_id: int, random_draws: int = DEFAULT_RAN
 
 @functools.lru_cache(maxsize=16384)
 def _evidence(name: str, files: tuple[str, ...], stamps: tuple[tuple[int, int], ...], num_classes: int,
-              ignore_index: int) -> ImageEvidence:
+              ignore_index: int, probability_signals: tuple[tuple[str, float], ...]) -> ImageEvidence:
     """One image's evidence, kept while none of its files changes (the Phases tab redraws on every event)."""
     reference, pseudo, *checkpoints = (read_mask(Path(f)) for f in files)
-    return image_evidence(name, reference, pseudo, checkpoints, num_classes, ignore_index)
+    return image_evidence(name, reference, pseudo, checkpoints, num_classes, ignore_index, dict(probability_signals))
 
 
 def _stamp(path: Path) -> tuple[int, int]:

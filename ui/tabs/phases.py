@@ -119,7 +119,7 @@ def study_frames(services: Services, run_id: int | None) -> tuple[pd.DataFrame, 
     split, perfect = study.signals["stability"].split, study.perfect
     trade = [[name, *map(figure_text, values)] for name, *values in zip(
         names, split.reliable.iou, split.unreliable.iou, perfect.reliable.iou, perfect.unreliable.iou)]
-    signals = "; ".join(f"*{name}*: {what}" for name, what in SIGNALS.items())
+    signals = "; ".join(f"*{name}*: {SIGNALS[name]}" for name in study.signals)
     note = (f"{study.images} ranked images with reference masks; reliable: the top {study.reliable} (R = "
             f"{study.ratio:g}) of each ranking. {signals}; *perfect*: by each image's own pseudo-mask mIoU against its "
             f"reference (no ranking separates the mean image mIoU further); *random*: mean ± std over "
