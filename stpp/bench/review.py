@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-run", type=Path, default=None, metavar="RUN_DIR",
                         help="a headless run folder ranked with --until ranking on --data: imported as a run "
                              "of the benchmark project and measured")
-    parser.add_argument("--orders", default=",".join(ORDERS))
+    parser.add_argument("--orders", default=",".join(ORDERS),
+                        help="review orders (default: all); lowest-confidence first runs the final teacher over the "
+                             "ranked images once, with every TTA view (about 30 min on CamVid, 2 CPU cores)")
     parser.add_argument("--budgets", default="10,25,50,100")
     parser.add_argument("--threshold", type=float, default=0.6)
     parser.add_argument("--corrections", default="0,10", help="M values: corrections per sequence")
