@@ -187,18 +187,23 @@ def test_the_benchmark_command_writes_the_grid_and_the_plot(paused, tmp_path: Pa
     store, run = paused
     results = tmp_path / "review.json"
     assert main(["--workspace", str(store.workspace), "--run", str(run.id), "--budgets", "3,6,40",
-                 "--corrections", "0,2", "--results", str(results)]) == 0
+                 "--corrections", "0,2", "--seed", "5", "--random-draws", "3", "--results", str(results)]) == 0
     report = json.loads(results.read_text())
     assert report["run"]["id"] == run.id and report["automatic"]["kept"] == 16
-    cells = {(row["order"], row["corrections"], row["budget"]): row for row in report["grid"]}
-    assert set(cells) == {(order, m, budget) for order in ("least-stable", "most-stable", "lowest-confidence", "random")
-                          for m in (0, 2) for budget in (3, 6, 16)}
-    for (order, m, budget), row in cells.items():
+    rows = {(row["order"], row["seed"], row["corrections"], row["budget"]): row for row in report["grid"]}
+    orders = [("least-stable", None), ("most-stable", None), ("lowest-confidence", None),
+              ("random", 5), ("random", 6), ("random", 7)]
+    assert set(rows) == {(order, seed, m, budget) for order, seed in orders for m in (0, 2) for budget in (3, 6, 16)}
+    for (order, seed, m, budget), row in rows.items():
         assert row["accepted"] + row["rejected"] + row["corrected"] == budget
         assert row["corrected"] <= m and row["kept"] == 16 - row["rejected"]
-    assert cells[("least-stable", 0, 16)]["kept"] == cells[("random", 0, 16)]["kept"]
+    assert rows[("least-stable", None, 0, 16)]["kept"] == rows[("random", 5, 0, 16)]["kept"]
+    # The table gives the random draws' mean and spread.
+    random_at_6 = [rows[("random", seed, 0, 6)]["miou"] for seed in (5, 6, 7)]
+    out = capsys.readouterr().out
+    assert "| least-stable | 2 |" in out and "| random (3 draws: mean ± std) | 0 |" in out
+    assert f"| {np.mean(random_at_6):.2f} ± {np.std(random_at_6):.2f} (" in out
     assert results.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| least-stable | 2 |" in capsys.readouterr().out
     assert latest_decisions(store, "synth") == {}
 
 

@@ -2,7 +2,7 @@
 
 ``python -m stpp.bench review (--data ROOT --split 1_8 [--preset camvid-cpu] [--import-run RUN_DIR] | --run ID)
 [--workspace DIR] [--orders ...] [--budgets 10,25,50,100] [--threshold 0.6] [--corrections 0,10]
-[--seed 0] [--students ORDERS [--student-budget 50] [--student-corrections 10] [--student-until PAUSE]]
+[--seed 0] [--random-draws 10] [--students ORDERS [--student-budget 50] [--student-corrections 10] [--student-until PAUSE]]
 [--results FILE] [--plot FILE]``
 
 The data is a folder dataset whose unlabelled images have ground truth; imported into a project of
@@ -10,8 +10,8 @@ the store (``bench-<dataset>-<split>``), that ground truth becomes ``reference``
 never reads. The benchmark starts from that project's ST++ run paused after the ranking (launched
 with review, as the app's Train tab does, when there is none yet; ``--run`` names one). A simulated
 reviewer then goes through the run's unlabelled images in an **order** (``least-stable`` first,
-``most-stable`` first, ``lowest-confidence`` first, or ``random``, seeded) and decides on the first N
-of them (the **budget**):
+``most-stable`` first, ``lowest-confidence`` first, or ``random``, drawn ``--random-draws`` times from
+consecutive seeds and reported as mean ± std) and decides on the first N of them (the **budget**):
 
 - it accepts the pseudo mask the Review tab shows when its mIoU against the reference is at least
   ``--threshold``, else rejects the image;
@@ -80,6 +80,8 @@ AUTOMATIC = "automatic"
 SIMULATED_USER = "simulated-reviewer"
 """The user recorded with the simulated reviewer's decisions."""
 DEFAULT_WORKSPACE = Path("benchmarks/runs/review-ws")
+DEFAULT_RANDOM_DRAWS = 10
+"""Random orders the grid draws by default: a sequence is seconds, and one draw leaves the spread unknown."""
 
 
 @dataclass(frozen=True)
@@ -168,33 +170,67 @@ def simulate_review(store: Store, run_id: int, names: Sequence[str], rule: Rule,
 
 
 def measure_grid(store: Store, run_id: int, orders: Sequence[str], budgets: Sequence[int],
-                 corrections: Sequence[int], threshold: float, seed: int = 0,
+                 corrections: Sequence[int], threshold: float, seed: int = 0, random_draws: int = 1,
                  on_point: Callable[[dict], None] | None = None) -> dict:
-    """Dataset quality for every (order, corrections, budget), each sequence rolled back afterwards.
+    """Dataset quality for every (order, corrections, budget), each sequence rolled back afterwards. The
+    random order is drawn ``random_draws`` times, seeded ``seed``, ``seed + 1``, ...
 
     Returns:
-        ``{"automatic": row, "grid": [row, ...]}``; a row holds the order, corrections, budget,
-        decisions made, images kept, their sources, mIoU and per-class IoU.
+        ``{"automatic": row, "grid": [row, ...]}``; a row holds the order, its seed (None but for the
+        random order), corrections, budget, decisions made, images kept, their sources, mIoU and
+        per-class IoU.
     """
     names = get_project(store, get_run(store, run_id).project_id).classes.names
     automatic = _row(dataset_quality(store, run_id), names, {"budget": 0})
     grid = []
     for order in orders:
-        sequence = review_order(store, run_id, order, seed)
-        for m in corrections:
-            wanted = sorted({min(b, len(sequence)) for b in budgets})
-            counts = {"accepted": 0, "rejected": 0, "corrected": 0}
-            with rolled_back(store):
-                decisions = simulate_review(store, run_id, sequence[:wanted[-1]], Rule(threshold, m))
-                for decided, decision in enumerate(decisions, 1):
-                    counts[decision.decision] += 1
-                    if decided in wanted:
-                        row = _row(dataset_quality(store, run_id), names,
-                                   {"order": order, "corrections": m, "budget": decided, **counts})
-                        grid.append(row)
-                        if on_point is not None:
-                            on_point(row)
+        for order_seed in range(seed, seed + random_draws) if order == "random" else [None]:
+            sequence = review_order(store, run_id, order, seed if order_seed is None else order_seed)
+            for m in corrections:
+                wanted = sorted({min(b, len(sequence)) for b in budgets})
+                counts = {"accepted": 0, "rejected": 0, "corrected": 0}
+                with rolled_back(store):
+                    decisions = simulate_review(store, run_id, sequence[:wanted[-1]], Rule(threshold, m))
+                    for decided, decision in enumerate(decisions, 1):
+                        counts[decision.decision] += 1
+                        if decided in wanted:
+                            row = _row(dataset_quality(store, run_id), names, {
+                                "order": order, "seed": order_seed, "corrections": m, "budget": decided, **counts})
+                            grid.append(row)
+                            if on_point is not None:
+                                on_point(row)
     return {"automatic": automatic, "grid": grid}
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One (order, corrections, budget) of the grid over its draws: one for every order but random.
+
+    Attributes:
+        miou: mean dataset mIoU over the draws (None where no draw kept an image).
+        miou_std: its standard deviation over the draws (0 for one draw).
+        kept: mean number of images kept.
+        draws: how many sequences it summarises.
+    """
+
+    miou: float | None
+    miou_std: float
+    kept: float
+    draws: int
+
+
+def grid_cells(grid: Sequence[dict]) -> dict[tuple[str, int, int], GridCell]:
+    """The grid's rows by (order, corrections, budget), the random order's draws summarised as mean and std."""
+    groups: dict[tuple[str, int, int], list[dict]] = {}
+    for row in grid:
+        groups.setdefault((row["order"], row["corrections"], row["budget"]), []).append(row)
+    cells = {}
+    for key, rows in groups.items():
+        mious = [row["miou"] for row in rows if row["miou"] is not None]
+        cells[key] = GridCell(miou=float(np.mean(mious)) if mious else None,
+                              miou_std=float(np.std(mious)) if mious else 0.0,
+                              kept=float(np.mean([row["kept"] for row in rows])), draws=len(rows))
+    return cells
 
 
 def _row(quality: DatasetQuality, class_names: Sequence[str], head: dict) -> dict:
@@ -271,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="10,25,50,100")
     parser.add_argument("--threshold", type=float, default=0.6)
     parser.add_argument("--corrections", default="0,10", help="M values: corrections per sequence")
-    parser.add_argument("--seed", type=int, default=0, help="the random order's seed")
+    parser.add_argument("--seed", type=int, default=0, help="the random order's first seed")
+    parser.add_argument("--random-draws", type=int, default=DEFAULT_RANDOM_DRAWS,
+                        help="random orders drawn for the grid, seeded --seed, --seed + 1, ... (default: "
+                             f"{DEFAULT_RANDOM_DRAWS}; the students' random order uses --seed)")
     parser.add_argument("--results", type=Path, default=None,
                         help="JSON file (default: benchmarks/results/review-<project>-run<ID>.json)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG file (default: the results file's, .png)")
@@ -295,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     student_orders = [] if args.students is None else [o for o in args.students.split(",") if o != AUTOMATIC]
     if any(order not in ORDERS for order in student_orders):
         parser.error(f"--students takes some of: {AUTOMATIC} (always trained), {', '.join(ORDERS)}")
+    if args.random_draws < 1:
+        parser.error("--random-draws must be at least 1")
     budgets = [int(b) for b in args.budgets.split(",")]
     corrections = [int(m) for m in args.corrections.split(",")]
 
@@ -314,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         if "lowest-confidence" in orders + student_orders:
             teacher_signals_of(store, run.id, args.device)
         measured = measure_grid(store, run.id, orders, budgets, corrections, args.threshold, args.seed,
-                                on_point=_show_point)
+                                args.random_draws, on_point=_show_point)
         not_measured = {}
         if args.students is None:
             not_measured["model quality"] = "students trained after the review: not run (see --students)"
@@ -328,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "classes": list(project.classes.names),
             "threshold": args.threshold,
             "seed": args.seed,
+            "random_draws": args.random_draws,
             "orders": orders,
             "budgets": budgets,
             "corrections": corrections,
@@ -364,7 +406,8 @@ def _show_progress(run: Run) -> None:
 
 def _show_point(row: dict) -> None:
     miou = "n/a" if row["miou"] is None else f"{row['miou']:.2f}"
-    print(f"{row['order']}, M={row['corrections']}, {row['budget']} reviewed: {row['kept']} kept, mIoU {miou}",
+    order = row["order"] if row["seed"] is None else f"{row['order']} (seed {row['seed']})"
+    print(f"{order}, M={row['corrections']}, {row['budget']} reviewed: {row['kept']} kept, mIoU {miou}",
           file=sys.stderr, flush=True)
 
 
@@ -376,12 +419,15 @@ def to_markdown(report: dict) -> str:
     lines = [f"automatic (no review): mIoU {_fmt(auto['miou'])} over {auto['kept']} of {auto['images']} images",
              "", "| order | M | " + " | ".join(f"{b} reviewed: mIoU (kept)" for b in budgets) + " |",
              "|---|---|" + "---|" * len(budgets)]
+    cells = grid_cells(report["grid"])
     for order in report["orders"]:
         for m in report["corrections"]:
-            cells = {row["budget"]: row for row in report["grid"]
-                     if row["order"] == order and row["corrections"] == m}
-            lines.append(f"| {order} | {m} | " + " | ".join(
-                f"{_fmt(cells[b]['miou'])} ({cells[b]['kept']})" if b in cells else "" for b in budgets) + " |")
+            label = order
+            draws = {cell.draws for (o, c, _), cell in cells.items() if o == order and c == m}
+            if draws != {1}:
+                label += f" ({', '.join(map(str, sorted(draws)))} draws: mean ± std)"
+            lines.append(f"| {label} | {m} | " + " | ".join(
+                _cell_text(cells[(order, m, b)]) if (order, m, b) in cells else "" for b in budgets) + " |")
     if "model_quality" in report:
         lines += ["", *students_markdown(report["model_quality"])]
     return "\n".join(lines) + "\n"
@@ -407,6 +453,12 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _cell_text(cell: GridCell) -> str:
+    if cell.draws == 1:
+        return f"{_fmt(cell.miou)} ({cell.kept:.0f})"
+    return f"{_fmt(cell.miou)} ± {cell.miou_std:.2f} ({cell.kept:.0f})"
+
+
 def plot(report: dict, path: Path) -> None:
     """mIoU and images kept against images reviewed, one line per order, one column per M."""
     import matplotlib
@@ -417,13 +469,19 @@ def plot(report: dict, path: Path) -> None:
     corrections = report["corrections"]
     figure, axes = plt.subplots(2, len(corrections), figsize=(5 * len(corrections), 7), squeeze=False, sharex=True)
     auto = report["automatic"]
+    cells = grid_cells(report["grid"])
     for column, m in enumerate(corrections):
         for order in report["orders"]:
-            rows = sorted((r for r in report["grid"] if r["order"] == order and r["corrections"] == m),
-                          key=lambda r: r["budget"])
-            budgets = [0] + [r["budget"] for r in rows]
-            axes[0][column].plot(budgets, [auto["miou"]] + [r["miou"] for r in rows], marker="o", label=order)
-            axes[1][column].plot(budgets, [auto["kept"]] + [r["kept"] for r in rows], marker="o", label=order)
+            points = sorted((b, cell) for (o, c, b), cell in cells.items() if o == order and c == m)
+            budgets = [0] + [b for b, _ in points]
+            mious = np.array([auto["miou"]] + [cell.miou for _, cell in points], dtype=float)
+            spread = np.array([0.0] + [cell.miou_std for _, cell in points])
+            draws = max((cell.draws for _, cell in points), default=1)
+            label = order if draws == 1 else f"{order} (mean ± std of {draws})"
+            line, = axes[0][column].plot(budgets, mious, marker="o", label=label)
+            if spread.any():
+                axes[0][column].fill_between(budgets, mious - spread, mious + spread, color=line.get_color(), alpha=0.2)
+            axes[1][column].plot(budgets, [auto["kept"]] + [cell.kept for _, cell in points], marker="o", label=order)
         axes[0][column].set_title(f"accept at mIoU >= {report['threshold']:g}, else reject; "
                                   f"first {m} rejected corrected", fontsize=9)
         axes[0][column].set_ylabel("dataset mIoU vs reference (%)")
