@@ -274,8 +274,9 @@ def test_tick_from_several_processes_starts_one_run_per_slot(store, workspace: P
 
     class SleepingBackend(LocalBackend):
         def command(self, run_dir: Path, spec) -> list[str]:
-            # Looks like a worker of the run to worker_alive, but only sleeps.
-            return [sys.executable, "-c", "import time; time.sleep(60)", "worker", str(run_dir)]
+            # Looks like a worker of the run to worker_alive, but only sleeps: longer than the ticks can
+            # take on a loaded machine (the finally clause kills it).
+            return [sys.executable, "-c", "import time; time.sleep(600)", "worker", str(run_dir)]
 
     barrier = threading.Barrier(4)
     started: list[int] = []
