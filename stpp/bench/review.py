@@ -219,18 +219,24 @@ class GridCell:
     draws: int
 
 
-def grid_cells(grid: Sequence[dict]) -> dict[tuple[str, int, int], GridCell]:
-    """The grid's rows by (order, corrections, budget), the random order's draws summarised as mean and std."""
-    groups: dict[tuple[str, int, int], list[dict]] = {}
-    for row in grid:
-        groups.setdefault((row["order"], row["corrections"], row["budget"]), []).append(row)
-    cells = {}
-    for key, rows in groups.items():
-        mious = [row["miou"] for row in rows if row["miou"] is not None]
-        cells[key] = GridCell(miou=float(np.mean(mious)) if mious else None,
-                              miou_std=float(np.std(mious)) if mious else 0.0,
-                              kept=float(np.mean([row["kept"] for row in rows])), draws=len(rows))
+def grid_cells(grid: Sequence[dict]) -> dict[tuple[str, int], dict[int, GridCell]]:
+    """The grid's cells by (order, corrections), then by budget (ascending), the random order's draws
+    summarised as mean and std."""
+    groups: dict[tuple[str, int], dict[int, list[dict]]] = {}
+    for row in sorted(grid, key=lambda row: row["budget"]):
+        groups.setdefault((row["order"], row["corrections"]), {}).setdefault(row["budget"], []).append(row)
+    cells: dict[tuple[str, int], dict[int, GridCell]] = {}
+    for key, by_budget in groups.items():
+        for budget, rows in by_budget.items():
+            mious = [row["miou"] for row in rows if row["miou"] is not None]
+            cells.setdefault(key, {})[budget] = GridCell(
+                miou=float(np.mean(mious)) if mious else None, miou_std=float(np.std(mious)) if mious else 0.0,
+                kept=float(np.mean([row["kept"] for row in rows])), draws=len(rows))
     return cells
+
+
+def _draws(row_cells: dict[int, GridCell]) -> int:
+    return max((cell.draws for cell in row_cells.values()), default=1)
 
 
 def _row(quality: DatasetQuality, class_names: Sequence[str], head: dict) -> dict:
@@ -422,12 +428,11 @@ def to_markdown(report: dict) -> str:
     cells = grid_cells(report["grid"])
     for order in report["orders"]:
         for m in report["corrections"]:
-            label = order
-            draws = {cell.draws for (o, c, _), cell in cells.items() if o == order and c == m}
-            if draws != {1}:
-                label += f" ({', '.join(map(str, sorted(draws)))} draws: mean ± std)"
+            row_cells = cells.get((order, m), {})
+            draws = _draws(row_cells)
+            label = order if draws == 1 else f"{order} ({draws} draws: mean ± std)"
             lines.append(f"| {label} | {m} | " + " | ".join(
-                _cell_text(cells[(order, m, b)]) if (order, m, b) in cells else "" for b in budgets) + " |")
+                _cell_text(row_cells[b]) if b in row_cells else "" for b in budgets) + " |")
     if "model_quality" in report:
         lines += ["", *students_markdown(report["model_quality"])]
     return "\n".join(lines) + "\n"
@@ -472,16 +477,17 @@ def plot(report: dict, path: Path) -> None:
     cells = grid_cells(report["grid"])
     for column, m in enumerate(corrections):
         for order in report["orders"]:
-            points = sorted((b, cell) for (o, c, b), cell in cells.items() if o == order and c == m)
-            budgets = [0] + [b for b, _ in points]
-            mious = np.array([auto["miou"]] + [cell.miou for _, cell in points], dtype=float)
-            spread = np.array([0.0] + [cell.miou_std for _, cell in points])
-            draws = max((cell.draws for _, cell in points), default=1)
+            row_cells = cells.get((order, m), {})
+            points = list(row_cells.values())
+            budgets = [0] + list(row_cells)
+            mious = np.array([auto["miou"]] + [cell.miou for cell in points], dtype=float)
+            spread = np.array([0.0] + [cell.miou_std for cell in points])
+            draws = _draws(row_cells)
             label = order if draws == 1 else f"{order} (mean ± std of {draws})"
             line, = axes[0][column].plot(budgets, mious, marker="o", label=label)
             if spread.any():
                 axes[0][column].fill_between(budgets, mious - spread, mious + spread, color=line.get_color(), alpha=0.2)
-            axes[1][column].plot(budgets, [auto["kept"]] + [cell.kept for _, cell in points], marker="o", label=order)
+            axes[1][column].plot(budgets, [auto["kept"]] + [cell.kept for cell in points], marker="o", label=order)
         axes[0][column].set_title(f"accept at mIoU >= {report['threshold']:g}, else reject; "
                                   f"first {m} rejected corrected", fontsize=9)
         axes[0][column].set_ylabel("dataset mIoU vs reference (%)")
