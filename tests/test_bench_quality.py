@@ -120,3 +120,29 @@ def test_ceilings_train_on_the_ground_truth_of_the_unlabelled_images(camvid_slic
                                                               f"{image_id}.png").read_bytes()
     skipped = [json.loads(line) for line in (perfect / "events.jsonl").read_text().splitlines()]
     assert {e["stage"] for e in skipped if e["kind"] == "stage_skipped"} == {"teacher"}  # SupOnly's, reused
+
+
+def test_seeds_add_up_across_invocations_and_machines(camvid_slice: Path, tmp_path: Path):
+    """A seed trained earlier (its run folder gone, as on another machine) stays in the results file
+    while its config is what the benchmark would train now; a row of other settings is dropped."""
+    from stpp.bench.quality import main
+
+    results = tmp_path / "results.json"
+
+    def bench(seed: int, *extra: str) -> dict:
+        runs = tmp_path / f"runs-{seed}-{len(extra)}"
+        assert main(["--data", str(camvid_slice), "--split", "1_8", "--preset", "test", "--methods", "supervised",
+                     "--seeds", str(seed), "--set", "optim.epochs=3", "--set", "optim.batch_size=2", *extra,
+                     "--out", str(runs), "--results", str(results)]) == 0
+        shutil.rmtree(runs)  # a fresh machine has none of the earlier run folders
+        return json.loads(results.read_text())["methods"]["supervised"]
+
+    first = bench(0)
+    second = bench(1)
+    assert second["seeds"] == [0, 1] and second["per_seed"][0] == first["per_seed"][0]
+    assert second["miou"] == round((first["miou"] + second["per_seed"][1]["miou"]) / 2, 2)
+    assert {row["device"] for row in second["per_seed"]} == {first["per_seed"][0]["device"]}
+    assert "| supervised | " in (tmp_path / "results.md").read_text()
+    assert "| 0,1 |" in (tmp_path / "results.md").read_text()
+    other = bench(2, "--set", "augment.crop_size=40")  # another config: the rows of seeds 0 and 1 no longer hold
+    assert other["seeds"] == [2]

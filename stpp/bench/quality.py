@@ -9,7 +9,10 @@ killed ones resumed, so the benchmark can be run in pieces. ST and ST++ start fr
 SupOnly run's teacher checkpoints: with the same seed and config the teacher stage is the same
 training, so it is done once. Over several ``--seeds``, each method's val mIoU is reported as mean ± std
 and, paired, as its gain over SupOnly of the same seed (a seed moves a run by more than a point, so
-the paired gain is the figure to read).
+the paired gain is the figure to read). Seeds add up across invocations, machines included: the
+results file keeps every (method, seed) row it held whose config is still the one this invocation
+would train (same preset, ``--set`` values and defaults), so ``--seeds 1`` today and ``--seeds 2``
+tomorrow report both; each row names the machine it ran on.
 
 ``--ceilings`` adds what the split could reach, read against the gain: SupOnly trained with every
 unlabelled image's ground truth as a label (``supervised (all labels)``), and ST whose teacher is
@@ -34,6 +37,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -103,6 +107,9 @@ class RunResult:
     per_class: dict
     seconds: float
     stages: dict = field(default_factory=dict)
+    config_hash: str = ""
+    device: str = ""
+    date: str = ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,13 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     dataset_name = args.data.resolve().name
     tag = f"{dataset_name}-{args.split}-{args.preset}"
 
+    def config_for(variant: Variant, seed: int) -> StppConfig:
+        overrides = list(args.overrides) + list(variant.overrides) + [f"seed={seed}"]
+        return resolve_config(args.preset, variant.method, overrides, args.device, data.classes)
+
     dataset = FolderDataset.open(args.data)
     results: list[RunResult] = []
     for seed in seeds:
         teacher_source = None
         for variant in variants:
-            overrides = list(args.overrides) + list(variant.overrides) + [f"seed={seed}"]
-            cfg = resolve_config(args.preset, variant.method, overrides, args.device, data.classes)
+            cfg = config_for(variant, seed)
             run_data = all_labels(data, dataset) if variant.ceiling == "all-labels" else data
             # The config hash in the name keeps runs of other settings apart (each is reused only as itself).
             run_dir = args.out / tag / f"{_slug(variant.name)}-s{seed}-{cfg.config_hash()[:8]}"
@@ -154,12 +164,19 @@ def main(argv: list[str] | None = None) -> int:
                 write_perfect_teacher_labels(layout, data, dataset)
             print(f"== {variant.name} (seed {seed}) -> {run_dir}", file=sys.stderr, flush=True)
             run_headless(cfg, run_data, layout, device)
-            results.append(_collect(variant, seed, layout, cfg))
+            results.append(_collect(variant, seed, layout, cfg, _device_name(device)))
             if variant.method == "supervised" and not variant.overrides and variant.ceiling is None:
                 teacher_source = layout
 
-    report = _report(args, dataset, device, data, results)
     results_path = args.results or Path("benchmarks/results") / f"{tag}.json"
+    earlier = read_report(results_path, dataset_name, args.split, args.preset)
+    ran = {(r.variant.name, r.seed) for r in results}
+    kept = [r for r in earlier_results(earlier, lambda v, s: config_for(v, s).config_hash())
+            if (r.variant.name, r.seed) not in ran]
+    if kept:
+        print(f"kept from {results_path}: " + ", ".join(f"{r.variant.name} seed {r.seed}" for r in kept),
+              file=sys.stderr)
+    report = _report(args, dataset, device, data, results + kept, earlier)
     atomic_save(results_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     markdown = to_markdown(report)
     atomic_save(results_path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(markdown))
@@ -230,11 +247,42 @@ def _run_seconds(layout: RunLayout) -> float:
     return round(total, 1)
 
 
-def _collect(variant: Variant, seed: int, layout: RunLayout, cfg: StppConfig) -> RunResult:
+def _collect(variant: Variant, seed: int, layout: RunLayout, cfg: StppConfig, device: str) -> RunResult:
     metrics = json.loads(layout.metrics_path.read_text())
     final = metrics["stages"].get(stage_names(cfg)[-1]) or {}
     return RunResult(variant, seed, layout.root, final.get("miou"), final.get("per_class", {}),
-                     _run_seconds(layout), {s: (m or {}).get("miou") for s, m in metrics["stages"].items()})
+                     _run_seconds(layout), {s: (m or {}).get("miou") for s, m in metrics["stages"].items()},
+                     cfg.config_hash(), device, date.today().isoformat())
+
+
+def read_report(path: Path, dataset: str, split: str, preset: str) -> dict | None:
+    """The results file an earlier invocation wrote for this dataset, split and preset, or None (absent,
+    unreadable, or written for another benchmark)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (report.get("dataset"), report.get("split"), report.get("preset")) != (dataset, split, preset):
+        return None
+    return report
+
+
+def earlier_results(report: dict | None, config_hash: Callable[[Variant, int], str]) -> list[RunResult]:
+    """The per-seed rows of an earlier report whose config hash is still ``config_hash(variant, seed)``:
+    what was trained then is what this invocation would train now. Rows of other settings or older
+    defaults (and reports from before rows were kept per seed) are left out."""
+    kept = []
+    for name, row in (report or {}).get("methods", {}).items():
+        if "method" not in row:
+            continue
+        variant = Variant(name, row["method"], tuple(row.get("overrides", ())), row.get("ceiling"))
+        for seed_row in row.get("per_seed", ()):
+            if seed_row["config_hash"] != config_hash(variant, seed_row["seed"]):
+                continue
+            kept.append(RunResult(variant, seed_row["seed"], Path(seed_row["run"]), seed_row["miou"],
+                                  seed_row["per_class"], seed_row["seconds"], seed_row["stages"],
+                                  seed_row["config_hash"], seed_row["device"], seed_row["date"]))
+    return kept
 
 
 def pseudo_quality(layout: RunLayout, dataset: FolderDataset) -> dict | None:
@@ -256,16 +304,20 @@ def pseudo_quality(layout: RunLayout, dataset: FolderDataset) -> dict | None:
         "boosted_miou": round(100 * boosted.miou(), 2) if int(boosted.matrix.sum()) else None,
         "spearman": None if run_split.spearman is None else round(run_split.spearman, 3),
         "images": study.images,
+        "seed": cfg.seed,
         "ranking_study": study_json(study, cfg.data.class_names),
     }
 
 
-def _report(args, dataset: FolderDataset, device: torch.device, data, results: list[RunResult]) -> dict:
+def _report(args, dataset: FolderDataset, device: torch.device, data, results: list[RunResult],
+            earlier: dict | None) -> dict:
     methods: dict[str, dict] = {}
     for variant in {r.variant.name: r.variant for r in results}.values():
-        rows = [r for r in results if r.variant.name == variant.name]
+        rows = sorted((r for r in results if r.variant.name == variant.name), key=lambda r: r.seed)
         mious = [r.miou for r in rows if r.miou is not None]
         methods[variant.name] = {
+            "method": variant.method,
+            "ceiling": variant.ceiling,
             "miou": round(float(np.mean(mious)), 2) if mious else None,
             "miou_std": round(float(np.std(mious)), 2) if len(mious) > 1 else None,
             "miou_range": [min(mious), max(mious)] if len(mious) > 1 else None,
@@ -276,9 +328,20 @@ def _report(args, dataset: FolderDataset, device: torch.device, data, results: l
             "seeds": [r.seed for r in rows],
             "overrides": list(variant.overrides),
             "runs": [str(r.run_dir) for r in rows],
+            "per_seed": [{"seed": r.seed, "miou": r.miou, "per_class": r.per_class, "stages": r.stages,
+                          "seconds": r.seconds, "run": str(r.run_dir), "config_hash": r.config_hash,
+                          "device": r.device, "date": r.date} for r in rows],
         }
-    stpp_runs = [r for r in results if r.variant.name == "st++"]
-    quality = pseudo_quality(RunLayout(stpp_runs[0].run_dir), dataset) if stpp_runs else None
+    # Pseudo-mask quality reads the run's masks, so it comes from the lowest seed of ST++ there is: the
+    # earlier report's figures while their seed is a kept row, else a run on this machine.
+    quality = (earlier or {}).get("pseudo_quality") or {}
+    kept_seed = quality.get("seed") if quality.get("seed") in methods.get("st++", {}).get("seeds", []) else None
+    local_stpp = sorted((r for r in results if r.variant.name == "st++" and RunLayout(r.run_dir).metrics_path.exists()),
+                        key=lambda r: r.seed)
+    if local_stpp and (kept_seed is None or local_stpp[0].seed <= kept_seed):
+        quality = pseudo_quality(RunLayout(local_stpp[0].run_dir), dataset)
+    elif kept_seed is None:
+        quality = None
     cfg_hash = resolve_config(args.preset, "st++", args.overrides, args.device, data.classes).config_hash()
     return {
         "dataset": args.data.resolve().name,
@@ -287,6 +350,7 @@ def _report(args, dataset: FolderDataset, device: torch.device, data, results: l
         "overrides": args.overrides,
         "config_hash": cfg_hash,
         "device": _device_name(device),
+        "devices": sorted({r.device for r in results if r.device}),
         "date": date.today().isoformat(),
         "labeled": len(data.labeled),
         "unlabeled": len(data.unlabeled),
@@ -335,7 +399,8 @@ def _device_name(device: torch.device) -> str:
 
 def to_markdown(report: dict) -> str:
     """The results as Markdown tables (methods, then pseudo-mask quality)."""
-    lines = [f"{report['dataset']} {report['split']}, preset `{report['preset']}`, {report['device']}, {report['date']}",
+    devices = "; ".join(report.get("devices") or [report["device"]])
+    lines = [f"{report['dataset']} {report['split']}, preset `{report['preset']}`, {devices}, {report['date']}",
              "", "| method | val mIoU (mean ± std over seeds) | gain over SupOnly, same seed | seeds | wall time |",
              "|---|---|---|---|---|"]
     for name, row in report["methods"].items():
