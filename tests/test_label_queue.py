@@ -14,6 +14,7 @@ from helpers import run_stpp
 from PIL import Image
 
 from stpp.core.classes import parse_labelmap
+from stpp.core.label_order import LOWEST_CONFIDENCE
 from stpp.core.layout import RunLayout
 from stpp.core.masks import read_mask
 from stpp.jobs import JobRunner
@@ -148,6 +149,45 @@ def test_label_task_round_trip_gives_the_next_run_ground_truth(workspace: Path, 
         assert set(train_set) == {f"labeled_{i:03d}" for i in range(8)} | set(names)
 
 
+def test_lowest_confidence_order_runs_the_final_teacher_once(workspace: Path, synthetic_dataset: Path,
+                                                              tmp_path: Path):
+    """The lowest-confidence order needs the final teacher's signals: refused without them, computed by
+    ``label-next`` where they lack (with the run's default TTA), kept, and the task follows them."""
+    with open_store(workspace) as store:
+        project = create_project(store, "synth", CLASSES)
+        assert not import_folder_dataset(store, project, synthetic_dataset).failed
+        runner = JobRunner(store, start_grace_s=300)
+        launched = runner.launch("synth", "st++", "test", {"optim.epochs": 3}, "cpu", review=True)
+        run = runner.wait(launched.id, 420, statuses=("awaiting_review", "done", "failed", "cancelled"))
+        assert run.status == "awaiting_review", run.error
+        assert run.cfg.pseudo.tta  # the preset's default
+        with pytest.raises(StoreError, match=f"project teacher-signals {run.id}"):
+            label_queue(store, run.id, order=LOWEST_CONFIDENCE)
+
+        task_zip = tmp_path / "task.zip"
+        result = run_stpp("project", "label-next", run.id, "--count", "3", "--order", "lowest-confidence",
+                          "--out", task_zip, "--workspace", workspace)
+        assert "3 images to label, lowest teacher confidence first" in result.stdout
+        signals_csv = RunLayout(store.path(run.run_dir)).teacher_signals_path
+        with signals_csv.open(newline="") as handle:
+            confidence = {row["id"]: float(row["confidence"]) for row in csv.DictReader(handle)}
+        ranked = [name for name, in store.db.execute("SELECT i.name FROM scores s JOIN images i ON "
+                                                     "i.id = s.image_id WHERE s.run_id = ?", [run.id])]
+        assert sorted(confidence) == sorted(ranked) and all(0 < c <= 1 for c in confidence.values())
+        lowest = sorted(ranked, key=lambda name: confidence[name])[:3]
+        with zipfile.ZipFile(task_zip) as zf:
+            default = zf.read("ImageSets/Segmentation/default.txt").decode().split()
+            manifest = json.loads(zf.read("manifest.json"))
+        assert default == lowest and manifest["order"] == "lowest teacher confidence first"
+        assert [image["confidence"] for image in manifest["images"]] == pytest.approx(
+            [confidence[name] for name in lowest], abs=1e-6)
+
+        again = run_stpp("project", "teacher-signals", run.id, "--workspace", workspace)
+        assert f"run {run.id}: teacher signals of 0 image(s) computed" in again.stdout  # kept in the run folder
+        record_decision(store, run.id, lowest[0], "accepted")
+        assert [image.name for image in label_queue(store, run.id, 2, LOWEST_CONFIDENCE)] == lowest[1:]
+
+
 def test_a_label_task_needs_something_to_label(workspace: Path, synthetic_dataset: Path, tmp_path: Path):
     with open_store(workspace) as store:
         project = create_project(store, "synth", CLASSES)
@@ -163,6 +203,7 @@ def test_a_label_task_needs_something_to_label(workspace: Path, synthetic_datase
 @pytest.mark.browser
 def test_the_app_writes_the_task_and_takes_the_labelled_zip_back_as_ground_truth(tmp_path: Path):
     from browser import headless_chrome
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from test_app import app_with_workers
     from test_data_tab import Page
@@ -221,3 +262,18 @@ def test_the_app_writes_the_task_and_takes_the_labelled_zip_back_as_ground_truth
                                  [image_row(store, names[0])["id"]]).fetchone()[0]
         np.testing.assert_array_equal(read_mask(store.path(truth)), to_project(edited))
         assert [image.name for image in label_queue(store, run.id)][:1] != names[:1]
+
+        # The other order: the page has a child process compute the teacher's confidence first.
+        page.tab("Review")
+        page.until(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, "#review-label-order label")
+                            if e.text == "lowest teacher confidence first"])[0].click()
+        page.find("#review-label-task").click()
+        page.until(lambda: "3 image(s) to label, lowest teacher confidence first" in page.text("review-label-message"),
+                   lambda: page.text("review-label-message"), timeout=300)
+        with RunLayout(store.path(run.run_dir)).teacher_signals_path.open(newline="") as handle:
+            confidence = {row["id"]: float(row["confidence"]) for row in csv.DictReader(handle)}
+        waiting = [name for name in confidence if image_row(store, name)["role"] == "unlabelled"]
+        lowest = sorted(waiting, key=lambda name: confidence[name])[:3]
+        message = page.text("review-label-message")
+        assert all(name in message for name in lowest), (lowest, message)
+        assert sorted(lowest, key=message.index) == lowest

@@ -49,7 +49,9 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from stpp.core.label_order import LEAST_STABLE, LOWEST_CONFIDENCE
 from stpp.core.masks import atomic_save, read_mask
 from stpp.core.metrics import mask_miou
 from stpp.core.teacher_signals import read_teacher_signals
@@ -57,6 +59,7 @@ from stpp.jobs import JobRunner
 from stpp.services.quality import DatasetQuality, dataset_quality
 from stpp.services.review import pauses_reached, record_decision
 from stpp.services.run_copy import import_run_copy
+from stpp.services.teacher_signals import compute_teacher_signals, missing_teacher_signals
 from stpp.store import (
     Store,
     StoreError,
@@ -66,14 +69,14 @@ from stpp.store import (
     load_classes,
     open_store,
 )
-from stpp.store.images import image_ids_by_name, image_paths_by_name
+from stpp.store.images import image_ids_by_name
 from stpp.store.projects import Project, get_project
 from stpp.store.ranking import ranked_references, ranks_by_name
 from stpp.store.reviews import Decision
 from stpp.store.runs import Run, current_pseudo_masks, get_run, list_runs, run_layout
 from stpp.store.trial import rolled_back
 
-ORDERS = ("least-stable", "most-stable", "lowest-confidence", "random")
+ORDERS = (LEAST_STABLE, "most-stable", LOWEST_CONFIDENCE, "random")
 """The orders the simulated reviewer can go through the images in."""
 AUTOMATIC = "automatic"
 """The student variant with no review: the ranked run continued as it is."""
@@ -109,9 +112,9 @@ def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[s
     names = [name for name, _ in by_rank]
     if order == "most-stable":
         return names
-    if order == "least-stable":
+    if order == LEAST_STABLE:
         return names[::-1]
-    if order == "lowest-confidence":
+    if order == LOWEST_CONFIDENCE:
         signals = read_teacher_signals(run_layout(store, get_run(store, run_id)))
         if any(name not in signals for name in names):
             raise StoreError(f"run {run_id} has no teacher confidence of every ranked image; compute it first")
@@ -123,18 +126,10 @@ def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[s
 
 def teacher_signals_of(store: Store, run_id: int, device: str) -> None:
     """Compute the final teacher's probability signals of the run's ranked images where its run folder
-    lacks them (one pass of the teacher; torch is imported here, the grid needs none)."""
-    from tqdm import tqdm
-
-    from stpp.engine.device import resolve_device
-    from stpp.selftrain.probability_signals import teacher_signals
-
-    run = get_run(store, run_id)
-    paths = image_paths_by_name(store, get_project(store, run.project_id))
-    ranked = {name: store.path(paths[name]) for name in ranks_by_name(store, run.id)}
-    with tqdm(total=len(ranked), desc=f"teacher confidence of run {run.id}", unit="image") as bar:
-        teacher_signals(run_layout(store, run), run.cfg, ranked, resolve_device(device),
-                        on_image=lambda done, total: bar.update(1))
+    lacks them, with a progress bar (:func:`stpp.services.teacher_signals.compute_teacher_signals`)."""
+    with tqdm(total=len(missing_teacher_signals(store, run_id)), desc=f"teacher confidence of run {run_id}",
+              unit="image") as bar:
+        compute_teacher_signals(store, run_id, device, on_image=lambda done, total: bar.update(1))
 
 
 def simulate_review(store: Store, run_id: int, names: Sequence[str], rule: Rule,
@@ -358,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             check_ranked(store, args.run)
             run = get_run(store, args.run)
             project = get_project(store, run.project_id)
-        if "lowest-confidence" in orders + student_orders:
+        if LOWEST_CONFIDENCE in orders + student_orders:
             teacher_signals_of(store, run.id, args.device)
         measured = measure_grid(store, run.id, orders, budgets, corrections, args.threshold, args.seed,
                                 args.random_draws, on_point=_show_point)

@@ -12,6 +12,7 @@ from pathlib import Path
 from stpp.cli.backend_args import add_backend_arguments
 from stpp.cli.engine_args import add_overrides_argument
 from stpp.core.config import METHODS, PRESETS
+from stpp.core.label_order import LABEL_ORDERS, LEAST_STABLE, LOWEST_CONFIDENCE
 
 REVIEW_CHOICES = {"accept": "accepted", "reject": "rejected", "correct": "corrected"}
 """``project review``'s decisions: what is typed, and the decision recorded."""
@@ -96,7 +97,7 @@ def add_project_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """The verbs of a project's runs: launch, runs, follow, cancel, resume, continue, import-run, label-next,
-    review."""
+    teacher-signals, review."""
     launch = commands.add_parser("launch", parents=[common], help="start a training run of a project (in the queue)")
     launch.add_argument("name")
     launch.add_argument("--method", required=True, choices=METHODS)
@@ -133,11 +134,21 @@ def _add_run_parsers(commands: argparse._SubParsersAction, common: argparse.Argu
     copied.add_argument("name", help="the project the run trained on (same classes and images)")
     copied.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (config.json, events.jsonl...)")
     label_next = commands.add_parser("label-next", parents=[common],
-                                     help="the run's least stable images still unlabelled, as a CVAT task zip "
-                                          "(Segmentation mask 1.1, pseudo masks as pre-annotations)")
+                                     help="the run's images a person should label next (least stable first), as a "
+                                          "CVAT task zip (Segmentation mask 1.1, pseudo masks as pre-annotations)")
     label_next.add_argument("run_id", type=int)
     label_next.add_argument("--count", type=int, default=20, help="how many images (default: 20)")
     label_next.add_argument("--out", type=Path, required=True, help="the zip file to write")
+    label_next.add_argument("--order", choices=tuple(LABEL_ORDERS), default=LEAST_STABLE,
+                            help=f"{LEAST_STABLE} (default) or {LOWEST_CONFIDENCE}, which first runs the final "
+                                 "teacher over the ranked images where the run has not kept its confidence")
+    label_next.add_argument("--device", default="auto", help="where that teacher pass runs (default: auto)")
+
+    signals = commands.add_parser("teacher-signals", parents=[common],
+                                  help="compute the final teacher's confidence and TTA agreement of a run's ranked "
+                                       "images (for label-next --order lowest-confidence and the ranking study)")
+    signals.add_argument("run_id", type=int)
+    signals.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
 
     review = commands.add_parser("review", parents=[common], help="decide on a pseudo mask of a paused run")
     review.add_argument("run_id", type=int)

@@ -1,6 +1,7 @@
-"""``python -m stpp project launch|runs|follow|cancel|resume|continue|label-next|review|import-run``: a
-project's runs from the command line, through the functions the app calls (:class:`~stpp.jobs.JobRunner`,
-:mod:`stpp.services.review`, :mod:`stpp.services.label_queue` and :mod:`stpp.services.run_copy`).
+"""``python -m stpp project launch|runs|follow|cancel|resume|continue|label-next|teacher-signals|review|
+import-run``: a project's runs from the command line, through the functions the app calls
+(:class:`~stpp.jobs.JobRunner`, :mod:`stpp.services.review`, :mod:`stpp.services.label_queue`,
+:mod:`stpp.services.teacher_signals` and :mod:`stpp.services.run_copy`).
 
 Subcommands (each takes ``--workspace DIR``)::
 
@@ -9,15 +10,18 @@ Subcommands (each takes ``--workspace DIR``)::
     follow RUN_ID
     cancel RUN_ID | resume RUN_ID
     continue RUN_ID [--reliable-ratio R] [--no-more-review]
-    label-next RUN_ID [--count N] --out FILE.zip
+    label-next RUN_ID [--count N] --out FILE.zip [--order least-stable|lowest-confidence] [--device D]
+    teacher-signals RUN_ID [--device D]
     review RUN_ID IMAGE {accept,reject,correct} [--mask FILE.png] [--user U]
     import-run NAME RUN_DIR
 
 Each prints the run's status line on stdout. ``follow`` ticks the queue while it shows the run's
 progress (a tqdm bar on stderr) and exits 0 once the run is done or awaits review, 1 when it failed
 and 130 when it was cancelled. ``label-next`` writes the run's N least stable images still unlabelled
-as a CVAT task zip; ``project import-labels`` brings the labelled result back as ground truth. Torch stays out of this process: the config check and the training
-run in child processes.
+(or those of lowest teacher confidence) as a CVAT task zip; ``project import-labels`` brings the
+labelled result back as ground truth. Torch stays out of this process, the config check and the
+training run in child processes, except where the final teacher runs: ``teacher-signals``, and
+``label-next --order lowest-confidence`` on a run without them yet.
 """
 
 from __future__ import annotations
@@ -29,19 +33,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from stpp.cli.backend_args import backend_from_args, run_settings_from_args
 from stpp.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, print_table
 from stpp.cli.progress import RunBar
 from stpp.cli.project_args import REVIEW_CHOICES
+from stpp.core.label_order import LABEL_ORDERS, needs_teacher_signals
 from stpp.core.masks import read_mask
 from stpp.jobs import JobRunner
 from stpp.services.label_queue import export_label_task
 from stpp.services.review import ReviewError, continue_run, pauses_reached, record_decision
 from stpp.services.run_copy import import_run_copy
-from stpp.store import Store
+from stpp.services.teacher_signals import compute_teacher_signals, missing_teacher_signals
+from stpp.store import Store, StoreError
 from stpp.store.projects import get_project
-from stpp.store.runs import Run, get_run, list_events, list_runs, run_metrics
+from stpp.store.runs import Run, get_run, list_events, list_runs, run_layout, run_metrics
 
 FOLLOW_EXIT_CODES = {"done": EXIT_OK, "awaiting_review": EXIT_OK, "failed": EXIT_FAILED,
                      "cancelled": EXIT_INTERRUPTED}
@@ -155,13 +162,37 @@ def _import_run(store: Store, args: argparse.Namespace) -> int:
     report = import_run_copy(store, args.name, args.run_dir)
     print(f"{status_line(store, report.run)}; imported from {args.run_dir} into {report.run.run_dir}: "
           f"{report.events} events, {report.scores} scores, {report.pseudo_masks} pseudo masks")
+    return EXIT_OK
+
+
 def _label_next(store: Store, args: argparse.Namespace) -> int:
-    task = export_label_task(store, args.run_id, args.out, args.count)
+    if needs_teacher_signals(args.order):
+        _compute_teacher_signals(store, args.run_id, args.device)
+    task = export_label_task(store, args.run_id, args.out, args.count, args.order)
     project = get_project(store, get_run(store, args.run_id).project_id)
-    print(f"wrote {task.path}: {len(task.images)} images to label, least stable first "
+    print(f"wrote {task.path}: {len(task.images)} images to label, {LABEL_ORDERS[task.order]} "
           f"({', '.join(image.name for image in task.images)})")
     print(f"once labelled: python -m stpp project import-labels {project.name} --data LABELLED.zip")
     return EXIT_OK
+
+
+def _teacher_signals(store: Store, args: argparse.Namespace) -> int:
+    computed = _compute_teacher_signals(store, args.run_id, args.device)
+    print(f"run {args.run_id}: teacher signals of {computed} image(s) computed, "
+          f"kept in {run_layout(store, get_run(store, args.run_id)).teacher_signals_path}")
+    return EXIT_OK
+
+
+def _compute_teacher_signals(store: Store, run_id: int, device: str) -> int:
+    """Compute the final teacher's signals of the run's ranked images that lack them, with a progress bar
+    (torch is imported there, and nowhere else in this process)."""
+    run = get_run(store, run_id)
+    with tqdm(total=len(missing_teacher_signals(store, run.id)), desc=f"teacher signals of run {run.id}",
+              unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            return compute_teacher_signals(store, run.id, device, on_image=lambda done, total: bar.update(1))
+        except FileNotFoundError:
+            raise StoreError(f"run {run.id} has no final teacher checkpoint to compute its signals with") from None
 
 
 def _review(store: Store, args: argparse.Namespace) -> int:
@@ -189,5 +220,6 @@ def _read_mask_file(path: Path) -> np.ndarray:
 
 
 RUN_COMMANDS = {"launch": _launch, "runs": _runs, "follow": _follow, "cancel": _cancel, "resume": _resume,
-                "continue": _continue, "label-next": _label_next, "review": _review, "import-run": _import_run}
+                "continue": _continue, "label-next": _label_next, "teacher-signals": _teacher_signals,
+                "review": _review, "import-run": _import_run}
 """The handlers of the run subcommands, by name (:func:`stpp.cli.projects.run_project_command` runs them)."""

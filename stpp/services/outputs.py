@@ -2,8 +2,9 @@
 on new images.
 
 Dataset exports call :func:`stpp.store.export.export_project` in this process (no torch). Model
-exports and predictions need torch, so they run as child processes (``python -m stpp.model_export``
-and ``python -m stpp predict``), like training runs in a worker; the web process waits for a few
+exports, predictions and the teacher pass of the lowest-confidence label order need torch, so they run
+as child processes (``python -m stpp.model_export``, ``python -m stpp predict`` and ``python -m stpp
+project teacher-signals``), like training runs in a worker; the web process waits for a few
 seconds of work and never imports torch. Their files go under ``WORKSPACE/cache/`` (git-ignored
 with the workspace); every call writes into a fresh folder, and only the newest
 :data:`KEEP_SCRATCH` folders of each kind are kept.
@@ -24,9 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from stpp.backends.local import REPO_ROOT, child_env
+from stpp.core.label_order import LEAST_STABLE, needs_teacher_signals
 from stpp.core.layout import PREDICTION_MANIFEST
 from stpp.core.masks import IMAGE_SUFFIXES, atomic_save, read_image, read_mask
 from stpp.services.label_queue import LabelTask, export_label_task
+from stpp.services.teacher_signals import missing_teacher_signals
 from stpp.store.db import Store, StoreError
 from stpp.store.export import ExportFilter, ExportReport, export_project
 from stpp.store.projects import get_project
@@ -65,11 +68,22 @@ def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | 
                           include_reference=include_reference, allow_unfinished=allow_unfinished)
 
 
-def label_task_zip(store: Store, run_id: int, count: int) -> LabelTask:
-    """The run's ``count`` least stable images still to label as a CVAT task, ``run<ID>-label-next.zip``
-    in a fresh cache folder (see :func:`stpp.services.label_queue.export_label_task`)."""
+def label_task_zip(store: Store, run_id: int, count: int, order: str = LEAST_STABLE,
+                   device: str = "auto") -> LabelTask:
+    """The run's first ``count`` images still to label, in ``order``, as a CVAT task,
+    ``run<ID>-label-next.zip`` in a fresh cache folder (see :func:`stpp.services.label_queue.export_label_task`).
+    An order that reads the final teacher's signals first has a child ``python -m stpp project
+    teacher-signals`` compute those the run folder lacks (minutes on a CPU for hundreds of images).
+
+    Raises:
+        StoreError: what :func:`~stpp.services.label_queue.export_label_task` raises.
+        OutputError: the teacher pass failed (the child's message).
+    """
+    if needs_teacher_signals(order) and missing_teacher_signals(store, run_id):
+        _child([sys.executable, "-m", "stpp", "project", "teacher-signals", str(int(run_id)),
+                "--workspace", str(store.workspace), "--device", device])
     target = scratch_dir(store, "label-tasks") / f"run{int(run_id)}-label-next.zip"
-    return export_label_task(store, run_id, target, count)
+    return export_label_task(store, run_id, target, count, order)
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:

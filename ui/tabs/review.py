@@ -20,6 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from stpp.core.label_order import LABEL_ORDERS, LEAST_STABLE
 from stpp.core.masks import colorize, overlay, read_mask
 from stpp.services.gallery import (
     GalleryQuery,
@@ -323,14 +324,18 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             save = gr.Button("Save correction", variant="primary", elem_id="review-save-correction")
             revert = gr.Button("Revert to the pseudo mask", elem_id="review-revert")
     with gr.Accordion("Label these next", open=False, elem_id="review-label-next-panel"):
-        gr.Markdown("The run's least stable images that still wait for a person's label (not accepted or corrected "
-                    "here) as a CVAT task: the images, their current pseudo masks as pre-annotations and a "
-                    "`labelmap.txt` (\"Segmentation mask 1.1\"). Label them in CVAT, export the task in the same "
-                    "format and add the zip on the **Data** tab as *Labels for images already here*: they become "
-                    "ground truth and the next run trains on them as labelled images.")
+        gr.Markdown("The run's images that still wait for a person's label (not accepted or corrected here) as a "
+                    "CVAT task: the images, their current pseudo masks as pre-annotations and a `labelmap.txt` "
+                    "(\"Segmentation mask 1.1\"). Label them in CVAT, export the task in the same format and add "
+                    "the zip on the **Data** tab as *Labels for images already here*: they become ground truth and "
+                    "the next run trains on them as labelled images. *Lowest teacher confidence first* sorted the "
+                    "pseudo masks best on CamVid (BENCHMARKS.md); the first task in that order runs the final "
+                    "teacher once over the ranked images (minutes on a CPU for hundreds of images).")
         with gr.Row():
             task_count = gr.Number(20, precision=0, minimum=1, label="Images", scale=0, min_width=120,
                                    elem_id="review-label-count")
+            task_order = gr.Radio([(words, order) for order, words in LABEL_ORDERS.items()], value=LEAST_STABLE,
+                                  label="Order", elem_id="review-label-order")
             make_task = gr.Button("Write the labelling task", elem_id="review-label-task")
         task_message = gr.Markdown(elem_id="review-label-message")
         task_download = gr.DownloadButton("Download the task", visible=False, elem_id="review-label-download")
@@ -428,16 +433,16 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return gr.skip(), "shown"
         return pseudo_editor(services, run_id, image), "pseudo"
 
-    def write_label_task(run_id, count):
+    def write_label_task(run_id, count, order):
         if not run_id:
             return "**Choose a ranked run first.**", gr.update(visible=False)
         try:
-            task = label_task_zip(services.store, int(run_id), int(count or 0))
+            task = label_task_zip(services.store, int(run_id), int(count or 0), order or LEAST_STABLE)
         except StoreError as error:
             return f"**No task written:** {error}", gr.update(visible=False)
         names = ", ".join(f"`{image.name}`" for image in task.images[:10])
         more = f" and {len(task.images) - 10} more" if len(task.images) > 10 else ""
-        return (f"{len(task.images)} image(s) to label, least stable first: {names}{more}.",
+        return (f"{len(task.images)} image(s) to label, {LABEL_ORDERS[task.order]}: {names}{more}.",
                 gr.update(value=str(task.path), visible=True))
 
     def show_status(run_id, budget_value):
@@ -475,7 +480,7 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
                api_name="review_correct").then(lambda: "shown", outputs=base, **private).then(
         **refresh_chain).then(**after).then(**status_chain)
     revert.click(revert_editor, inputs=[run, selected], outputs=[editor, base], **private)
-    make_task.click(write_label_task, inputs=[run, task_count], outputs=[task_message, task_download],
+    make_task.click(write_label_task, inputs=[run, task_count, task_order], outputs=[task_message, task_download],
                     api_name="review_label_task")
     paint_class.change(brush_of, inputs=[run, paint_class], outputs=editor, **private)
     save_ratio.click(keep_ratio, inputs=[run, ratio], outputs=message, api_name="review_save_ratio").then(
