@@ -269,7 +269,7 @@ def test_the_app_writes_the_task_and_takes_the_labelled_zip_back_as_ground_truth
                             if e.text == "lowest teacher confidence first"])[0].click()
         page.find("#review-label-task").click()
         page.until(lambda: "3 image(s) to label, lowest teacher confidence first" in page.text("review-label-message"),
-                   lambda: page.text("review-label-message"), timeout=300)
+                   lambda: page.text("review-label-message"), timeout=600)  # 60 images x 6 TTA views on a CPU
         with RunLayout(store.path(run.run_dir)).teacher_signals_path.open(newline="") as handle:
             confidence = {row["id"]: float(row["confidence"]) for row in csv.DictReader(handle)}
         waiting = [name for name in confidence if image_row(store, name)["role"] == "unlabelled"]
@@ -277,3 +277,12 @@ def test_the_app_writes_the_task_and_takes_the_labelled_zip_back_as_ground_truth
         message = page.text("review-label-message")
         assert all(name in message for name in lowest), (lowest, message)
         assert sorted(lowest, key=message.index) == lowest
+
+        # The Phases tab's ranking study reads the same file: its button finds nothing left to compute.
+        page.tab("Phases")
+        page.until(lambda: "random (20 draws)" in page.text("phases-ranking-table"))
+        page.find("#phases-teacher-signals").click()
+        page.until(lambda: "had the teacher's signals of every ranked image" in
+                   page.text("phases-teacher-signals-message"), lambda: page.text("phases-teacher-signals-message"))
+        page.until(lambda: {"confidence", "tta_agreement"} <= {line.strip() for line in
+                                                               page.text("phases-ranking-table").splitlines()})

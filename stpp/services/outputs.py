@@ -72,18 +72,33 @@ def label_task_zip(store: Store, run_id: int, count: int, order: str = LEAST_STA
                    device: str = "auto") -> LabelTask:
     """The run's first ``count`` images still to label, in ``order``, as a CVAT task,
     ``run<ID>-label-next.zip`` in a fresh cache folder (see :func:`stpp.services.label_queue.export_label_task`).
-    An order that reads the final teacher's signals first has a child ``python -m stpp project
-    teacher-signals`` compute those the run folder lacks (minutes on a CPU for hundreds of images).
+    An order that reads the final teacher's signals first has :func:`teacher_signals_in_child` compute
+    those the run folder lacks.
 
     Raises:
         StoreError: what :func:`~stpp.services.label_queue.export_label_task` raises.
         OutputError: the teacher pass failed (the child's message).
     """
-    if needs_teacher_signals(order) and missing_teacher_signals(store, run_id):
-        _child([sys.executable, "-m", "stpp", "project", "teacher-signals", str(int(run_id)),
-                "--workspace", str(store.workspace), "--device", device])
+    if needs_teacher_signals(order):
+        teacher_signals_in_child(store, run_id, device)
     target = scratch_dir(store, "label-tasks") / f"run{int(run_id)}-label-next.zip"
     return export_label_task(store, run_id, target, count, order)
+
+
+def teacher_signals_in_child(store: Store, run_id: int, device: str = "auto") -> int:
+    """Have a child ``python -m stpp project teacher-signals`` compute the final teacher's signals of the
+    run's ranked images its run folder lacks (one pass of the teacher: minutes on a CPU for hundreds of
+    images); returns how many it computed.
+
+    Raises:
+        StoreError: no such run.
+        OutputError: the pass failed (the child's message, e.g. no final teacher checkpoint).
+    """
+    missing = missing_teacher_signals(store, run_id)
+    if missing:
+        _child([sys.executable, "-m", "stpp", "project", "teacher-signals", str(int(run_id)),
+                "--workspace", str(store.workspace), "--device", device])
+    return len(missing)
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from stpp.selftrain.ranking_study import SIGNALS, figure_text
+from stpp.services.outputs import teacher_signals_in_child
 from stpp.services.quality import quality_report, run_ranking_study
 from stpp.services.review import (
     ReviewError,
@@ -187,6 +188,12 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         trade = gr.Dataframe(pd.DataFrame(columns=TRADE_COLUMNS), interactive=False, max_height=320,
                              label="IoU (%) per class of each half", elem_id="phases-ranking-classes")
         study_note = gr.Markdown(elem_id="phases-ranking-note")
+        with gr.Row():
+            add_signals = gr.Button("Study the teacher's confidence and TTA agreement too", size="sm", scale=1,
+                                    elem_id="phases-teacher-signals")
+            signals_message = gr.Markdown("One pass of the final teacher over the ranked images, with every TTA "
+                                          "view (minutes on a CPU for hundreds of images); kept in the run folder.",
+                                          elem_id="phases-teacher-signals-message")
     seen = gr.State(None)
     timer = gr.Timer(POLL_S)
     outputs = [status, counts, miou, history, quality, chart, quality_note, study, trade, study_note, proceed, finish,
@@ -207,6 +214,17 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return f"**Not continued:** {error}"
         return done_note(run_.id, "continued")
 
+    def study_signals(run_id):
+        if not run_id:
+            return "**Choose a run first.**", *[gr.skip()] * 3
+        try:
+            computed = teacher_signals_in_child(services.store, int(run_id))
+        except StoreError as error:
+            return f"**Not computed:** {error}", *[gr.skip()] * 3
+        return (f"Teacher signals computed for {computed} image(s)." if computed else
+                "The run folder had the teacher's signals of every ranked image already."), *study_frames(
+                    services, int(run_id))
+
     pick_run = functools.partial(run_choices, services)  # (project, current, preferred)
     project.change(pick_run, inputs=[project, run, current_run], outputs=run, **private)
     # Refresh and opening the tab re-read the runs: one launched since the page loaded is not listed yet.
@@ -218,4 +236,6 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
         show, inputs=[project, run], outputs=outputs, **private)
     finish.click(lambda r: go_on(r, False), inputs=run, outputs=message, api_name="finish_run").then(
         show, inputs=[project, run], outputs=outputs, **private)
+    add_signals.click(study_signals, inputs=run, outputs=[signals_message, study, trade, study_note],
+                      api_name="teacher_signals")
     timer.tick(poll, inputs=[project, run, seen], outputs=outputs, **private)
