@@ -92,7 +92,8 @@ def teacher_signals_in_child(store: Store, run_id: int, device: str = "auto") ->
 
     Raises:
         StoreError: no such run.
-        OutputError: the pass failed (the child's message, e.g. no final teacher checkpoint).
+        OutputError: the pass failed (the child's message, e.g. no final teacher checkpoint) or ran past
+            :data:`CHILD_TIMEOUT_S`; what it computed before stopping is kept, so a second call goes on.
     """
     missing = missing_teacher_signals(store, run_id)
     if missing:
@@ -102,8 +103,11 @@ def teacher_signals_in_child(store: Store, run_id: int, device: str = "auto") ->
 
 
 def _child(command: Sequence[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(command), capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
-                            timeout=CHILD_TIMEOUT_S)
+    try:
+        result = subprocess.run(list(command), capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
+                                timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise OutputError(f"stopped after {CHILD_TIMEOUT_S} s: python -m {' '.join(map(str, command[2:]))}") from None
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
         raise OutputError(lines[-1].removeprefix("error: ") if lines else f"{command[2]} failed")
