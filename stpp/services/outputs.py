@@ -13,14 +13,17 @@ with the workspace); every call writes into a fresh folder, and only the newest
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -36,6 +39,11 @@ from stpp.store.projects import get_project
 from stpp.store.runs import get_run, run_layout
 
 CHILD_TIMEOUT_S = 900
+TEACHER_PASS_TIMEOUT_S = 6 * 3600
+"""The teacher pass's limit: it shows its progress, and on a CPU it takes about a second an image."""
+_POLL_S = 0.5
+_BAR = re.compile(r"\|\s*(\d+)/(\d+) \[")
+"""A tqdm bar's counts, ``| 7/60 [``."""
 KEEP_SCRATCH = 5
 """Folders kept per kind under ``WORKSPACE/cache/`` (the new one included): the app serves a file once,
 from Gradio's own copy, so older ones are only disk."""
@@ -68,50 +76,79 @@ def export_dataset(store: Store, project: int | str, fmt: str, *, run_id: int | 
                           include_reference=include_reference, allow_unfinished=allow_unfinished)
 
 
-def label_task_zip(store: Store, run_id: int, count: int, order: str = LEAST_STABLE,
-                   device: str = "auto") -> LabelTask:
+def label_task_zip(store: Store, run_id: int, count: int, order: str = LEAST_STABLE, device: str = "auto",
+                   on_progress: Callable[[int, int], None] | None = None) -> LabelTask:
     """The run's first ``count`` images still to label, in ``order``, as a CVAT task,
     ``run<ID>-label-next.zip`` in a fresh cache folder (see :func:`stpp.services.label_queue.export_label_task`).
     An order that reads the final teacher's signals first has :func:`teacher_signals_in_child` compute
-    those the run folder lacks.
+    those the run folder lacks (``on_progress`` follows it).
 
     Raises:
         StoreError: what :func:`~stpp.services.label_queue.export_label_task` raises.
         OutputError: the teacher pass failed (the child's message).
     """
     if needs_teacher_signals(order):
-        teacher_signals_in_child(store, run_id, device)
+        teacher_signals_in_child(store, run_id, device, on_progress)
     target = scratch_dir(store, "label-tasks") / f"run{int(run_id)}-label-next.zip"
     return export_label_task(store, run_id, target, count, order)
 
 
-def teacher_signals_in_child(store: Store, run_id: int, device: str = "auto") -> int:
+def teacher_signals_in_child(store: Store, run_id: int, device: str = "auto",
+                             on_progress: Callable[[int, int], None] | None = None) -> int:
     """Have a child ``python -m stpp project teacher-signals`` compute the final teacher's signals of the
     run's ranked images its run folder lacks (one pass of the teacher: minutes on a CPU for hundreds of
-    images); returns how many it computed.
+    images); returns how many it computed. ``on_progress(done, total)`` follows the pass.
 
     Raises:
         StoreError: no such run.
         OutputError: the pass failed (the child's message, e.g. no final teacher checkpoint) or ran past
-            :data:`CHILD_TIMEOUT_S`; what it computed before stopping is kept, so a second call goes on.
+            :data:`TEACHER_PASS_TIMEOUT_S`; what it computed before stopping is kept, so a second call goes on.
     """
     missing = missing_teacher_signals(store, run_id)
     if missing:
         _child([sys.executable, "-m", "stpp", "project", "teacher-signals", str(int(run_id)),
-                "--workspace", str(store.workspace), "--device", device])
+                "--workspace", str(store.workspace), "--device", device], TEACHER_PASS_TIMEOUT_S, on_progress)
     return len(missing)
 
 
-def _child(command: Sequence[str]) -> subprocess.CompletedProcess:
-    try:
-        result = subprocess.run(list(command), capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
-                                timeout=CHILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise OutputError(f"stopped after {CHILD_TIMEOUT_S} s: python -m {' '.join(map(str, command[2:]))}") from None
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
+def _child(command: Sequence[str], timeout_s: float = CHILD_TIMEOUT_S,
+           on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Run a child process of the app; a failure raises :class:`OutputError` with its last line.
+
+    Args:
+        timeout_s: the child is stopped after this long.
+        on_progress: called with (done, total) as the child's tqdm bar on stderr moves (polled twice a
+            second from its log file).
+    """
+    with tempfile.TemporaryDirectory(prefix="stpp-child-") as folder:
+        log = Path(folder) / "output.log"
+        with log.open("w") as sink:
+            child = subprocess.Popen(list(command), stdout=sink, stderr=sink, text=True, cwd=REPO_ROOT,
+                                     env=child_env())
+        deadline, shown = time.monotonic() + timeout_s, None
+
+        def report() -> None:
+            nonlocal shown
+            counts = _BAR.findall(log.read_text(errors="replace")) if on_progress is not None else None
+            if counts and counts[-1] != shown:
+                shown = counts[-1]
+                on_progress(int(shown[0]), int(shown[1]))
+
+        try:
+            while child.poll() is None:
+                if time.monotonic() > deadline:
+                    raise OutputError(f"stopped after {timeout_s:g} s: python -m {' '.join(map(str, command[2:]))}")
+                time.sleep(_POLL_S)
+                report()
+            report()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        output = log.read_text(errors="replace")
+    if child.returncode != 0:
+        lines = output.strip().splitlines()
         raise OutputError(lines[-1].removeprefix("error: ") if lines else f"{command[2]} failed")
-    return result
 
 
 def export_model_zip(store: Store, run_id: int, stage: str | None = None) -> Path:

@@ -214,11 +214,12 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return f"**Not continued:** {error}"
         return done_note(run_.id, "continued")
 
-    def study_signals(run_id):
+    def study_signals(run_id, progress=gr.Progress()):
         if not run_id:
             return "**Choose a run first.**", *[gr.skip()] * 3
         try:
-            computed = teacher_signals_in_child(services.store, int(run_id))
+            computed = teacher_signals_in_child(services.store, int(run_id), on_progress=lambda done, total: progress(
+                (done, total), desc="teacher pass", unit="images"))
         except StoreError as error:
             return f"**Not computed:** {error}", *[gr.skip()] * 3
         return (f"Teacher signals computed for {computed} image(s)." if computed else

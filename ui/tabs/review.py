@@ -433,11 +433,13 @@ def build(services: Services, shown: gr.Tab | None = None) -> None:
             return gr.skip(), "shown"
         return pseudo_editor(services, run_id, image), "pseudo"
 
-    def write_label_task(run_id, count, order):
+    def write_label_task(run_id, count, order, progress=gr.Progress()):
         if not run_id:
             return "**Choose a ranked run first.**", gr.update(visible=False)
         try:
-            task = label_task_zip(services.store, int(run_id), int(count or 0), order or LEAST_STABLE)
+            task = label_task_zip(services.store, int(run_id), int(count or 0), order or LEAST_STABLE,
+                                  on_progress=lambda done, total: progress((done, total), desc="teacher pass",
+                                                                           unit="images"))
         except StoreError as error:
             return f"**No task written:** {error}", gr.update(visible=False)
         names = ", ".join(f"`{image.name}`" for image in task.images[:10])
