@@ -20,9 +20,9 @@ from stpp.bench.review import (
     main,
     review_order,
     simulate_review,
-    teacher_signals_of,
 )
 from stpp.bench.review_students import StudentVariant, train_students
+from stpp.cli.project_runs import compute_with_progress_bar
 from stpp.core.events import read_events
 from stpp.core.layout import RunLayout
 from stpp.core.masks import read_image, read_mask
@@ -159,7 +159,7 @@ def test_the_lowest_confidence_order_follows_the_final_teachers_probabilities(pa
     with pytest.raises(StoreError, match="no teacher confidence"):
         review_order(store, run.id, "lowest-confidence")
     assert list(run_ranking_study(store, run.id).signals) == ["stability", "pixel_agreement"]
-    teacher_signals_of(store, run.id, "cpu")
+    compute_with_progress_bar(store, run.id, "cpu")
     # The store's ranking study (the Phases tab's) now studies them too.
     assert list(run_ranking_study(store, run.id).signals) == list(SIGNALS)
     table, _, note = study_frames(Services(store=store, settings=Settings(workspace=store.workspace)), run.id)

@@ -49,8 +49,8 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from stpp.cli.project_runs import compute_with_progress_bar
 from stpp.core.label_order import LEAST_STABLE, LOWEST_CONFIDENCE
 from stpp.core.masks import atomic_save, read_mask
 from stpp.core.metrics import mask_miou
@@ -59,7 +59,6 @@ from stpp.jobs import JobRunner
 from stpp.services.quality import DatasetQuality, dataset_quality
 from stpp.services.review import pauses_reached, record_decision
 from stpp.services.run_copy import import_run_copy
-from stpp.services.teacher_signals import compute_teacher_signals, missing_teacher_signals
 from stpp.store import (
     Store,
     StoreError,
@@ -106,7 +105,7 @@ def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[s
     Raises:
         ValueError: an unknown order.
         StoreError: the lowest-confidence order on a run whose teacher signals were not computed
-            (:func:`teacher_signals_of`).
+            (:func:`stpp.cli.project_runs.compute_with_progress_bar`).
     """
     by_rank = sorted(ranks_by_name(store, run_id).items(), key=lambda item: (item[1], item[0]))
     names = [name for name, _ in by_rank]
@@ -122,14 +121,6 @@ def review_order(store: Store, run_id: int, order: str, seed: int = 0) -> list[s
     if order == "random":
         return [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     raise ValueError(f"unknown order {order!r}; choose from: {', '.join(ORDERS)}")
-
-
-def teacher_signals_of(store: Store, run_id: int, device: str) -> None:
-    """Compute the final teacher's probability signals of the run's ranked images where its run folder
-    lacks them, with a progress bar (:func:`stpp.services.teacher_signals.compute_teacher_signals`)."""
-    with tqdm(total=len(missing_teacher_signals(store, run_id)), desc=f"teacher confidence of run {run_id}",
-              unit="image") as bar:
-        compute_teacher_signals(store, run_id, device, on_image=lambda done, total: bar.update(1))
 
 
 def simulate_review(store: Store, run_id: int, names: Sequence[str], rule: Rule,
@@ -354,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             run = get_run(store, args.run)
             project = get_project(store, run.project_id)
         if LOWEST_CONFIDENCE in orders + student_orders:
-            teacher_signals_of(store, run.id, args.device)
+            compute_with_progress_bar(store, run.id, args.device)
         measured = measure_grid(store, run.id, orders, budgets, corrections, args.threshold, args.seed,
                                 args.random_draws, on_point=_show_point)
         not_measured = {}

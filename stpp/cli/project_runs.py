@@ -167,7 +167,7 @@ def _import_run(store: Store, args: argparse.Namespace) -> int:
 
 def _label_next(store: Store, args: argparse.Namespace) -> int:
     if needs_teacher_signals(args.order):
-        _compute_teacher_signals(store, args.run_id, args.device)
+        compute_with_progress_bar(store, args.run_id, args.device)
     task = export_label_task(store, args.run_id, args.out, args.count, args.order)
     project = get_project(store, get_run(store, args.run_id).project_id)
     print(f"wrote {task.path}: {len(task.images)} images to label, {LABEL_ORDERS[task.order]} "
@@ -177,15 +177,19 @@ def _label_next(store: Store, args: argparse.Namespace) -> int:
 
 
 def _teacher_signals(store: Store, args: argparse.Namespace) -> int:
-    computed = _compute_teacher_signals(store, args.run_id, args.device)
+    computed = compute_with_progress_bar(store, args.run_id, args.device)
     print(f"run {args.run_id}: teacher signals of {computed} image(s) computed, "
           f"kept in {run_layout(store, get_run(store, args.run_id)).teacher_signals_path}")
     return EXIT_OK
 
 
-def _compute_teacher_signals(store: Store, run_id: int, device: str) -> int:
-    """Compute the final teacher's signals of the run's ranked images that lack them, with a progress bar
-    (torch is imported there, and nowhere else in this process)."""
+def compute_with_progress_bar(store: Store, run_id: int, device: str) -> int:
+    """Compute the final teacher's signals of the run's ranked images that lack them, with a tqdm bar on
+    stderr (torch is imported there, and nowhere else in this process); also the review benchmark's.
+
+    Raises:
+        StoreError: no such run, or no final teacher checkpoint.
+    """
     run = get_run(store, run_id)
     with tqdm(total=len(missing_teacher_signals(store, run.id)), desc=f"teacher signals of run {run.id}",
               unit="image", file=sys.stderr, dynamic_ncols=True) as bar:

@@ -45,6 +45,6 @@ def compute_teacher_signals(store: Store, run_id: int, device: str = "auto",
     from stpp.selftrain.probability_signals import teacher_signals
 
     paths = image_paths_by_name(store, get_project(store, run.project_id))
-    ranked = {name: store.path(paths[name]) for name in ranks_by_name(store, run.id)}
-    teacher_signals(run_layout(store, run), run.cfg, ranked, resolve_device(device), on_image=on_image)
+    teacher_signals(run_layout(store, run), run.cfg, {name: store.path(paths[name]) for name in missing},
+                    resolve_device(device), on_image=on_image)
     return len(missing)
